@@ -1,1 +1,10 @@
+"""torchfit: Keras' compile / fit / evaluate / predict for any PyTorch ``nn.Module``."""
+from . import callbacks, metrics
+from .callbacks import Callback, LambdaCallback
+from .loop import StepResult
+from .model import Model
+from .summary import summary
+
 __version__ = "0.1.0"
+
+__all__ = ["Model", "summary", "Callback", "LambdaCallback", "StepResult", "callbacks", "metrics", "__version__"]

@@ -1,0 +1,135 @@
+"""The callback protocol (Keras hook names) and the list that dispatches hooks.
+
+Owns: which hooks exist and the order callbacks run in. Callbacks are
+infrastructure (history, printing, checkpoints, early stopping); the training
+behaviour itself lives in the step functions of ``torchfit.Model``.
+
+``logs`` handed to hooks are plain Python floats. Batch-end hooks get the
+running epoch figures only at logging points (every ``log_step_freq`` steps)
+and an empty dict in between: computing them every step would cost a host
+sync per step.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, List, Optional
+
+HOOKS = (
+    "on_train_begin", "on_train_end",
+    "on_epoch_begin", "on_epoch_end",
+    "on_train_batch_begin", "on_train_batch_end",
+    "on_backward_end",
+    "on_test_begin", "on_test_end",
+    "on_test_batch_begin", "on_test_batch_end",
+    "on_predict_begin", "on_predict_end",
+    "on_predict_batch_begin", "on_predict_batch_end",
+)
+
+
+class Callback:
+    """Base class: override the hooks you need; ``self.model`` is the torchfit Model.
+
+    Stop training from any hook with ``self.model.stop_training = True``.
+
+    >>> class PrintLoss(Callback):
+    ...     def on_epoch_end(self, epoch, logs):
+    ...         print(epoch, logs["loss"])
+
+    Set ``rank_zero_only = True`` on callbacks that write or print, so that under
+    torchrun only the process of rank 0 runs them.
+    """
+
+    rank_zero_only: bool = False
+    model: Any = None
+
+    def set_model(self, model: Any) -> None:
+        self.model = model
+
+    def implements(self, hook: str) -> bool:
+        """Whether this callback does anything on ``hook`` (lets the loop skip no-op calls)."""
+        return getattr(type(self), hook) is not getattr(Callback, hook)
+
+    # State saved inside full checkpoints (best score, patience counter...).
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def on_train_begin(self, logs: dict) -> None: ...
+    def on_train_end(self, logs: dict) -> None: ...
+    def on_epoch_begin(self, epoch: int, logs: dict) -> None: ...
+    def on_epoch_end(self, epoch: int, logs: dict) -> None: ...
+    def on_train_batch_begin(self, batch: int, logs: dict) -> None: ...
+    def on_train_batch_end(self, batch: int, logs: dict) -> None: ...
+    def on_backward_end(self, batch: int) -> None: ...
+    def on_test_begin(self, logs: dict) -> None: ...
+    def on_test_end(self, logs: dict) -> None: ...
+    def on_test_batch_begin(self, batch: int, logs: dict) -> None: ...
+    def on_test_batch_end(self, batch: int, logs: dict) -> None: ...
+    def on_predict_begin(self, logs: dict) -> None: ...
+    def on_predict_end(self, logs: dict) -> None: ...
+    def on_predict_batch_begin(self, batch: int, logs: dict) -> None: ...
+    def on_predict_batch_end(self, batch: int, logs: dict) -> None: ...
+
+
+class LambdaCallback(Callback):
+    """A callback from plain functions, for one-off hooks.
+
+    >>> cb = LambdaCallback(on_epoch_end=lambda epoch, logs: print(epoch, logs["loss"]))
+    """
+
+    def __init__(self, **hooks: Callable):
+        unknown = sorted(set(hooks) - set(HOOKS))
+        if unknown:
+            raise TypeError(f"LambdaCallback got unknown hook(s) {unknown}; known hooks: {list(HOOKS)}")
+        for name, fn in hooks.items():
+            if not callable(fn):
+                raise TypeError(f"LambdaCallback({name}=...) must be callable, got {type(fn).__name__}")
+            setattr(self, name, fn)
+        self._hooks = frozenset(hooks)
+
+    def implements(self, hook: str) -> bool:
+        return hook in self._hooks
+
+
+def _noop(*args: Any) -> None:
+    return None
+
+
+def _dispatcher(methods: List[Callable]) -> Callable:
+    # The per-step hooks are called on every batch: with no implementer they cost
+    # one call to a no-op, with one they are the bound method itself.
+    if not methods:
+        return _noop
+    if len(methods) == 1:
+        return methods[0]
+
+    def dispatch(*args: Any) -> None:
+        for method in methods:
+            method(*args)
+
+    return dispatch
+
+
+class CallbackList:
+    """Runs hooks on callbacks in list order; hooks are attributes named like ``Callback``'s."""
+
+    def __init__(self, callbacks: Iterable[Callback], model: Any, is_main_process: bool = True):
+        callbacks = list(callbacks)
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(
+                    f"callbacks must be torchfit.callbacks.Callback instances; got {type(cb).__name__}. "
+                    "Subclass Callback, or wrap functions in LambdaCallback(on_epoch_end=...)"
+                )
+        self.callbacks = [cb for cb in callbacks if is_main_process or not cb.rank_zero_only]
+        for cb in self.callbacks:
+            cb.set_model(model)
+        for hook in HOOKS:
+            setattr(self, hook, _dispatcher([getattr(cb, hook) for cb in self.callbacks if cb.implements(hook)]))
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def find(self, kind: type) -> Optional[Callback]:
+        return next((cb for cb in self.callbacks if isinstance(cb, kind)), None)
