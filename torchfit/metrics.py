@@ -183,7 +183,7 @@ def _cut_point(threshold: float, from_logits: Optional[bool]) -> float:
     if from_logits:
         # Comparing logits with the threshold's logit avoids sigmoid, whose
         # float32 result rounds tiny negative logits up to exactly 0.5.
-        return float(threshold)
+        return math.log(threshold / (1.0 - threshold))
     return float(threshold)
 
 
