@@ -108,6 +108,14 @@ def test_threshold_for_probabilities_logits_and_custom_cut():
         Accuracy(threshold=1.0)
 
 
+def test_binary_targets_count_as_positive_from_one_half():
+    preds = torch.tensor([0.9, 0.1, 0.8, 0.3])
+    # Smoothed labels, floats and bools all read the same way.
+    for targets in (torch.tensor([0.9, 0.1, 0.95, 0.05]), torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.tensor([True, False, True, False])):
+        assert feed(Accuracy(), preds, targets) == 1.0
+        assert feed(F1(), preds, targets) == 1.0
+
+
 def test_classification_shape_errors_name_metric_and_shapes():
     with pytest.raises(ValueError, match=r"accuracy.*\(8, 3\).*\(8, 5\)"):
         Accuracy().update(torch.randn(8, 3), torch.randn(8, 5))
@@ -185,12 +193,24 @@ def test_auc_multiclass_ovr_on_logits_and_probabilities():
     assert abs(raw - expected) > 1e-3
 
 
+def test_auc_accepts_half_precision_probabilities():
+    logits, y = multiclass_data(seed=3)
+    half = torch.softmax(logits, 1).half()
+    rows = half.double().numpy()
+    # float16 rows miss 1 by more than sklearn's own check allows...
+    assert not np.allclose(rows.sum(1), 1.0)
+    # ...so they are renormalised, not mistaken for logits and softmaxed again.
+    expected = skm.roc_auc_score(y.numpy(), rows / rows.sum(1, keepdims=True), multi_class="ovr")
+    assert feed(AUC(), half, y) == pytest.approx(expected, abs=1e-12)
+
+
 def test_auc_two_column_multiclass_is_binary_auc_of_column_one():
     probs, _, y = binary_data(seed=4)
     two = torch.stack([1 - probs, probs], dim=1)
     assert feed(AUC(), two, y) == pytest.approx(skm.roc_auc_score(y.numpy(), probs.numpy()), abs=1e-12)
 
 
+@pytest.mark.filterwarnings("error")  # quietly: step logs hit this early in every epoch
 def test_auc_is_nan_until_every_class_occurs():
     m = AUC()
     assert np.isnan(m.compute())
@@ -290,9 +310,10 @@ def test_batch_metric_is_sample_weighted_not_mean_of_batch_means():
     )
 
 
-def test_batch_metric_rejects_per_sample_output():
-    with pytest.raises(ValueError, match="one number per batch"):
-        BatchMetric(lambda p, y: (p - y).abs(), name="l1").update(torch.zeros(3), torch.ones(3))
+def test_batch_metric_rejects_per_sample_output_naming_the_metric():
+    metric = resolve_metrics({"abs_err": lambda p, y: (p - y).abs()})["abs_err"]
+    with pytest.raises(ValueError, match="abs_err.*one number per batch"):
+        metric.update(torch.zeros(3), torch.ones(3))
 
 
 # ------------------------------------------------ reset, copies, resolution
@@ -307,12 +328,13 @@ def data_for(name):
     return (probs, y), (other, y2)
 
 
-@pytest.mark.parametrize("name", KNOWN_METRICS)
+@pytest.mark.parametrize("name", KNOWN_METRICS + ("batch_tensor", "batch_numpy"))
 def test_reset_clears_state(name):
+    spec = {"batch_tensor": _torch_abs_error, "batch_numpy": _sk_accuracy}.get(name, name)
     (p1, y1), (p2, y2) = data_for(name)
-    _, fresh = get_metric(name)
+    _, fresh = get_metric(spec)
     expected = feed(fresh, p2, y2)
-    _, m = get_metric(name)
+    _, m = get_metric(spec)
     first = feed(m, p1, y1)
     m.reset()
     assert feed(m, p2, y2) == pytest.approx(expected, abs=1e-12)
@@ -416,12 +438,19 @@ def test_update_compute_reset_objects_are_adapted_and_named_in_snake_case():
         metrics["auroc"].sync(None)
 
 
-def test_mps_sums_in_float32_everything_else_in_float64():
+def test_sums_are_float64_except_on_mps():
     assert _sum_dtype(torch.device("mps")) == torch.float32
     assert _sum_dtype(torch.device("cpu")) == torch.float64
-    m = MSE()
-    m.update(torch.ones(3, dtype=torch.float32), torch.zeros(3, dtype=torch.float32))
-    assert m._sum.dtype == torch.float64
+    # 2**24 + 1 is the first integer float32 cannot hold: a float32 sum drops the 1.
+    big, one = torch.tensor(2.0**24, dtype=torch.float32), torch.tensor(1.0, dtype=torch.float32)
+    mean = Mean()
+    mean.update(big)
+    mean.update(one)
+    assert mean.compute() == (2**24 + 1) / 2
+    mse = MSE()
+    mse.update(big.sqrt().reshape(1), torch.zeros(1))
+    mse.update(one.reshape(1), torch.zeros(1))
+    assert mse.compute() == (2**24 + 1) / 2
 
 
 # ----------------------------------------------------------------- no sync
@@ -627,10 +656,11 @@ def test_cuda_updates_do_not_sync_and_match_cpu():
         finally:
             torch.cuda.set_sync_debug_mode("default")
         cuda_metrics.append((name, metric, p, t))
-    loss = Mean()
+    loss, value = Mean(), torch.tensor(2.0, device="cuda")
+    torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss.update(torch.tensor(2.0, device="cuda"), weight=5)
+        loss.update(value, weight=5)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert loss.compute() == 2.0

@@ -932,8 +932,8 @@ def get_metric(
 ) -> tuple[str, Metric]:
     """Resolve one user metric spec into ``(log name, Metric)``.
 
-    ``spec`` is a name from ``KNOWN_METRICS`` (logged under the string as
-    given), a ``Metric``, an object with ``update``/``compute``/``reset`` such
+    ``spec`` is a name from ``KNOWN_METRICS`` (matched case-insensitively,
+    logged under the string as given), a ``Metric``, an object with ``update``/``compute``/``reset`` such
     as a torchmetrics metric (logged as the snake_case of its class name), or a
     callable ``f(preds, targets) -> batch mean`` (logged as its ``__name__``).
     ``name`` overrides the log name; lambdas need one. ``from_logits`` reaches
