@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Named
 
 import torch
 
+from .data import iter_batches
 from .device import to_device
 from .errors import MetricError, StepError
 from .metrics import Mean, Metric
@@ -144,7 +145,7 @@ class Run:
     preflight: bool = False  # check metrics on the first batch before weights change
     train_metrics: Optional[Mapping[str, Metric]] = None
     move: Callable[[Any], Any] = lambda b: b
-    iterate: Callable[[Iterable], Iterator] = iter
+    iterate: Callable[[Iterable], Iterator] = iter_batches  # the tensor fast path; `iter` when fast_path=False
     reducer: Any = None  # set under torch.distributed
     is_main_process: bool = True
     grad_sync: Optional[Callable[[bool], Any]] = None  # context factory: DDP no_sync between boundaries

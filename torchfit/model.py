@@ -191,6 +191,7 @@ class Model(nn.Module):
         grad_accum_steps: int = 1,
         grad_clip_norm: Optional[float] = None,
         grad_clip_value: Optional[float] = None,
+        fast_path: bool = True,
     ) -> pd.DataFrame:
         """Train for ``epochs`` more epochs; returns the history as a DataFrame.
 
@@ -220,6 +221,9 @@ class Model(nn.Module):
         the optimizer every k batches (and at the end of the epoch) on the
         sample-weighted mean gradient of the window; ``grad_clip_norm`` /
         ``grad_clip_value`` clip before each optimizer step (off by default).
+        ``fast_path`` fetches batches of a DataLoader over a TensorDataset by
+        indexing its tensors: the same batches, several times faster (see
+        ``torchfit.data``); ``fast_path=False`` iterates every loader as it is.
         Ctrl-C stops cleanly and returns the finished epochs.
         """
         self._require_compiled("fit")
@@ -242,6 +246,8 @@ class Model(nn.Module):
         if verbose:
             default_cbs.append(ProgressPrinter(verbose))
         run = self._new_run(default_cbs + list(callbacks or []))
+        if not fast_path:
+            run.iterate = iter
         n_train = loop.loader_length(dl_train)
         run.log_every = log_step_freq or (max(1, n_train // 10) if n_train else 100)
         run.accum_steps = grad_accum_steps
@@ -301,7 +307,7 @@ class Model(nn.Module):
             device=self.device,
             precision=self.precision,
             callbacks=CallbackList(callbacks, self),
-            move=loop.batch_mover(self.device, non_blocking=False),
+            move=loop.batch_mover(self.device, non_blocking=self.device.type == "cuda"),
         )
 
     def _validate(self, loader: Iterable, run: Run, tracker: Tracker) -> Dict[str, float]:
@@ -311,7 +317,8 @@ class Model(nn.Module):
         return logs
 
     # ---------------------------------------------------------------- evaluate
-    def evaluate(self, dl: Iterable, callbacks: Optional[Sequence[Callback]] = None) -> Dict[str, float]:
+    def evaluate(self, dl: Iterable, callbacks: Optional[Sequence[Callback]] = None, *,
+                 fast_path: bool = True) -> Dict[str, float]:
         """Loss and metrics over the whole loader, in eval mode under no_grad.
 
         >>> # model.evaluate(dl_test)  ->  {'val_loss': 0.31, 'val_accuracy': 0.91}
@@ -319,6 +326,8 @@ class Model(nn.Module):
         self._require_compiled("evaluate")
         _check_loader("dl", dl)
         run = self._new_run(list(callbacks or []))
+        if not fast_path:
+            run.iterate = iter
         modes = _save_modes(self.net)
         self._run = run
         try:
@@ -328,7 +337,8 @@ class Model(nn.Module):
             self._run = None
 
     # ----------------------------------------------------------------- predict
-    def predict(self, dl: Iterable, callbacks: Optional[Sequence[Callback]] = None) -> Any:
+    def predict(self, dl: Iterable, callbacks: Optional[Sequence[Callback]] = None, *,
+                fast_path: bool = True) -> Any:
         """The net's outputs over the loader, on CPU, in dataset order.
 
         Batches may be ``(x, y)`` or ``x`` alone; tuple/dict outputs stay tuple/dict.
@@ -338,6 +348,8 @@ class Model(nn.Module):
         self._require_compiled("predict")
         _check_loader("dl", dl)
         run = self._new_run(list(callbacks or []))
+        if not fast_path:
+            run.iterate = iter
         modes = _save_modes(self.net)
         self._run = run
         try:
