@@ -317,21 +317,27 @@ class Mean(Metric):
         self._global: Optional[tuple[float, int]] = None
 
     def update(self, value: Union[Tensor, float, np.number], weight: int = 1) -> None:  # type: ignore[override]
-        if isinstance(weight, Tensor):
-            raise TypeError("Mean.update: pass weight as a Python int; a tensor weight would need a host sync")
-        weight = operator.index(weight)
+        if type(weight) is not int:
+            if isinstance(weight, Tensor):
+                raise TypeError("Mean.update: pass weight as a Python int; a tensor weight would need a host sync")
+            weight = operator.index(weight)
         if weight < 0:
             raise ValueError(f"Mean.update: weight must be >= 0, got {weight}")
         self._global = None
         if isinstance(value, Tensor):
-            if value.numel() != 1:
-                raise ValueError(f"Mean.update expects a scalar, got a tensor of shape {_shape(value)}")
-            v = value.detach().reshape(())
-            if self._tensor_total is None:
-                self._tensor_total = v.to(_sum_dtype(v.device)) * weight
+            total = self._tensor_total
+            if total is not None and value.dim() == 0 and value.device == total.device:
+                # The loop's case, once per step: one op. value * weight is exact in
+                # float64 for float32/bf16 values, so this equals `total += v64 * weight`.
+                total.add_(value.detach(), alpha=weight)
             else:
-                total = self._tensor_total
-                total += v.to(total.device, total.dtype) * weight
+                if value.numel() != 1:
+                    raise ValueError(f"Mean.update expects a scalar, got a tensor of shape {_shape(value)}")
+                v = value.detach().reshape(())
+                if total is None:
+                    self._tensor_total = v.to(_sum_dtype(v.device)) * weight
+                else:
+                    total += v.to(total.device, total.dtype) * weight
         else:
             self._float_total += float(value) * weight
         self._count += weight
