@@ -235,3 +235,29 @@ def test_pinned_batches_and_cuda_fit_parity():
         model.fit(2, dl, verbose=0, fast_path=fast_path)
         nets.append(net)
     assert_same_weights(*nets)
+
+
+# ------------------------------------------------------------- the hot path's Mean
+def test_mean_fast_update_is_the_exact_float64_weighted_sum():
+    g = torch.Generator().manual_seed(0)
+    values = torch.rand(500, generator=g) * 10
+    weights = torch.randint(1, 300, (500,), generator=g).tolist()
+    mean = torchfit.metrics.Mean()
+    total = 0.0
+    for v, w in zip(values, weights):
+        mean.update(v, w)  # 0-d float32: the one-op path after the first update
+        total += float(v) * w  # exact: a float32 times an int < 2**29 fits a float64
+    assert mean.compute() == total / sum(weights)
+    bf16 = torchfit.metrics.Mean()
+    for v, w in zip(values.bfloat16(), weights):
+        bf16.update(v, w)
+    assert bf16.compute() == sum(float(v) * w for v, w in zip(values.bfloat16(), weights)) / sum(weights)
+
+
+def test_mean_update_with_a_tensor_that_requires_grad_keeps_no_graph():
+    mean = torchfit.metrics.Mean()
+    w = torch.tensor(2.0, requires_grad=True)
+    for _ in range(3):
+        mean.update(w * 3, 4)
+    assert not mean._tensor_total.requires_grad and mean._tensor_total.grad_fn is None
+    assert mean.compute() == 6.0

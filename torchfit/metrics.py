@@ -317,6 +317,15 @@ class Mean(Metric):
         self._global: Optional[tuple[float, int]] = None
 
     def update(self, value: Union[Tensor, float, np.number], weight: int = 1) -> None:  # type: ignore[override]
+        total = self._tensor_total
+        if (total is not None and type(weight) is int and weight >= 0 and type(value) is Tensor
+                and value.dim() == 0 and not value.requires_grad and value.device == total.device):
+            # The loop's case, once per step (a detached 0-d loss): one op. value * weight
+            # is exact in float64 for float32/bf16 values, so this equals `total += v64 * weight`.
+            total.add_(value, alpha=weight)
+            self._count += weight
+            self._global = None
+            return
         if type(weight) is not int:
             if isinstance(weight, Tensor):
                 raise TypeError("Mean.update: pass weight as a Python int; a tensor weight would need a host sync")
@@ -325,19 +334,13 @@ class Mean(Metric):
             raise ValueError(f"Mean.update: weight must be >= 0, got {weight}")
         self._global = None
         if isinstance(value, Tensor):
-            total = self._tensor_total
-            if total is not None and value.dim() == 0 and value.device == total.device:
-                # The loop's case, once per step: one op. value * weight is exact in
-                # float64 for float32/bf16 values, so this equals `total += v64 * weight`.
-                total.add_(value.detach(), alpha=weight)
+            if value.numel() != 1:
+                raise ValueError(f"Mean.update expects a scalar, got a tensor of shape {_shape(value)}")
+            v = value.detach().reshape(())
+            if total is None:
+                self._tensor_total = v.to(_sum_dtype(v.device)) * weight
             else:
-                if value.numel() != 1:
-                    raise ValueError(f"Mean.update expects a scalar, got a tensor of shape {_shape(value)}")
-                v = value.detach().reshape(())
-                if total is None:
-                    self._tensor_total = v.to(_sum_dtype(v.device)) * weight
-                else:
-                    total += v.to(total.device, total.dtype) * weight
+                total += v.to(total.device, total.dtype) * weight
         else:
             self._float_total += float(value) * weight
         self._count += weight

@@ -461,7 +461,7 @@ class Model(nn.Module):
             opt.step()
         run.micro = 0
         run.window_samples = 0
-        self.global_step += 1
+        self.__dict__["global_step"] += 1  # nn.Module.__setattr__ would cost a few µs per step
 
     def _preflight_metrics(self, preds: Any, targets: Any, n: int) -> None:
         # Runs once per fit, before the first optimizer step, on throwaway copies:

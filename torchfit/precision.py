@@ -11,6 +11,9 @@ from typing import ContextManager, Optional
 
 import torch
 
+# Reusable and reentrant: one instance spares a construction per step.
+_NO_AUTOCAST = contextlib.nullcontext()
+
 _ALIASES = {
     "32": "32", "32-true": "32", "fp32": "32", "float32": "32",
     "bf16": "bf16", "bf16-mixed": "bf16", "bfloat16": "bf16",
@@ -48,7 +51,7 @@ class Precision:
 
     def autocast(self) -> ContextManager:
         if self.dtype is None:
-            return contextlib.nullcontext()
+            return _NO_AUTOCAST
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def __repr__(self) -> str:

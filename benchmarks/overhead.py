@@ -1,0 +1,585 @@
+#!/usr/bin/env python
+"""Framework overhead of ``torchfit.Model.fit`` against a hand-written loop (and peers).
+
+Workloads (all synthetic, generated in memory, no downloads):
+  W1   MLP 20-64-64-2, 50,000 rows, batch 64, CPU: overhead-bound
+  W2   2-conv CNN, 10,000 x 1x28x28, batch 128, CPU: compute-bound
+  GPU  ResNet-18 (CIFAR stem), 25,600 x 3x32x32, batch 256, bf16 autocast, CUDA only
+
+Every runner trains one epoch per call; runners take turns (interleaved repeats,
+the order rotating each round) after one warm-up epoch each, so drifts in machine
+load hit them all alike. Reported: median s/epoch, its ratio to the hand-written
+DataLoader loop, the median of the per-round ratios, and the extra µs per step.
+A second pass runs W2's fit in fresh processes to compare peak RSS.
+
+    python benchmarks/overhead.py            # full run: results/overhead-<cpu|cuda>.{json,md}
+    python benchmarks/overhead.py --quick    # a short run: results/overhead-<...>-quick.{json,md}
+
+Peer runners (poutyne, torchkeras, Lightning, Keras 3 on torch) run when their
+package imports; install them from requirements-peers.txt (see README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, ROOT)
+
+import torchfit  # noqa: E402
+
+
+# ------------------------------------------------------------------ workloads
+@dataclass
+class Workload:
+    name: str
+    description: str
+    n: int
+    batch_size: int
+    device: str
+    make_net: Callable[[], nn.Module]
+    make_data: Callable[[int], TensorDataset]
+    precision: str = "32"  # torchfit's name; the hand loop uses the matching autocast
+    pin_memory: bool = False
+
+    @property
+    def steps(self) -> int:
+        return -(-self.n // self.batch_size)
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+
+
+def tabular(n: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n, 20, generator=g)
+    y = (X[:, :5].sum(1) + 0.5 * torch.randn(n, generator=g) > 0).long()
+    return TensorDataset(X, y)
+
+
+def cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 10),
+    )
+
+
+def images(n: int, shape=(1, 28, 28), classes: int = 10) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+def resnet18(classes: int = 10) -> nn.Module:
+    """ResNet-18 with the usual 3x3 stem for 32x32 inputs (11.2M parameters)."""
+    layers: List[nn.Module] = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
+    cin = 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, classes)]
+    return nn.Sequential(*layers)
+
+
+WORKLOADS: Dict[str, Workload] = {
+    "W1": Workload("W1", "MLP 20-64-64-2, 50,000 rows, batch 64", 50_000, 64, "cpu", mlp, tabular),
+    "W2": Workload("W2", "2-conv CNN, 10,000 x 1x28x28, batch 128", 10_000, 128, "cpu", cnn, images),
+    "GPU": Workload("GPU", "ResNet-18, 25,600 x 3x32x32, batch 256, bf16 autocast", 25_600, 256, "cuda",
+                    resnet18, lambda n: images(n, (3, 32, 32)), precision="bf16", pin_memory=True),
+}
+
+
+def make_loader(w: Workload, ds: TensorDataset) -> DataLoader:
+    # Every runner gets the same shuffled order (its own generator, same seed).
+    return DataLoader(ds, batch_size=w.batch_size, shuffle=True, pin_memory=w.pin_memory,
+                      generator=torch.Generator().manual_seed(1))
+
+
+def make_optimizer(params) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast(w: Workload):
+    if w.precision == "bf16":
+        return torch.autocast(device_type=w.device, dtype=torch.bfloat16)
+    return torch.autocast(device_type=w.device, enabled=False)
+
+
+# -------------------------------------------------------------------- runners
+# A runner takes (workload, dataset, net) and returns a function that trains one
+# epoch and returns that epoch's mean loss as a float.
+
+def hand_written(w: Workload, ds: TensorDataset, net: nn.Module):
+    """The loop a careful user writes: DataLoader, zero_grad/forward/backward/step,
+    the epoch loss summed on the device as loss.detach() * n and read once per epoch."""
+    dl = make_loader(w, ds)
+    net = net.to(w.device)
+    opt = make_optimizer(net.parameters())
+    loss_fn = nn.CrossEntropyLoss()
+    on_cuda = w.device == "cuda"
+
+    def epoch() -> float:
+        net.train()
+        total = torch.zeros((), device=w.device)
+        seen = 0
+        for x, y in dl:
+            if on_cuda:
+                x, y = x.to(w.device, non_blocking=True), y.to(w.device, non_blocking=True)
+            opt.zero_grad()
+            with autocast(w):
+                loss = loss_fn(net(x), y)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(y)
+            seen += len(y)
+        return total.item() / seen
+
+    return epoch
+
+
+def hand_indexed(w: Workload, ds: TensorDataset, net: nn.Module):
+    """The same loop without a DataLoader: shuffle once per epoch, slice the tensors."""
+    X, Y = ds.tensors
+    net = net.to(w.device)
+    opt = make_optimizer(net.parameters())
+    loss_fn = nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(1)
+
+    def epoch() -> float:
+        net.train()
+        total = torch.zeros((), device=w.device)
+        perm = torch.randperm(len(X), generator=g)
+        for i in range(0, len(X), w.batch_size):
+            idx = perm[i:i + w.batch_size]
+            x, y = X[idx].to(w.device, non_blocking=True), Y[idx].to(w.device, non_blocking=True)
+            opt.zero_grad()
+            with autocast(w):
+                loss = loss_fn(net(x), y)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(y)
+        return total.item() / len(X)
+
+    return epoch
+
+
+def torchfit_runner(fast_path: bool):
+    def runner(w: Workload, ds: TensorDataset, net: nn.Module):
+        dl = make_loader(w, ds)
+        model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), make_optimizer(net.parameters()),
+                                           device=w.device, precision=w.precision)
+
+        def epoch() -> float:
+            return float(model.fit(1, dl, verbose=0, fast_path=fast_path)["loss"].iloc[-1])
+
+        return epoch
+    return runner
+
+
+def poutyne_runner(w: Workload, ds: TensorDataset, net: nn.Module):
+    import poutyne
+
+    if w.precision != "32":
+        return None  # not compared: poutyne's mixed precision goes through accelerate
+    model = poutyne.Model(net, make_optimizer(net.parameters()), nn.CrossEntropyLoss(), device=w.device)
+    dl = make_loader(w, ds)
+
+    def epoch() -> float:
+        return float(model.fit_generator(dl, epochs=1, verbose=False)[-1]["loss"])
+
+    return epoch
+
+
+def torchkeras_runner(w: Workload, ds: TensorDataset, net: nn.Module):
+    import tempfile
+
+    from torchkeras import KerasModel
+
+    if w.device != "cpu":
+        return None  # torchkeras picks its device through accelerate; compared on CPU only
+    model = KerasModel(net, loss_fn=nn.CrossEntropyLoss(), optimizer=make_optimizer(net.parameters()))
+    dl = make_loader(w, ds)
+    ckpt = os.path.join(tempfile.mkdtemp(prefix="torchkeras-bench-"), "ckpt.pt")
+
+    def epoch() -> float:
+        # torchkeras saves a checkpoint whenever the monitored figure improves: part of its fit.
+        h = model.fit(train_data=dl, epochs=1, ckpt_path=ckpt, patience=10**9, monitor="train_loss",
+                      mode="min", plot=False, quiet=True, cpu=True)
+        return float(h["train_loss"].iloc[-1])
+
+    return epoch
+
+
+def lightning_runner(barebones: bool):
+    def runner(w: Workload, ds: TensorDataset, net: nn.Module):
+        import lightning as L
+
+        class Module(L.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.net = net
+                self.loss_fn = nn.CrossEntropyLoss()
+
+            def training_step(self, batch, batch_idx):
+                x, y = batch
+                loss = self.loss_fn(self.net(x), y)
+                if not barebones:
+                    self.log("loss", loss, on_step=False, on_epoch=True)  # epoch mean, synced once per epoch
+                return loss
+
+            def configure_optimizers(self):
+                return make_optimizer(self.parameters())
+
+        module = Module()
+        dl = make_loader(w, ds)
+        precision = "bf16-mixed" if w.precision == "bf16" else "32-true"
+        state = {"epochs": 0}
+
+        def epoch() -> float:
+            # One Trainer per call (Lightning cannot resume a finished fit in place);
+            # its set-up is part of the time, as torchfit's is.
+            state["epochs"] += 1
+            kw = dict(barebones=True) if barebones else dict(logger=False, enable_checkpointing=False,
+                                                              enable_progress_bar=False, enable_model_summary=False)
+            trainer = L.Trainer(max_epochs=1, accelerator="gpu" if w.device == "cuda" else "cpu", devices=1,
+                                precision=precision, num_sanity_val_steps=0, **kw)
+            trainer.fit(module, dl)
+            return float(trainer.callback_metrics.get("loss", float("nan")))
+
+        return epoch
+    return runner
+
+
+def keras_runner(w: Workload, ds: TensorDataset, net: nn.Module):
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    if keras.backend.backend() != "torch" or w.precision != "32":
+        return None
+    model = keras.Sequential([keras.layers.Input(ds.tensors[0].shape[1:]), keras.layers.TorchModuleWrapper(net)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    dl = make_loader(w, ds)
+
+    def epoch() -> float:
+        return float(model.fit(dl, epochs=1, verbose=0).history["loss"][-1])
+
+    return epoch
+
+
+RUNNERS: Dict[str, Callable] = {
+    "hand-written": hand_written,
+    "torchfit": torchfit_runner(fast_path=True),
+    "torchfit (fast_path=False)": torchfit_runner(fast_path=False),
+    "hand-written, indexed": hand_indexed,
+}
+PEERS: Dict[str, Callable] = {
+    "poutyne": poutyne_runner,
+    "torchkeras": torchkeras_runner,
+    "Lightning": lightning_runner(barebones=False),
+    "Lightning barebones": lightning_runner(barebones=True),
+    "Keras 3 (torch)": keras_runner,
+}
+PEER_PACKAGES = {"poutyne": "poutyne", "torchkeras": "torchkeras", "Lightning": "lightning",
+                 "Lightning barebones": "lightning", "Keras 3 (torch)": "keras"}
+
+
+# -------------------------------------------------------------------- timing
+def time_workload(w: Workload, runners: Dict[str, Callable], repeats: int, log) -> dict:
+    ds = w.make_data(w.n)
+    torch.manual_seed(0)
+    init = w.make_net()
+    epochs: Dict[str, Callable[[], float]] = {}
+    skipped: Dict[str, str] = {}
+    for name, make in runners.items():
+        net = w.make_net()
+        net.load_state_dict(init.state_dict())
+        try:
+            fn = make(w, ds, net)
+        except ImportError as exc:
+            skipped[name] = f"not installed ({exc.name})"
+            continue
+        if fn is None:
+            skipped[name] = "not run on this workload"
+            continue
+        fn()  # warm-up epoch: allocator, autotuning, lazy imports
+        epochs[name] = fn
+    times: Dict[str, List[float]] = {name: [] for name in epochs}
+    names = list(epochs)
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            gc.collect()
+            sync(w.device)
+            t0 = time.perf_counter()
+            epochs[name]()
+            sync(w.device)
+            times[name].append(time.perf_counter() - t0)
+        log(f"  {w.name} round {r + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names))
+    base = times["hand-written"]
+    base_median = statistics.median(base)
+    rows = {}
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows[name] = {
+            "median_s_per_epoch": med,
+            "ratio": med / base_median,
+            "paired_ratio": statistics.median(t / b for t, b in zip(ts, base)),
+            "extra_us_per_step": (med - base_median) / w.steps * 1e6,
+            "times_s": ts,
+        }
+    return {"workload": w.name, "description": w.description, "steps_per_epoch": w.steps,
+            "repeats": repeats, "runners": rows, "skipped": skipped}
+
+
+# ------------------------------------------------------- sync-free check (CUDA)
+class SyncDebug(torchfit.Callback):
+    """Turns ``torch.cuda.set_sync_debug_mode("error")`` on for every step that is
+    not a logging point or the last of its loader: a host sync there raises."""
+
+    def __init__(self, log_every: int, n_train: int, n_val: int):
+        self.log_every, self.n_train, self.n_val = log_every, n_train, n_val
+
+    def on_train_batch_begin(self, batch, logs):
+        # Step 1 also runs the metric preflight (once per fit, allowed to sync).
+        quiet = batch == 1 or batch % self.log_every == 0 or batch == self.n_train
+        torch.cuda.set_sync_debug_mode("default" if quiet else "error")
+
+    def on_train_batch_end(self, batch, logs):
+        torch.cuda.set_sync_debug_mode("error")  # covers fetching and moving the next batch
+
+    def on_test_batch_begin(self, batch, logs):
+        torch.cuda.set_sync_debug_mode("default" if batch == self.n_val else "error")
+
+    def on_test_batch_end(self, batch, logs):
+        torch.cuda.set_sync_debug_mode("default" if batch == self.n_val else "error")
+
+    def on_epoch_end(self, epoch, logs):
+        torch.cuda.set_sync_debug_mode("default")
+
+    on_train_end = on_epoch_end
+
+
+def check_no_hidden_syncs(w: Workload) -> dict:
+    ds = w.make_data(w.n // 4)
+    dl = make_loader(w, ds)
+    dl_val = DataLoader(w.make_data(w.n // 20), batch_size=w.batch_size, pin_memory=w.pin_memory)
+    torch.manual_seed(0)
+    net = w.make_net()
+    model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), make_optimizer(net.parameters()), ["accuracy"],
+                                        device=w.device, precision=w.precision)
+    log_every = 10
+    result = {"fit": "ok"}
+    try:
+        model.fit(2, dl, dl_val, log_step_freq=log_every, verbose=0,
+                  callbacks=[SyncDebug(log_every, len(dl), len(dl_val))])
+    except Exception as exc:  # reported, not hidden: the figure says what tripped
+        result["fit"] = f"tripped: {type(exc).__name__}: {exc}"[:500]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return result
+
+
+# ---------------------------------------------------------------- peak memory
+def rss_child(workload: str, runner: str, epochs: int) -> None:
+    """Runs in a fresh process: one runner, ``epochs`` epochs; prints peak RSS as JSON."""
+    torch.set_num_threads(1)
+    w = WORKLOADS[workload]
+    ds = w.make_data(w.n)
+    torch.manual_seed(0)
+    fn = RUNNERS[runner](w, ds, w.make_net())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(epochs):
+        fn()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_rss_mb": after / 1024, "peak_rss_before_fit_mb": before / 1024}))
+
+
+def measure_rss(workload: str, runners: List[str], epochs: int, rounds: int, log) -> dict:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    samples: Dict[str, List[dict]] = {r: [] for r in runners}
+    for i in range(rounds):
+        for runner in runners:
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child", workload, runner,
+                                  str(epochs)], capture_output=True, text=True, env=env, check=True)
+            samples[runner].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        log(f"  peak RSS round {i + 1}/{rounds}: " + ", ".join(
+            f"{r} {samples[r][-1]['peak_rss_mb']:.0f} MB" for r in runners))
+    base = statistics.median(s["peak_rss_mb"] for s in samples["hand-written"])
+    rows = {}
+    for runner, ss in samples.items():
+        peak = statistics.median(s["peak_rss_mb"] for s in ss)
+        growth = statistics.median(s["peak_rss_mb"] - s["peak_rss_before_fit_mb"] for s in ss)
+        rows[runner] = {"peak_rss_mb": peak, "ratio": peak / base, "growth_during_fit_mb": growth}
+    return {"workload": workload, "epochs": epochs, "rounds": rounds, "runners": rows}
+
+
+# -------------------------------------------------------------------- report
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchfit": torchfit.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    try:
+        info["torchfit_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                                 capture_output=True, text=True).stdout.strip() or None
+    except OSError:
+        info["torchfit_commit"] = None
+    from importlib import metadata
+    for pkg in sorted(set(PEER_PACKAGES.values())):
+        try:
+            info[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return info
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [f"# torchfit overhead benchmark ({results['date']})", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}"
+             + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f"; {m['platform']}", "",
+             "Versions: " + ", ".join(f"{k} {m[k]}" for k in ("python", "torch", "torchfit", "torchfit_commit",
+                                                                *sorted(set(PEER_PACKAGES.values()))) if m.get(k)),
+             "", f"Command: `{results['command']}`", ""]
+    for wl in results["workloads"]:
+        lines += [f"## {wl['workload']}: {wl['description']} ({wl['steps_per_epoch']} steps/epoch, "
+                  f"{wl['repeats']} interleaved repeats)", "",
+                  "| runner | median s/epoch | ratio to hand-written | median paired ratio | extra µs/step |",
+                  "|---|---|---|---|---|"]
+        for name, r in wl["runners"].items():
+            lines.append(f"| {name} | {r['median_s_per_epoch']:.4f} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} "
+                         f"| {r['extra_us_per_step']:+.1f} |")
+        for name, why in wl.get("skipped", {}).items():
+            lines.append(f"| {name} | – | – | – | {why} |")
+        if "sync_check" in wl:
+            lines += ["", f"`fit` under `torch.cuda.set_sync_debug_mode(\"error\")` between logging points: "
+                          f"{wl['sync_check']['fit']}"]
+        lines.append("")
+    if results.get("memory"):
+        mem = results["memory"]
+        lines += [f"## Peak memory: {mem['workload']}, {mem['epochs']} epochs, fresh process per run "
+                  f"(median of {mem['rounds']})", "",
+                  "| runner | peak RSS MB | ratio to hand-written | growth during training MB |", "|---|---|---|---|"]
+        for name, r in mem["runners"].items():
+            lines.append(f"| {name} | {r['peak_rss_mb']:.0f} | {r['ratio']:.3f} | {r['growth_during_fit_mb']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="few repeats, smaller workloads: a smoke run")
+    p.add_argument("--repeats", type=int, help="interleaved timed epochs per runner (default 15, quick 3)")
+    p.add_argument("--workloads", default=None, help="comma-separated subset of W1,W2,GPU")
+    p.add_argument("--no-peers", action="store_true", help="skip poutyne/torchkeras/Lightning/Keras")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS processes")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--rss-child", nargs=3, metavar=("WORKLOAD", "RUNNER", "EPOCHS"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rss_child:
+        rss_child(args.rss_child[0], args.rss_child[1], int(args.rss_child[2]))
+        return 0
+
+    torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available()
+    names = args.workloads.split(",") if args.workloads else ["W1", "W2"] + (["GPU"] if cuda else [])
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        p.error(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
+    if "GPU" in names and not cuda:
+        print("GPU workload skipped: CUDA is not available on this machine")
+        names.remove("GPU")
+    repeats = args.repeats or (3 if args.quick else 15)
+    runners = dict(RUNNERS)
+    if not args.no_peers:
+        runners.update(PEERS)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+               "command": " ".join(["python", "benchmarks/overhead.py"] + (argv if argv is not None else sys.argv[1:])),
+               "workloads": []}
+    log(f"machine: {results['machine']}")
+    for name in names:
+        w = WORKLOADS[name]
+        if args.quick:
+            w = Workload(**{**w.__dict__, "n": w.n // 5})
+        log(f"{w.name}: {w.description}")
+        wl = time_workload(w, runners, repeats, log)
+        if w.device == "cuda":
+            wl["sync_check"] = check_no_hidden_syncs(w)
+            log(f"  sync check: {wl['sync_check']}")
+        results["workloads"].append(wl)
+    if not args.no_memory and "W2" in names:
+        log("peak memory, W2, fresh processes")
+        results["memory"] = measure_rss("W2", ["hand-written", "torchfit"], epochs=1 if args.quick else 3,
+                                        rounds=1 if args.quick else 3, log=log)
+
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, "overhead-" + ("cuda" if cuda else "cpu") + ("-quick" if args.quick else ""))
+    with open(stem + ".json", "w") as f:
+        json.dump(results, f, indent=2)
+    text = markdown(results)
+    with open(stem + ".md", "w") as f:
+        f.write(text)
+    print("\n" + text)
+    print(f"wrote {stem}.json and {stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
