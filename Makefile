@@ -9,7 +9,7 @@ DEPS_KEY := $(shell cat constraints.txt setup.cfg | sha256sum | cut -c1-12)
 STAMP := $(VENV)/.torchfit-deps-$(DEPS_KEY)
 EXTRAS ?= dev
 
-.PHONY: install demo test bench notebooks clean
+.PHONY: install demo test bench bench-peers notebooks clean
 
 $(STAMP): constraints.txt setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,23 @@ demo: install
 test: install
 	TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 $(PY) -m pytest -q
 
+# `make bench BENCH_ARGS=--quick` for a short run; results go to benchmarks/results/.
 bench: install
-	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/overhead.py $(BENCH_ARGS)
+
+# The peers (benchmarks/requirements-peers.txt) live in their own venv, never the shared
+# one: it sees the shared venv's packages (torch...) through a .pth line.
+PEERS_VENV ?= benchmarks/.venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+$(PEERS_VENV)/.installed: benchmarks/requirements-peers.txt constraints.txt
+	test -x $(PEERS_PY) || $(PY) -m venv $(PEERS_VENV)
+	$(PY) -c "import os, site; print(os.path.realpath(site.getsitepackages()[0]))" \
+		> "$$($(PEERS_PY) -c 'import site; print(site.getsitepackages()[0])')/torchfit-shared-venv.pth"
+	$(PEERS_PY) -m pip install -q -c constraints.txt -r benchmarks/requirements-peers.txt
+	touch $@
+
+bench-peers: install $(PEERS_VENV)/.installed
+	$(PEERS_PY) benchmarks/overhead.py $(BENCH_ARGS)
 
 notebooks: install
 	$(PY) notebooks/run_notebooks.py --write

@@ -21,6 +21,7 @@ package imports; install them from requirements-peers.txt (see README.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -77,9 +78,9 @@ def tabular(n: int) -> TensorDataset:
 
 def cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 7 * 7, 10),
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 10),
     )
 
 
@@ -117,7 +118,7 @@ def resnet18(classes: int = 10) -> nn.Module:
 
 WORKLOADS: Dict[str, Workload] = {
     "W1": Workload("W1", "MLP 20-64-64-2, 50,000 rows, batch 64", 50_000, 64, "cpu", mlp, tabular),
-    "W2": Workload("W2", "2-conv CNN, 10,000 x 1x28x28, batch 128", 10_000, 128, "cpu", cnn, images),
+    "W2": Workload("W2", "2-conv CNN (16, 32 channels), 10,000 x 1x28x28, batch 128", 10_000, 128, "cpu", cnn, images),
     "GPU": Workload("GPU", "ResNet-18, 25,600 x 3x32x32, batch 256, bf16 autocast", 25_600, 256, "cuda",
                     resnet18, lambda n: images(n, (3, 32, 32)), precision="bf16", pin_memory=True),
 }
@@ -146,7 +147,9 @@ def autocast(w: Workload):
 
 # -------------------------------------------------------------------- runners
 # A runner takes (workload, dataset, net) and returns a function that trains one
-# epoch and returns that epoch's mean loss as a float.
+# epoch and returns that epoch's mean loss as a float (timed around the call), or
+# (loss, seconds) when it timed the epoch itself (the peers, see EpochClock); or
+# None when it does not run that workload.
 
 def hand_written(w: Workload, ds: TensorDataset, net: nn.Module):
     """The loop a careful user writes: DataLoader, zero_grad/forward/backward/step,
@@ -215,16 +218,44 @@ def torchfit_runner(fast_path: bool):
     return runner
 
 
+class EpochClock:
+    """Times a peer's epoch from inside its own fit (its epoch-begin to epoch-end hooks),
+    leaving out the per-call set-up a multi-epoch fit would pay once. That favours the
+    peers: torchfit and the hand-written loop are timed around the whole call."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.start = self.elapsed = None
+
+    def begin(self, *args, **kwargs) -> None:
+        sync(self.device)
+        self.start = time.perf_counter()
+
+    def end(self, *args, **kwargs) -> None:
+        sync(self.device)
+        self.elapsed = time.perf_counter() - self.start
+
+
 def poutyne_runner(w: Workload, ds: TensorDataset, net: nn.Module):
     import poutyne
 
     if w.precision != "32":
-        return None  # not compared: poutyne's mixed precision goes through accelerate
+        return None  # poutyne has no bf16 autocast switch of its own: not compared
+    clock = EpochClock(w.device)
+
+    class Clock(poutyne.Callback):
+        def on_epoch_begin(self, epoch, logs):
+            clock.begin()
+
+        def on_epoch_end(self, epoch, logs):
+            clock.end()
+
     model = poutyne.Model(net, make_optimizer(net.parameters()), nn.CrossEntropyLoss(), device=w.device)
     dl = make_loader(w, ds)
 
-    def epoch() -> float:
-        return float(model.fit_generator(dl, epochs=1, verbose=False)[-1]["loss"])
+    def epoch():
+        logs = model.fit_generator(dl, epochs=1, verbose=False, callbacks=[Clock()])
+        return float(logs[-1]["loss"]), clock.elapsed
 
     return epoch
 
@@ -236,22 +267,40 @@ def torchkeras_runner(w: Workload, ds: TensorDataset, net: nn.Module):
 
     if w.device != "cpu":
         return None  # torchkeras picks its device through accelerate; compared on CPU only
+    clock = EpochClock(w.device)
+
+    class Clock:  # torchkeras calls hooks by name; it has no epoch-begin hook, fit-start is next to it
+        def on_fit_start(self, model):
+            clock.begin()
+
+        def on_train_epoch_end(self, model):
+            clock.end()
+
     model = KerasModel(net, loss_fn=nn.CrossEntropyLoss(), optimizer=make_optimizer(net.parameters()))
     dl = make_loader(w, ds)
     ckpt = os.path.join(tempfile.mkdtemp(prefix="torchkeras-bench-"), "ckpt.pt")
 
-    def epoch() -> float:
-        # torchkeras saves a checkpoint whenever the monitored figure improves: part of its fit.
-        h = model.fit(train_data=dl, epochs=1, ckpt_path=ckpt, patience=10**9, monitor="train_loss",
-                      mode="min", plot=False, quiet=True, cpu=True)
-        return float(h["train_loss"].iloc[-1])
+    def epoch():
+        # from_scratch=True: otherwise every fit after the first runs an extra,
+        # evaluation-only epoch 0. Its progress bar's text is discarded.
+        model.from_scratch = True
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            h = model.fit(train_data=dl, epochs=1, ckpt_path=ckpt, patience=10**9, monitor="train_loss",
+                          mode="min", plot=False, cpu=True, callbacks=[Clock()])
+        return float(h["train_loss"].iloc[-1]), clock.elapsed
 
     return epoch
 
 
 def lightning_runner(barebones: bool):
     def runner(w: Workload, ds: TensorDataset, net: nn.Module):
+        import logging
+
         import lightning as L
+
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.ERROR)  # "GPU available: ..." on every Trainer
+        clock = EpochClock(w.device)
 
         class Module(L.LightningModule):
             def __init__(self):
@@ -262,46 +311,61 @@ def lightning_runner(barebones: bool):
             def training_step(self, batch, batch_idx):
                 x, y = batch
                 loss = self.loss_fn(self.net(x), y)
-                if not barebones:
-                    self.log("loss", loss, on_step=False, on_epoch=True)  # epoch mean, synced once per epoch
+                if not barebones:  # barebones forbids self.log
+                    self.log("loss", loss, on_step=False, on_epoch=True)  # epoch mean, read once per epoch
                 return loss
 
             def configure_optimizers(self):
                 return make_optimizer(self.parameters())
 
+            def on_train_epoch_start(self):
+                clock.begin()
+
+            def on_train_epoch_end(self):
+                clock.end()
+
         module = Module()
         dl = make_loader(w, ds)
         precision = "bf16-mixed" if w.precision == "bf16" else "32-true"
-        state = {"epochs": 0}
 
-        def epoch() -> float:
-            # One Trainer per call (Lightning cannot resume a finished fit in place);
-            # its set-up is part of the time, as torchfit's is.
-            state["epochs"] += 1
+        def epoch():
+            # A Trainer per call: a finished Lightning fit cannot be extended in place.
             kw = dict(barebones=True) if barebones else dict(logger=False, enable_checkpointing=False,
                                                               enable_progress_bar=False, enable_model_summary=False)
             trainer = L.Trainer(max_epochs=1, accelerator="gpu" if w.device == "cuda" else "cpu", devices=1,
                                 precision=precision, num_sanity_val_steps=0, **kw)
-            trainer.fit(module, dl)
-            return float(trainer.callback_metrics.get("loss", float("nan")))
+            with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                trainer.fit(module, dl)
+            return float(trainer.callback_metrics.get("loss", float("nan"))), clock.elapsed
 
         return epoch
     return runner
 
 
 def keras_runner(w: Workload, ds: TensorDataset, net: nn.Module):
-    os.environ.setdefault("KERAS_BACKEND", "torch")
+    if "keras" not in sys.modules:
+        os.environ.setdefault("KERAS_BACKEND", "torch")  # read once, when keras is first imported
     import keras
 
     if keras.backend.backend() != "torch" or w.precision != "32":
         return None
+    clock = EpochClock(w.device)
+
+    class Clock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            clock.begin()
+
+        def on_epoch_end(self, epoch, logs=None):
+            clock.end()
+
     model = keras.Sequential([keras.layers.Input(ds.tensors[0].shape[1:]), keras.layers.TorchModuleWrapper(net)])
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     dl = make_loader(w, ds)
 
-    def epoch() -> float:
-        return float(model.fit(dl, epochs=1, verbose=0).history["loss"][-1])
+    def epoch():
+        h = model.fit(dl, epochs=1, verbose=0, callbacks=[Clock()])
+        return float(h.history["loss"][-1]), clock.elapsed
 
     return epoch
 
@@ -351,9 +415,12 @@ def time_workload(w: Workload, runners: Dict[str, Callable], repeats: int, log) 
             gc.collect()
             sync(w.device)
             t0 = time.perf_counter()
-            epochs[name]()
+            out = epochs[name]()
             sync(w.device)
-            times[name].append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            if isinstance(out, tuple):  # a peer timed its epoch from its own hooks
+                elapsed = out[1]
+            times[name].append(elapsed)
         log(f"  {w.name} round {r + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names))
     base = times["hand-written"]
     base_median = statistics.median(base)
@@ -470,6 +537,9 @@ def machine() -> dict:
         "torch": torch.__version__,
         "torchfit": torchfit.__version__,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        # Other work on the machine shows up here (the timings are interleaved, so it
+        # hits every runner alike, but a busy machine widens the spread).
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     try:
         info["torchfit_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
@@ -485,11 +555,17 @@ def machine() -> dict:
     return info
 
 
+def _load(values) -> str:
+    return "/".join(f"{v:.1f}" for v in values) if values else "n/a"
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"# torchfit overhead benchmark ({results['date']})", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}"
              + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f"; {m['platform']}", "",
+             f"Load average (1/5/15 min) at start {_load(m.get('load_average_at_start'))}, "
+             f"at end {_load(m.get('load_average_at_end'))}", "",
              "Versions: " + ", ".join(f"{k} {m[k]}" for k in ("python", "torch", "torchfit", "torchfit_commit",
                                                                 *sorted(set(PEER_PACKAGES.values()))) if m.get(k)),
              "", f"Command: `{results['command']}`", ""]
@@ -569,6 +645,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         results["memory"] = measure_rss("W2", ["hand-written", "torchfit"], epochs=1 if args.quick else 3,
                                         rounds=1 if args.quick else 3, log=log)
 
+    results["machine"]["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, "overhead-" + ("cuda" if cuda else "cpu") + ("-quick" if args.quick else ""))
     with open(stem + ".json", "w") as f:
