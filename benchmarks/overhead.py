@@ -43,8 +43,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, ROOT)
-
-import torchfit  # noqa: E402
+# torchfit (and so pandas) is imported only where it is used: the peak-RSS child
+# process of the hand-written loop must not carry torchfit's imports.
 
 
 # ------------------------------------------------------------------ workloads
@@ -207,6 +207,8 @@ def hand_indexed(w: Workload, ds: TensorDataset, net: nn.Module):
 
 def torchfit_runner(fast_path: bool):
     def runner(w: Workload, ds: TensorDataset, net: nn.Module):
+        import torchfit
+
         dl = make_loader(w, ds)
         model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), make_optimizer(net.parameters()),
                                            device=w.device, precision=w.precision)
@@ -439,34 +441,36 @@ def time_workload(w: Workload, runners: Dict[str, Callable], repeats: int, log) 
 
 
 # ------------------------------------------------------- sync-free check (CUDA)
-class SyncDebug(torchfit.Callback):
-    """Turns ``torch.cuda.set_sync_debug_mode("error")`` on for every step that is
-    not a logging point or the last of its loader: a host sync there raises."""
-
-    def __init__(self, log_every: int, n_train: int, n_val: int):
-        self.log_every, self.n_train, self.n_val = log_every, n_train, n_val
-
-    def on_train_batch_begin(self, batch, logs):
-        # Step 1 also runs the metric preflight (once per fit, allowed to sync).
-        quiet = batch == 1 or batch % self.log_every == 0 or batch == self.n_train
-        torch.cuda.set_sync_debug_mode("default" if quiet else "error")
-
-    def on_train_batch_end(self, batch, logs):
-        torch.cuda.set_sync_debug_mode("error")  # covers fetching and moving the next batch
-
-    def on_test_batch_begin(self, batch, logs):
-        torch.cuda.set_sync_debug_mode("default" if batch == self.n_val else "error")
-
-    def on_test_batch_end(self, batch, logs):
-        torch.cuda.set_sync_debug_mode("default" if batch == self.n_val else "error")
-
-    def on_epoch_end(self, epoch, logs):
-        torch.cuda.set_sync_debug_mode("default")
-
-    on_train_end = on_epoch_end
-
-
 def check_no_hidden_syncs(w: Workload) -> dict:
+    import torchfit
+
+    class SyncDebug(torchfit.Callback):
+        """Turns ``torch.cuda.set_sync_debug_mode("error")`` on for every step that is
+        not a logging point or the last of its loader: a host sync there raises."""
+
+        def __init__(self, log_every: int, n_train: int, n_val: int):
+            self.log_every, self.n_train, self.n_val = log_every, n_train, n_val
+
+        def on_train_batch_begin(self, batch, logs):
+            # Step 1 also runs the metric preflight (once per fit, allowed to sync).
+            quiet = batch == 1 or batch % self.log_every == 0 or batch == self.n_train
+            torch.cuda.set_sync_debug_mode("default" if quiet else "error")
+
+        def on_train_batch_end(self, batch, logs):
+            # Covers fetching and moving the next batch; the epoch's figures are read after the last.
+            torch.cuda.set_sync_debug_mode("default" if batch == self.n_train else "error")
+
+        def on_test_batch_begin(self, batch, logs):
+            torch.cuda.set_sync_debug_mode("default" if batch == self.n_val else "error")
+
+        def on_test_batch_end(self, batch, logs):
+            torch.cuda.set_sync_debug_mode("default" if batch == self.n_val else "error")
+
+        def on_epoch_end(self, epoch, logs):
+            torch.cuda.set_sync_debug_mode("default")
+
+        on_train_end = on_epoch_end
+
     ds = w.make_data(w.n // 4)
     dl = make_loader(w, ds)
     dl_val = DataLoader(w.make_data(w.n // 20), batch_size=w.batch_size, pin_memory=w.pin_memory)
@@ -535,7 +539,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "torchfit": torchfit.__version__,
+        "torchfit": __import__("torchfit").__version__,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         # Other work on the machine shows up here (the timings are interleaved, so it
         # hits every runner alike, but a busy machine widens the spread).
