@@ -148,8 +148,8 @@ def autocast(w: Workload):
 # -------------------------------------------------------------------- runners
 # A runner takes (workload, dataset, net) and returns a function that trains one
 # epoch and returns that epoch's mean loss as a float (timed around the call), or
-# (loss, seconds) when it timed the epoch itself (the peers, see EpochClock); or
-# None when it does not run that workload.
+# (loss, (wall seconds, CPU seconds)) when it timed the epoch itself (the peers, see
+# EpochClock); or None when it does not run that workload.
 
 def hand_written(w: Workload, ds: TensorDataset, net: nn.Module):
     """The loop a careful user writes: DataLoader, zero_grad/forward/backward/step,
@@ -231,11 +231,11 @@ class EpochClock:
 
     def begin(self, *args, **kwargs) -> None:
         sync(self.device)
-        self.start = time.perf_counter()
+        self.start = (time.perf_counter(), time.process_time())
 
     def end(self, *args, **kwargs) -> None:
         sync(self.device)
-        self.elapsed = time.perf_counter() - self.start
+        self.elapsed = (time.perf_counter() - self.start[0], time.process_time() - self.start[1])
 
 
 def poutyne_runner(w: Workload, ds: TensorDataset, net: nn.Module):
@@ -409,33 +409,38 @@ def time_workload(w: Workload, runners: Dict[str, Callable], repeats: int, log) 
             continue
         fn()  # warm-up epoch: allocator, autotuning, lazy imports
         epochs[name] = fn
-    times: Dict[str, List[float]] = {name: [] for name in epochs}
+    clocks = ("wall", "cpu")
+    times: Dict[str, Dict[str, List[float]]] = {name: {c: [] for c in clocks} for name in epochs}
     names = list(epochs)
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             gc.collect()
             sync(w.device)
-            t0 = time.perf_counter()
+            wall0, cpu0 = time.perf_counter(), time.process_time()
             out = epochs[name]()
             sync(w.device)
-            elapsed = time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
             if isinstance(out, tuple):  # a peer timed its epoch from its own hooks
-                elapsed = out[1]
-            times[name].append(elapsed)
-        log(f"  {w.name} round {r + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names))
-    base = times["hand-written"]
-    base_median = statistics.median(base)
+                wall, cpu = out[1]
+            times[name]["wall"].append(wall)
+            times[name]["cpu"].append(cpu)
+        log(f"  {w.name} round {r + 1}/{repeats}: " + ", ".join(
+            f"{n} {times[n]['wall'][-1]:.3f}s ({times[n]['cpu'][-1]:.3f}s CPU)" for n in names))
     rows = {}
     for name, ts in times.items():
-        med = statistics.median(ts)
-        rows[name] = {
-            "median_s_per_epoch": med,
-            "ratio": med / base_median,
-            "paired_ratio": statistics.median(t / b for t, b in zip(ts, base)),
-            "extra_us_per_step": (med - base_median) / w.steps * 1e6,
-            "times_s": ts,
-        }
+        row = {}
+        for c in clocks:
+            base = times["hand-written"][c]
+            med, base_median = statistics.median(ts[c]), statistics.median(base)
+            row[c] = {
+                "median_s_per_epoch": med,
+                "ratio": med / base_median,
+                "paired_ratio": statistics.median(t / b for t, b in zip(ts[c], base)),
+                "extra_us_per_step": (med - base_median) / w.steps * 1e6,
+                "times_s": ts[c],
+            }
+        rows[name] = row
     return {"workload": w.name, "description": w.description, "steps_per_epoch": w.steps,
             "repeats": repeats, "runners": rows, "skipped": skipped}
 
@@ -576,13 +581,16 @@ def markdown(results: dict) -> str:
     for wl in results["workloads"]:
         lines += [f"## {wl['workload']}: {wl['description']} ({wl['steps_per_epoch']} steps/epoch, "
                   f"{wl['repeats']} interleaved repeats)", "",
-                  "| runner | median s/epoch | ratio to hand-written | median paired ratio | extra µs/step |",
-                  "|---|---|---|---|---|"]
+                  "| runner | wall s/epoch | ratio (wall) | CPU s/epoch | ratio (CPU) | paired ratio (CPU) "
+                  "| extra CPU µs/step |",
+                  "|---|---|---|---|---|---|---|"]
         for name, r in wl["runners"].items():
-            lines.append(f"| {name} | {r['median_s_per_epoch']:.4f} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} "
-                         f"| {r['extra_us_per_step']:+.1f} |")
+            wall, cpu = r["wall"], r["cpu"]
+            lines.append(f"| {name} | {wall['median_s_per_epoch']:.4f} | {wall['ratio']:.3f} "
+                         f"| {cpu['median_s_per_epoch']:.4f} | {cpu['ratio']:.3f} | {cpu['paired_ratio']:.3f} "
+                         f"| {cpu['extra_us_per_step']:+.1f} |")
         for name, why in wl.get("skipped", {}).items():
-            lines.append(f"| {name} | – | – | – | {why} |")
+            lines.append(f"| {name} | – | – | – | – | – | {why} |")
         if "sync_check" in wl:
             lines += ["", f"`fit` under `torch.cuda.set_sync_debug_mode(\"error\")` between logging points: "
                           f"{wl['sync_check']['fit']}"]
