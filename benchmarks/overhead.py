@@ -496,6 +496,20 @@ def check_no_hidden_syncs(w: Workload) -> dict:
 
 
 # ---------------------------------------------------------------- peak memory
+def peak_rss_mb() -> float:
+    """This process's peak resident set size. On Linux, VmHWM: getrusage's ru_maxrss keeps
+    the peak of the process that forked us across exec, so it would report the parent's."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 / (1024 if sys.platform == "darwin" else 1)  # bytes on macOS
+
+
 def rss_child(workload: str, runner: str, epochs: int) -> None:
     """Runs in a fresh process: one runner, ``epochs`` epochs; prints peak RSS as JSON."""
     torch.set_num_threads(1)
@@ -503,11 +517,10 @@ def rss_child(workload: str, runner: str, epochs: int) -> None:
     ds = w.make_data(w.n)
     torch.manual_seed(0)
     fn = RUNNERS[runner](w, ds, w.make_net())
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_mb()
     for _ in range(epochs):
         fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rss_mb": after / 1024, "peak_rss_before_fit_mb": before / 1024}))
+    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "peak_rss_before_fit_mb": before}))
 
 
 def measure_rss(workload: str, runners: List[str], epochs: int, rounds: int, log) -> dict:

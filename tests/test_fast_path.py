@@ -261,3 +261,35 @@ def test_mean_update_with_a_tensor_that_requires_grad_keeps_no_graph():
         mean.update(w * 3, 4)
     assert not mean._tensor_total.requires_grad and mean._tensor_total.grad_fn is None
     assert mean.compute() == 6.0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fit_makes_no_host_sync_between_logging_points():
+    log_every, n_train = 5, 12
+
+    class SyncDebug(torchfit.Callback):
+        # "error" on every step that is not a logging point, the first step (the metric
+        # preflight) or the last one (the epoch's figures); also while the next batch is
+        # fetched, pinned and copied.
+        def on_train_batch_begin(self, batch, logs):
+            quiet = batch == 1 or batch % log_every == 0 or batch == n_train
+            torch.cuda.set_sync_debug_mode("default" if quiet else "error")
+
+        def on_train_batch_end(self, batch, logs):
+            torch.cuda.set_sync_debug_mode("default" if batch == n_train else "error")
+
+        def on_epoch_end(self, epoch, logs):
+            torch.cuda.set_sync_debug_mode("default")
+
+    X, y, _ = tensor_data(16 * n_train).tensors
+    dl = DataLoader(TensorDataset(X.flatten(1), y), batch_size=16, shuffle=True, pin_memory=True)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4))
+    model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), "adam", ["accuracy"], device="cuda",
+                                        precision="bf16")
+    try:
+        model.fit(2, dl, log_step_freq=log_every, verbose=0, callbacks=[SyncDebug()])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(model.history) == 2
