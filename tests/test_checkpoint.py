@@ -337,3 +337,20 @@ def test_killed_mid_epoch_then_rerun_reaches_the_same_weights(straight_run, tmp_
     assert_same_run(straight_run[0], resumed)
     log = pd.read_csv(directory / "log.csv")  # every epoch exactly once, as in the history
     pd.testing.assert_frame_equal(log, pd.DataFrame(resumed["history"]), check_exact=True)
+
+
+def test_resume_from_a_run_that_early_stopping_ended_trains_no_more(tmp_path, capsys):
+    model, dl, _, _ = setup()
+    ckpt = ModelCheckpoint(tmp_path / "e{epoch}.pt", save_last=True)
+    es = EarlyStopping(monitor="score", mode="min", patience=1, verbose=0)
+    model.fit(10, dl, callbacks=[Scripted([1.0, 2.0, 0.0]), es, ckpt], verbose=0, resume_from=ckpt.last_path)
+    assert model.epoch == 2 and torch.load(tmp_path / "e1.pt", weights_only=True)["stop_training"] is False
+
+    rerun, dl, _, _ = setup()  # the same script, run again
+    ckpt = ModelCheckpoint(tmp_path / "e{epoch}.pt", save_last=True)
+    es = EarlyStopping(monitor="score", mode="min", patience=1, verbose=0)
+    rerun.fit(10, dl, callbacks=[Scripted([1.0, 2.0, 0.0]), es, ckpt], verbose=1, resume_from=ckpt.last_path)
+    assert rerun.epoch == 2 and rerun.global_step == model.global_step
+    assert "Training had been stopped (model.stop_training) at that epoch" in capsys.readouterr().out
+    rerun.fit(1, dl, verbose=0)  # an explicit fit still trains
+    assert rerun.epoch == 3

@@ -11,7 +11,7 @@ load is ``fit(resume_from=...)``'s or the user's.
 What a full checkpoint holds (plain containers and tensors only, no pickled
 objects)::
 
-    {"torchfit_checkpoint": 1, "epoch": 2, "global_step": 14,
+    {"torchfit_checkpoint": 1, "epoch": 2, "global_step": 14, "stop_training": False,
      "net": net.state_dict(), "optimizer": optimizer.state_dict(),
      "scaler": GradScaler.state_dict() or None, "precision": "32",
      "history": [{"epoch": 1, "loss": 0.9, ...}, ...],
@@ -90,6 +90,8 @@ def build(model: Any) -> Dict[str, Any]:
         MARKER: VERSION,
         "epoch": int(model.epoch),
         "global_step": int(model.global_step),
+        # Set by a callback (early stopping) at this epoch's end: the run is over, resume_from trains no more.
+        "stop_training": bool(model.stop_training),
         "net": model.net.state_dict(),
         "optimizer": opt.state_dict() if opt is not None and opt.param_groups else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -224,6 +226,7 @@ def load(model: Any, path: PathLike) -> None:
         scaler.load_state_dict(ckpt["scaler"])
     model.epoch = int(ckpt["epoch"])
     model.global_step = int(ckpt["global_step"])
+    model.stop_training = bool(ckpt["stop_training"])
     model._history_rows = [dict(row) for row in ckpt["history"]]
     set_rng_state(ckpt["rng"])
     state = {"callbacks": ckpt["callbacks"], "loaders": ckpt["loaders"], "rng": ckpt["rng"],

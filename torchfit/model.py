@@ -285,6 +285,9 @@ class Model(nn.Module):
             if os.path.exists(resume_from):
                 self.load_checkpoint(resume_from)
                 resumed = f"Resuming from {os.fspath(resume_from)}: {self.epoch} of {total} epoch(s) done."
+                if self.stop_training:  # e.g. early stopping ended the saved run: it is finished
+                    total = self.epoch
+                    resumed += " Training had been stopped (model.stop_training) at that epoch: nothing to resume."
             epochs = max(0, total - self.epoch)
 
         default_cbs: List[Callback] = [History()]
