@@ -292,9 +292,9 @@ class Model(nn.Module):
 
         default_cbs: List[Callback] = [History()]
         if verbose:
-            if bar:
+            if bar:  # the bar shows the steps; the printer the epoch tables (as with verbose=2)
                 default_cbs.append(ProgressBar())
-            default_cbs.append(ProgressPrinter(verbose, step_dicts=not bar))
+            default_cbs.append(ProgressPrinter(2 if bar else verbose))
         run = self._new_run(default_cbs + user_cbs)
         if resumed and verbose and run.is_main_process:
             print(resumed)

@@ -62,16 +62,14 @@ class ProgressPrinter(Callback):
     """Prints a fit the way torchkeras does.
 
     verbose=1: start line, time bars, a step dict every ``log_step_freq`` steps
-    and an epoch table; verbose=2: only the epoch tables. ``step_dicts=False``
-    leaves the step dicts out (fit does so when a progress bar shows them).
+    and an epoch table; verbose=2: only the epoch tables.
     """
 
     rank_zero_only = True
 
-    def __init__(self, verbose: int = 1, sink: Callable[[str], None] = print, step_dicts: bool = True):
+    def __init__(self, verbose: int = 1, sink: Callable[[str], None] = print):
         self.verbose = verbose
         self.sink = sink
-        self.step_dicts = step_dicts
 
     def on_train_begin(self, logs: dict) -> None:
         if self.verbose == 1:
@@ -79,7 +77,7 @@ class ProgressPrinter(Callback):
             self.sink(time_bar())
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
-        if logs and self.verbose == 1 and self.step_dicts:
+        if logs and self.verbose == 1:
             self.sink(format_step(logs))
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:

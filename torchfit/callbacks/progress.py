@@ -53,7 +53,9 @@ class ProgressBar(Callback):
 
     fit adds it (instead of the step dicts) when ``verbose=1`` and stdout is a
     terminal or a notebook, or when asked with ``fit(..., progress_bar=True)``;
-    ``progress_bar=False`` keeps the step dicts. The epoch table still prints.
+    ``progress_bar=False`` keeps the step dicts. The bar replaces the step dicts,
+    the start line and the time bars; the epoch tables still print (the printer
+    then works as with ``verbose=2``).
 
     >>> # model.fit(10, dl_train, dl_val, progress_bar=True)
     """
