@@ -214,3 +214,19 @@ def test_hooks_of_callbacks_that_do_not_implement_them_are_not_called():
     cbs = torchfit.callbacks.CallbackList([OnlyEpochs()], model)
     assert cbs.on_train_batch_end.__name__ == "_noop"
     assert cbs.on_epoch_end.__name__ == "on_epoch_end"
+
+
+def test_evaluate_and_predict_from_a_callback_inside_fit():
+    seen = []
+    net = mlp()
+    model = compiled(net)
+
+    def probe(epoch, logs):
+        seen.append((model.evaluate(loader(blobs(12), 4))["val_loss"], model.predict(loader(blobs(12), 4)).shape))
+
+    model.fit(2, loader(blobs(16), 4), loader(blobs(8), 4), callbacks=[LambdaCallback(on_epoch_end=probe)],
+              verbose=0)
+    assert len(seen) == 2 and seen[0][1] == (12, 3) and model.epoch == 2
+    plain = compiled(mlp())  # the same training without the probes ends with the same weights
+    plain.fit(2, loader(blobs(16), 4), loader(blobs(8), 4), verbose=0)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), plain.net.state_dict().values()))

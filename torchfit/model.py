@@ -434,12 +434,12 @@ class Model(nn.Module):
         _check_loader("dl", dl)
         run = self._new_run(list(callbacks or []))
         modes = _save_modes(self.net)
-        self._run = run
+        previous, self._run = self._run, run  # called from a callback inside fit: give fit its run back
         try:
             return self._validate(dl, run, Tracker(copy.deepcopy(self.metrics), prefix="val_"))
         finally:
             _restore_modes(modes)
-            self._run = None
+            self._run = previous
 
     # ----------------------------------------------------------------- predict
     def predict(self, dl: Iterable, callbacks: Optional[Sequence[Callback]] = None) -> Any:
@@ -453,7 +453,7 @@ class Model(nn.Module):
         _check_loader("dl", dl)
         run = self._new_run(list(callbacks or []))
         modes = _save_modes(self.net)
-        self._run = run
+        previous, self._run = self._run, run  # called from a callback inside fit: give fit its run back
         try:
             run.callbacks.on_predict_begin({})
             out = loop.predict_loop(self, dl, run)
@@ -461,7 +461,7 @@ class Model(nn.Module):
             return out
         finally:
             _restore_modes(modes)
-            self._run = None
+            self._run = previous
 
     # ----------------------------------------------------------------- summary
     def summary(self, input_shape: Any = None, **kwargs: Any) -> pd.DataFrame:
