@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 
 import pandas as pd
 import pytest
@@ -208,10 +209,17 @@ def test_real_cuda_checkpoint_loads_in_a_cpu_only_process(tmp_path):
     model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), "adam", device="cuda", precision="16-mixed")
     model.fit(1, loader(blobs(64), 16), verbose=0)
     model.save_checkpoint(tmp_path / "gpu.pt")
-    code = ("import torch, torchfit, sys; sys.path.insert(0, 'tests'); from conftest import mlp; from torch import nn;"
-            "assert not torch.cuda.is_available();"
-            "m = torchfit.Model(mlp()).compile(nn.CrossEntropyLoss(), 'adam', device='cpu');"
-            f"m.load_checkpoint({str(tmp_path / 'gpu.pt')!r}); print(m.epoch, m.optimizer.state[m.optimizer.param_groups[0]['params'][0]]['exp_avg'].device)")
+    code = textwrap.dedent(f"""
+        import sys, torch, torchfit
+        from torch import nn
+        sys.path.insert(0, "tests")
+        from conftest import mlp
+        assert not torch.cuda.is_available()
+        m = torchfit.Model(mlp()).compile(nn.CrossEntropyLoss(), "adam", device="cpu")
+        m.load_checkpoint({str(tmp_path / "gpu.pt")!r})
+        first = m.optimizer.param_groups[0]["params"][0]
+        print(m.epoch, m.optimizer.state[first]["exp_avg"].device)
+    """)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": ROOT, "CUDA_VISIBLE_DEVICES": ""})
     assert out.returncode == 0, out.stderr

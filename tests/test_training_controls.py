@@ -130,21 +130,27 @@ def test_fp16_mixed_uses_a_grad_scaler_on_cuda(tmp_path):
     ds = blobs(128)
     net16 = mlp(seed=5)
     net32 = copy.deepcopy(net16)
-    scales = []
-    histories = {}
+    scales, first_grad_norms, histories = [], {}, {}
     for name, net in (("16-mixed", net16), ("32", net32)):
         model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), torch.optim.Adam(net.parameters(), lr=1e-2),
                                            device="cuda", precision=name)
-        if name == "16-mixed":
-            scaler = model.precision.scaler
-            assert scaler is not None and scaler.is_enabled()
-            cb = torchfit.LambdaCallback(on_backward_end=lambda batch: scales.append(scaler.get_scale()))
-        histories[name] = model.fit(3, loader(ds, 16, shuffle=True), verbose=0, callbacks=[cb] if name != "32" else [])
+        scaler = model.precision.scaler
+        assert (scaler is not None and scaler.is_enabled()) == (name == "16-mixed")
+
+        def probe(batch, name=name, net=net, scaler=scaler):
+            if scaler is not None:
+                scales.append(scaler.get_scale())
+            first_grad_norms.setdefault(name, torch.cat([p.grad.flatten() for p in net.parameters()]).norm().item())
+
+        histories[name] = model.fit(3, loader(ds, 16, shuffle=True), verbose=0,
+                                    callbacks=[torchfit.LambdaCallback(on_backward_end=probe)])
         if name == "16-mixed":
             model.save_checkpoint(tmp_path / "fp16.pt")
             saved = torch.load(tmp_path / "fp16.pt", weights_only=True, map_location="cpu")
             assert saved["scaler"]["scale"] == scaler.get_scale()
-    assert scales and scales[0] == 65536.0  # the scaler was in the step, and gradients were unscaled by then
+    assert scales and scales[0] == 65536.0  # the scaler scaled the loss...
+    # ...and on_backward_end saw the gradients already unscaled (not 65536 times larger)
+    assert first_grad_norms["16-mixed"] == pytest.approx(first_grad_norms["32"], rel=1e-2)
     np.testing.assert_allclose(histories["16-mixed"]["loss"].values, histories["32"]["loss"].values, atol=0.05)
 
 
