@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 import torchfit
 from torchfit.callbacks import (Callback, CSVLogger, EarlyStopping, LambdaCallback, LearningRateScheduler,
-                                ReduceLROnPlateau, TensorBoard, TerminateOnNaN)
+                                ModelCheckpoint, ReduceLROnPlateau, TensorBoard, TerminateOnNaN)
 from torchfit.callbacks import progress
 from torchfit.callbacks.monitor import is_improvement, resolve_mode
 from conftest import blobs, loader, mlp
@@ -303,3 +303,26 @@ def test_real_tqdm_bar_end_to_end(capsys):
     out = capsys.readouterr().out
     assert "Epoch 1/1" in out and "5/5" in out and "loss=" in out
     assert "{'step'" not in out and "| epoch |" in out
+
+
+# -------------------------------------------------------------- host syncs
+from test_syncs import sync_log  # noqa: E402,F401  (the fixture that records tensor->host reads)
+
+
+def test_shipped_callbacks_add_no_per_step_host_sync(sync_log, tmp_path, monkeypatch):
+    FakeBar.made = []
+    monkeypatch.setattr(progress, "make_bar", FakeBar)
+    model = compiled()
+    sync_log.model = model
+    sched = torch.optim.lr_scheduler.StepLR(model.optimizer, step_size=3, gamma=0.9)
+    cbs = [EarlyStopping(patience=5, restore_best_weights=True, verbose=0),
+           ModelCheckpoint(tmp_path / "c.pt", save_best_only=True, save_last=True),
+           CSVLogger(tmp_path / "h.csv"), TensorBoard(tmp_path / "tb", log_steps=True),
+           LearningRateScheduler(sched, interval="step"), ReduceLROnPlateau(patience=1)]
+    model.fit(2, loader(blobs(200), 8, shuffle=True), loader(blobs(30), 8), log_step_freq=10,
+              callbacks=cbs, verbose=1, progress_bar=True)
+    assert sync_log, "the recorder saw nothing: the test would not catch a sync"
+    batches = {(epoch, batch) for _, epoch, batch, _ in sync_log}
+    # logging points (10, 20), the training epoch end (25), the validation end (4), the preflight (1, 1)
+    allowed = {(e, b) for e in (1, 2) for b in (10, 20, 25, 4)} | {(1, 1)}
+    assert batches <= allowed, sorted(batches - allowed)
