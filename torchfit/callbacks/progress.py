@@ -7,6 +7,7 @@ counts steps.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Optional
 
@@ -17,16 +18,23 @@ from .printing import round_figure
 def output_is_interactive(stream: Any = None) -> bool:
     """Whether ``stream`` (``sys.stdout``) is a terminal or a Jupyter kernel's output.
 
-    False for files, pipes and CI logs, where a bar would only leave ``\\r`` debris.
+    False for files, pipes and CI logs, where a bar would only leave ``\\r`` debris, and
+    for a terminal without a size.
     """
     stream = sys.stdout if stream is None else stream
     if type(stream).__module__.startswith("ipykernel"):
         return True
     isatty = getattr(stream, "isatty", None)
     try:
-        return bool(isatty and isatty())
+        if not (isatty and isatty()):
+            return False
     except ValueError:  # a closed stream
         return False
+    try:
+        # A pseudo-terminal without a size (`script`, some CI runners) shows no bar (tqdm draws nothing there).
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (OSError, ValueError, AttributeError):  # a terminal-like object without a file descriptor
+        return True
 
 
 def wants_bar(progress_bar: Optional[bool], verbose: int) -> bool:
