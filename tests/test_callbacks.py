@@ -2,9 +2,9 @@
 TensorBoard (event files read back), LR schedules and the lr column, the progress bar."""
 from __future__ import annotations
 
-import ast
 import csv
 import os
+import sys
 
 import pandas as pd
 import pytest
@@ -295,6 +295,23 @@ def test_no_bar_when_output_is_not_interactive_or_not_verbose_1(monkeypatch, cap
 
     KernelStream.__module__ = "ipykernel.iostream"
     assert progress.output_is_interactive(Tty()) and progress.output_is_interactive(KernelStream())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX pseudo-terminals")
+def test_a_terminal_needs_a_size_to_count_as_interactive():
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()  # a fresh pseudo-terminal has no size (0 x 0), like `script`'s
+    with os.fdopen(slave, "w") as stream:
+        try:
+            assert stream.isatty() and not progress.output_is_interactive(stream)
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+            assert progress.output_is_interactive(stream)
+        finally:
+            os.close(master)
 
 
 def test_real_tqdm_bar_end_to_end(capsys):
