@@ -15,9 +15,7 @@ import torch.serialization
 from torch import nn
 
 import torchfit
-from torchfit import checkpoint
-from torchfit.callbacks import (Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint,
-                                ReduceLROnPlateau)
+from torchfit.callbacks import Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint
 from torchfit.errors import CheckpointError
 from conftest import assert_same_weights, blobs, loader, mlp
 
