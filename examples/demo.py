@@ -52,8 +52,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="torchfit demo: a CNN on scikit-learn's digits")
     parser.add_argument("--out", default="demo_output", help="folder for history.csv and history.png")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch (default 1: this net is too small to gain from more, "
+                             "and on a busy machine extra threads spin and cost several times the run time)")
     args = parser.parse_args(argv)
 
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     start = time.perf_counter()
     dl_train, dl_val = digits_loaders()
