@@ -12,7 +12,7 @@ LR schedule, a plateau schedule, a CSV log).
         fit(4, ..., ModelCheckpoint(DIR/epoch{epoch}.pt, save_last=True), resume_from=DIR/last.pt);
         --kill-at sends SIGKILL to this process at the end of that batch
 
-OUT receives {"weights": net.state_dict(), "history": rows, "global_step": n}.
+OUT receives {"weights": net.state_dict(), "history": rows, "step_history": rows, "global_step": n}.
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def build(seed):
 
 def dump(model, path):
     torch.save({"weights": model.net.state_dict(), "history": model._history_rows,
-                "global_step": model.global_step}, path)
+                "step_history": model._step_rows, "global_step": model.global_step}, path)
 
 
 def main():

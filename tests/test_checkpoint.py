@@ -66,6 +66,7 @@ def test_save_load_and_continue_equals_training_straight(tmp_path):
 
     assert_same_weights(straight.net, second.net)
     pd.testing.assert_frame_equal(straight.history, second.history, check_exact=True)
+    pd.testing.assert_frame_equal(straight.step_history, second.step_history, check_exact=True)
     assert straight.optimizer.param_groups[0]["lr"] == second.optimizer.param_groups[0]["lr"]
     assert second.global_step == straight.global_step
     assert cbs[0].best == straight.history["val_loss"].min()  # early stopping's best came from the file
@@ -317,6 +318,7 @@ def assert_same_run(a, b):
     for k in a["weights"]:
         assert torch.equal(a["weights"][k], b["weights"][k]), f"{k} differs"
     assert a["history"] == b["history"] and a["global_step"] == b["global_step"]
+    assert a["step_history"] == b["step_history"] and len(a["step_history"]) > 4
 
 
 @pytest.mark.slow

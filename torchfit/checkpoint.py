@@ -14,7 +14,7 @@ objects)::
     {"torchfit_checkpoint": 1, "epoch": 2, "global_step": 14, "stop_training": False,
      "net": net.state_dict(), "optimizer": optimizer.state_dict(),
      "scaler": GradScaler.state_dict() or None, "precision": "32",
-     "history": [{"epoch": 1, "loss": 0.9, ...}, ...],
+     "history": [{"epoch": 1, "loss": 0.9, ...}, ...], "step_history": [{...}, ...],
      "callbacks": {"EarlyStopping": {...}, "LearningRateScheduler": {...}},
      "loaders": {"dl_train": [generator states], "dl_val": [...]},
      "rng": {"torch": ..., "cuda": [...], "numpy": {...}, "python": {...}},
@@ -97,6 +97,7 @@ def build(model: Any) -> Dict[str, Any]:
         "scaler": scaler.state_dict() if scaler is not None else None,
         "precision": precision.name if precision is not None else None,
         "history": [dict(row) for row in model._history_rows],
+        "step_history": [dict(row) for row in model._step_rows],
         **extra,
     }
 
@@ -228,6 +229,7 @@ def load(model: Any, path: PathLike) -> None:
     model.global_step = int(ckpt["global_step"])
     model.stop_training = bool(ckpt["stop_training"])
     model._history_rows = [dict(row) for row in ckpt["history"]]
+    model._step_rows = [dict(row) for row in ckpt.get("step_history", [])]
     set_rng_state(ckpt["rng"])
     state = {"callbacks": ckpt["callbacks"], "loaders": ckpt["loaders"], "rng": ckpt["rng"],
              "mid_epoch": ckpt["mid_epoch"]}

@@ -18,8 +18,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import checkpoint, loop
+from . import checkpoint, inputs, loop
 from .callbacks import Callback, CallbackList, History, ProgressPrinter
+from .callbacks.history import StepHistory
 from .callbacks.progress import ProgressBar, wants_bar
 from .callbacks.schedulers import from_fit_argument, learning_rates, lr_log_keys
 from .device import batch_size_of, resolve_device
@@ -65,6 +66,7 @@ class Model(nn.Module):
         self._compiled = False
         object.__setattr__(self, "loss_fn", None)  # not registered as a submodule: state_dict stays the net's
         self._history_rows: List[Dict[str, float]] = []
+        self._step_rows: List[Dict[str, float]] = []  # logging points, across fit calls (StepHistory)
         self.epoch = 0  # epochs finished so far, across fit calls
         self.global_step = 0  # optimizer steps taken so far
         self.stop_training = False
@@ -89,6 +91,29 @@ class Model(nn.Module):
         for row in self._history_rows:
             columns.extend(k for k in row if k not in columns)
         return pd.DataFrame(self._history_rows, columns=columns)
+
+    @property
+    def step_history(self) -> pd.DataFrame:
+        """One row per training logging point: ``epoch``, ``step``, ``global_step``, ``lr``, ``loss``, metrics.
+
+        The figures are running means since the start of the epoch, as printed in the step
+        dicts; rows are recorded only at logging points (``log_step_freq``), so no extra sync.
+
+        >>> # model.step_history.plot(x="global_step", y="loss")
+        """
+        columns: List[str] = ["epoch", "step", "global_step"]
+        for row in self._step_rows:
+            columns.extend(k for k in row if k not in columns)
+        return pd.DataFrame(self._step_rows, columns=columns)
+
+    def plot_history(self, metrics: Optional[Sequence[str]] = None, **kwargs: Any) -> Any:
+        """``torchfit.plot_history(model.history, metrics)``: a matplotlib Figure, a panel per quantity.
+
+        >>> # fig = model.plot_history(); fig.savefig("history.png")
+        """
+        from .plot import plot_history
+
+        return plot_history(self.history, metrics, **kwargs)
 
     # ----------------------------------------------------------------- compile
     def compile(
@@ -218,10 +243,26 @@ class Model(nn.Module):
         lr_scheduler: Any = None,
         resume_from: Union[str, "os.PathLike[str]", None] = None,
         progress_bar: Optional[bool] = None,
+        x: Any = None,
+        y: Any = None,
+        target: Union[str, Sequence[str], None] = None,
+        batch_size: Optional[int] = None,
+        validation_split: Optional[float] = None,
+        validation_data: Any = None,
+        shuffle: Optional[bool] = None,
+        seed: int = 0,
     ) -> pd.DataFrame:
         """Train for ``epochs`` more epochs; returns the history as a DataFrame.
 
         >>> # history = model.fit(10, dl_train, dl_val, log_step_freq=100)
+        >>> # history = model.fit(10, x=X, y=Y, batch_size=32, validation_split=0.2)
+        >>> # history = model.fit(10, df, target="label", validation_data=df_val)
+
+        Data: loaders (``dl_train``, ``dl_val``), or Keras-style ``x``/``y`` arrays or
+        tensors, a ``Dataset``, or a DataFrame with ``target`` column(s), batched by
+        ``batch_size`` (32) and shuffled (``shuffle=True``) with a generator seeded by
+        ``seed``; ``validation_split=0.2`` validates on a seeded draw of rows
+        (``torchfit.inputs.split_indices``) or ``validation_data=(Xv, Yv)``.
 
         What runs, in order (callbacks' hooks in brackets)::
 
@@ -262,6 +303,9 @@ class Model(nn.Module):
         """
         self._require_compiled("fit")
         epochs = _check_count("epochs", epochs, minimum=0)
+        dl_train, dl_val = inputs.fit_loaders(
+            dl_train, dl_val, x=x, y=y, target=target, batch_size=batch_size, validation_split=validation_split,
+            validation_data=validation_data, shuffle=shuffle, seed=seed, loss_fn=self.loss_fn, epoch=self.epoch)
         if dl_train is None:
             raise TypeError("fit needs a training loader: model.fit(epochs, dl_train, dl_val=None)")
         _check_loader("dl_train", dl_train)
@@ -290,7 +334,7 @@ class Model(nn.Module):
                     resumed += " Training had been stopped (model.stop_training) at that epoch: nothing to resume."
             epochs = max(0, total - self.epoch)
 
-        default_cbs: List[Callback] = [History()]
+        default_cbs: List[Callback] = [History(), StepHistory()]
         if verbose:
             if bar:  # the bar shows the steps; the printer the epoch tables (as with verbose=2)
                 default_cbs.append(ProgressBar())
@@ -425,12 +469,16 @@ class Model(nn.Module):
         return logs
 
     # ---------------------------------------------------------------- evaluate
-    def evaluate(self, dl: Iterable, callbacks: Optional[Sequence[Callback]] = None) -> Dict[str, float]:
+    def evaluate(self, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, *, x: Any = None,
+                 y: Any = None, target: Union[str, Sequence[str], None] = None,
+                 batch_size: Optional[int] = None) -> Dict[str, float]:
         """Loss and metrics over the whole loader, in eval mode under no_grad.
 
         >>> # model.evaluate(dl_test)  ->  {'val_loss': 0.31, 'val_accuracy': 0.91}
+        >>> # model.evaluate(x=X_test, y=y_test)  or  model.evaluate(df_test, target="label")
         """
         self._require_compiled("evaluate")
+        dl = inputs.eval_loader(dl, x=x, y=y, target=target, batch_size=batch_size, loss_fn=self.loss_fn)
         _check_loader("dl", dl)
         run = self._new_run(list(callbacks or []))
         modes = _save_modes(self.net)
@@ -442,14 +490,19 @@ class Model(nn.Module):
             self._run = previous
 
     # ----------------------------------------------------------------- predict
-    def predict(self, dl: Iterable, callbacks: Optional[Sequence[Callback]] = None) -> Any:
+    def predict(self, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, *, x: Any = None,
+                target: Union[str, Sequence[str], None] = None, batch_size: Optional[int] = None) -> Any:
         """The net's outputs over the loader, on CPU, in dataset order.
 
         Batches may be ``(x, y)`` or ``x`` alone; tuple/dict outputs stay tuple/dict.
+        ``dl`` may also be a tensor, a numpy array, a Dataset or a DataFrame (its
+        ``target`` column(s) dropped), batched by ``batch_size`` (32).
 
         >>> # probs = model.predict(dl_test).softmax(dim=1)
+        >>> # probs = model.predict(X_test)
         """
         self._require_compiled("predict")
+        dl = inputs.predict_loader(dl, x=x, target=target, batch_size=batch_size)
         _check_loader("dl", dl)
         run = self._new_run(list(callbacks or []))
         modes = _save_modes(self.net)
