@@ -211,6 +211,11 @@ def test_fit_evaluate_and_predict_use_the_fast_path_unless_told_not_to(monkeypat
             assert (len(fetched) == 0) == fast, (verb, fast, len(fetched))
     assert torch.equal(outputs["predict", True], outputs["predict", False])
     assert outputs["evaluate", True] == outputs["evaluate", False]
+    # Keras-style tensors in, TensorDataset loaders inside: the fast path too.
+    fetched.clear()
+    model.fit(1, x=ds.tensors[0], y=ds.tensors[1], batch_size=16, validation_split=0.25, verbose=0)
+    model.predict(ds.tensors[0])
+    assert fetched == []
 
 
 # ------------------------------------------------------------------------- CUDA
