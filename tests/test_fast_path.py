@@ -298,3 +298,10 @@ def test_cuda_fit_makes_no_host_sync_between_logging_points():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert len(model.history) == 2
+
+
+def test_a_subset_index_out_of_range_that_no_batch_asks_for_is_no_error():
+    ds = tensor_data(10)
+    # Position 2 maps to the inner Subset's index 5, past its end, but drop_last never fetches it.
+    dl = DataLoader(Subset(Subset(ds, [3, 4, 5]), [0, 1, 5]), batch_size=2, drop_last=True)
+    assert_same_batches(list(iter(dl)), list(iter_batches(dl)))

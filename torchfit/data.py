@@ -44,6 +44,11 @@ def iter_batches(loader: Iterable) -> Iterator[Any]:
     if source is None:
         return iter(loader)
     tensors, subset_chain = source
+    try:
+        rows = _compose(subset_chain)
+    except IndexError:
+        # A Subset index out of range: the DataLoader fails only if a batch asks for it.
+        return iter(loader)
     pin = loader.pin_memory and _accelerator_available()
     if loader.pin_memory and not pin:
         # The DataLoader's own iterator says the same.
@@ -56,7 +61,7 @@ def iter_batches(loader: Iterable) -> Iterator[Any]:
     # keeps every later random number (dropout, the next epoch's shuffle) in step.
     batches = iter(loader.batch_sampler)
     torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
-    return _gather(batches, tensors, _compose(subset_chain), pin, loader.dataset)
+    return _gather(batches, tensors, rows, pin, loader.dataset)
 
 
 def uses_fast_path(loader: Any) -> bool:
