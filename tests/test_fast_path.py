@@ -305,3 +305,15 @@ def test_a_subset_index_out_of_range_that_no_batch_asks_for_is_no_error():
     # Position 2 maps to the inner Subset's index 5, past its end, but drop_last never fetches it.
     dl = DataLoader(Subset(Subset(ds, [3, 4, 5]), [0, 1, 5]), batch_size=2, drop_last=True)
     assert_same_batches(list(iter(dl)), list(iter_batches(dl)))
+
+
+def test_the_docs_example_runs_and_says_what_it_prints(capsys):
+    import os
+    import re
+
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "performance.md")
+    with open(path) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    example = next(b for b in blocks if "uses_fast_path" in b)
+    exec(compile(example, "docs/performance.md", "exec"), {})
+    assert capsys.readouterr().out.split() == ["True", "True", "False"]
