@@ -658,7 +658,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name in names:
         w = WORKLOADS[name]
         if args.quick:
-            w = Workload(**{**w.__dict__, "n": w.n // 5})
+            w = Workload(**{**w.__dict__, "n": w.n // 5,
+                            "description": w.description.replace(f"{w.n:,}", f"{w.n // 5:,}")})
         log(f"{w.name}: {w.description}")
         wl = time_workload(w, runners, repeats, log)
         if w.device == "cuda":
