@@ -46,14 +46,11 @@ def iter_batches(loader: Iterable) -> Iterator[Any]:
     tensors, subset_chain = source
     try:
         rows = _compose(subset_chain)
-    except IndexError:
-        # A Subset index out of range: the DataLoader fails only if a batch asks for it.
+    except (IndexError, TypeError, ValueError, RuntimeError, OverflowError):
+        # Subset indices out of range or not integers: the DataLoader fails only if a
+        # batch asks for one of them, so let it.
         return iter(loader)
-    pin = loader.pin_memory and _accelerator_available()
-    if loader.pin_memory and not pin:
-        # The DataLoader's own iterator says the same.
-        warnings.warn("'pin_memory' argument is set as true but no accelerator is found, "
-                      "then device pinned memory won't be used.", stacklevel=2)
+    pin = loader.pin_memory and _can_pin()
     # The order of the DataLoader iterator's set-up: it calls iter() on the batch
     # sampler, then draws a base seed for its workers from the loader's generator
     # (the global RNG when there is none) — even with no workers. A shuffling
@@ -101,11 +98,19 @@ def _tensor_source(loader: Any) -> Optional[Tuple[Tuple[torch.Tensor, ...], List
     return dataset.tensors, chain
 
 
-def _accelerator_available() -> bool:
-    acc = getattr(torch, "accelerator", None)  # torch >= 2.6; the DataLoader asks it about pinning
-    if acc is not None:
-        return acc.is_available() and acc.current_accelerator().type != "mps"
-    return torch.cuda.is_available()
+def _can_pin() -> bool:
+    """Whether the DataLoader would pin batches; it warns as the DataLoader does when not."""
+    acc = getattr(torch, "accelerator", None)  # torch >= 2.6: the DataLoader asks it
+    available = acc.is_available() if acc is not None else torch.cuda.is_available()
+    if not available:
+        warnings.warn("'pin_memory' argument is set as true but no accelerator is found, "
+                      "then device pinned memory won't be used.", stacklevel=3)
+        return False
+    if acc is not None and acc.current_accelerator().type == "mps":
+        warnings.warn("'pin_memory' argument is set as true but not supported on MPS now, "
+                      "device pinned memory won't be used.", stacklevel=3)
+        return False
+    return True
 
 
 def _index_tensor(indices: Any) -> torch.Tensor:
