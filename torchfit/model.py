@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import loop
+from . import distributed, loop
 from .callbacks import Callback, CallbackList, History, ProgressPrinter
 from .device import batch_size_of, resolve_device
 from .errors import BatchFormatError, NotCompiledError
@@ -117,7 +117,7 @@ class Model(nn.Module):
             )
         if isinstance(loss, type):
             raise TypeError(f"loss is the class {loss.__name__}; pass an instance: {loss.__name__}()")
-        dev = resolve_device(device)
+        dev = resolve_device(distributed.local_device(device))  # under torchrun: cuda:LOCAL_RANK
         prec = Precision(precision, dev)
         from_logits = True if isinstance(loss, nn.BCEWithLogitsLoss) or loss is nn.functional.binary_cross_entropy_with_logits else None
         resolved_metrics = resolve_metrics(metrics, from_logits=from_logits)
@@ -254,6 +254,9 @@ class Model(nn.Module):
         run.preflight = bool(self.metrics)
         train_tracker = Tracker(copy.deepcopy(self.metrics))
         val_tracker = Tracker(copy.deepcopy(self.metrics), prefix="val_")
+        if run.reducer is not None:  # under torchrun: per-rank loaders, DDP, exact figures (torchfit.distributed)
+            dl_train, dl_val, train_tracker, val_tracker = run.reducer.prepare_fit(
+                self, run, dl_train, dl_val, train_tracker, val_tracker, log_step_freq)
 
         cbs = run.callbacks
         modes = _save_modes(self.net)
@@ -288,7 +291,7 @@ class Model(nn.Module):
         finally:
             _restore_modes(modes)
             self._run = None
-        if run.stopped_reason is not None:
+        if run.stopped_reason is not None and run.is_main_process:
             message = (f"Stopped training: {run.stopped_reason}. model.history holds the "
                        f"{len(self._history_rows)} finished epoch(s). Lower the learning rate, "
                        "clip gradients (grad_clip_norm=1.0) or check the data for NaN/inf")
@@ -297,11 +300,15 @@ class Model(nn.Module):
         return self.history
 
     def _new_run(self, callbacks: Sequence[Callback]) -> Run:
+        ddp = distributed.context(self.device)  # None in a single process
+        main = ddp is None or ddp.is_main
         return Run(
             device=self.device,
             precision=self.precision,
-            callbacks=CallbackList(callbacks, self),
+            callbacks=CallbackList(callbacks, self, is_main_process=main),
             move=loop.batch_mover(self.device, non_blocking=False),
+            reducer=ddp,
+            is_main_process=main,
         )
 
     def _validate(self, loader: Iterable, run: Run, tracker: Tracker) -> Dict[str, float]:
@@ -319,10 +326,13 @@ class Model(nn.Module):
         self._require_compiled("evaluate")
         _check_loader("dl", dl)
         run = self._new_run(list(callbacks or []))
+        tracker = Tracker(copy.deepcopy(self.metrics), prefix="val_")
+        if run.reducer is not None:  # under torchrun: this rank's part, figures over the whole dataset
+            dl, tracker = run.reducer.prepare_evaluate(self, run, dl, tracker)
         modes = _save_modes(self.net)
         self._run = run
         try:
-            return self._validate(dl, run, Tracker(copy.deepcopy(self.metrics), prefix="val_"))
+            return self._validate(dl, run, tracker)
         finally:
             _restore_modes(modes)
             self._run = None
@@ -342,7 +352,8 @@ class Model(nn.Module):
         self._run = run
         try:
             run.callbacks.on_predict_begin({})
-            out = loop.predict_loop(self, dl, run)
+            # under torchrun every rank predicts its part and gets the whole dataset's outputs back
+            out = loop.predict_loop(self, dl, run) if run.reducer is None else run.reducer.predict(self, dl, run)
             run.callbacks.on_predict_end({})
             return out
         finally:
