@@ -111,6 +111,16 @@ def test_only_rank_zero_prints_the_epoch_table(launched):
     assert out.count("Finished Training...") == 1
     steps = [line for line in out.splitlines() if line.startswith("{'step'")]
     assert len(steps) == 3 * 2  # 4 steps per rank and epoch, a step dict every 2, printed once
+    assert out.count("Layer (type)") == 1  # model.summary
+    assert out.count("Stopped training: non-finite loss") == 1
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(launched):
+    r0, r1 = launched["ranks"]
+    # the running figures at the logging point are reduced, so both ranks see the inf and stop there
+    assert r0["nan"] == r1["nan"] == {"history": [], "epoch": 0}
+    assert "non-finite loss (nan) at epoch 1, step 2" in launched["stdout"]
 
 
 @pytest.mark.slow

@@ -281,7 +281,7 @@ class Model(nn.Module):
                 if self.stop_training:
                     break
         except KeyboardInterrupt:
-            if verbose:
+            if verbose and run.is_main_process:
                 print(f"Training interrupted (KeyboardInterrupt) in epoch {run.epoch}; model.history holds "
                       f"the {len(self._history_rows)} finished epoch(s) and the model is usable.")
         except BaseException:
@@ -368,6 +368,8 @@ class Model(nn.Module):
         """
         from .summary import summary
 
+        if not distributed.is_main_process():  # under torchrun only rank 0 prints
+            kwargs.setdefault("print_fn", None)
         return summary(self.net, input_shape, **kwargs)
 
     # ------------------------------------------------------------------- steps

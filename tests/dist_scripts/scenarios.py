@@ -105,6 +105,7 @@ def main(out_dir: str) -> None:
     net = mlp(seed=123)
     net.load_state_dict(torch.load(os.path.join(out_dir, "init.pt"), weights_only=True))
     model = compiled(net)
+    model.summary(input_shape=(4,))  # printed by rank 0 only
     steps = []
     h = model.fit(3, DataLoader(data(64, 1), batch_size=8), DataLoader(data(30, 2), batch_size=5),
                   log_step_freq=2, verbose=1, callbacks=[step_recorder(steps)])
@@ -158,6 +159,13 @@ def main(out_dir: str) -> None:
                       log_step_freq=2, verbose=0, callbacks=[cb])
         stops[name] = {"history": records(h), "epoch": model.epoch, "state": net.state_dict()}
     res["stops"] = stops
+
+    # 5b. a non-finite loss on one rank's shard only: every rank stops at the same logging point
+    x, y = data(40, 12).tensors
+    x[13] = float("inf")  # sample 13 is in rank 1's second batch of 4
+    model = compiled(mlp(seed=12), metrics=["accuracy"])  # AUC would raise on NaN scores
+    h = model.fit(2, DataLoader(TensorDataset(x, y), batch_size=4), log_step_freq=2, verbose=2)
+    res["nan"] = {"history": records(h), "epoch": model.epoch}
 
     # 6. shuffling: per-epoch shards that differ per epoch, agree across ranks and follow the seed;
     #    also with no generator and a different global seed on each rank
