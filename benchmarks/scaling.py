@@ -145,6 +145,7 @@ def raw_worker(name: str, epochs: int, device: str, out: str) -> None:
         with open(out, "w") as f:
             json.dump({"samples_per_s": len(ds) / seconds, "epoch_s": seconds}, f)
     if distributed:
+        del train_net  # the DDP wrapper first: one left alive at teardown can abort a gloo job
         dist.destroy_process_group()
 
 

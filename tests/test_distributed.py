@@ -192,6 +192,13 @@ def test_stops_agree_across_ranks(launched):
 
 
 @pytest.mark.slow
+def test_ddp_wrappers_do_not_outlive_their_fit(launched):
+    # a wrapper left to the interpreter's exit can abort a finished gloo job; and a stale one's
+    # hooks would reduce gradients twice in the next fit
+    assert [r["ddp_alive"] for r in launched["ranks"]] == [0, 0]
+
+
+@pytest.mark.slow
 def test_checkpoint_saved_under_ddp_loads_in_one_process(launched):
     state = torch.load(launched["dir"] / "net.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)

@@ -208,14 +208,16 @@ def init_process_group(
             kwargs["device_id"] = dev
     dist.init_process_group(backend=backend, init_method="env://", timeout=timeout,
                             rank=info.rank, world_size=info.world_size, **kwargs)
-    atexit.register(_destroy_if_initialized)
+    # Torn down explicitly on a normal exit: NCCL asks for it (and warns otherwise), and a gloo
+    # group left to the interpreter's finalisation can abort the process ("terminate called
+    # without an active exception") after the script succeeded.
+    atexit.register(_destroy_after_clean_exit)
     return True
 
 
-def _destroy_if_initialized() -> None:
+def _destroy_after_clean_exit() -> None:
     # Only on a clean exit: after an unhandled exception (sys.last_value is set) a collective
-    # may still be pending, and tearing the group down under it aborts the process, which
-    # would bury the real error under a SIGABRT.
+    # may still be pending, and tearing the group down under it could bury the real error.
     if _initialized() and getattr(sys, "last_value", None) is None:
         _dist().destroy_process_group()
 
@@ -454,10 +456,11 @@ class DistributedContext:
         if log_step_freq is None:
             # fit's default (about ten logging points per epoch), counted on this rank's loader
             run.log_every = max(1, len(dl_train) // 10)
-        # Every rank starts from rank 0's weights (as DDP does when it wraps a module).
-        self.broadcast_state(net)
+        # Every rank starts from rank 0's weights: DDP's constructor copies them, else we do.
         ddp = self._ddp(model)
-        if ddp is not None:
+        if ddp is None:
+            self.broadcast_state(net)
+        else:
             run.train_net = ddp
             if run.accum_steps > 1:
                 run.grad_sync = lambda is_boundary: contextlib.nullcontext() if is_boundary else ddp.no_sync()
@@ -510,23 +513,18 @@ class DistributedContext:
         return ShardTracker.from_tracker(tracker, self, real, recompute)
 
     def _ddp(self, model: Any) -> Optional[nn.Module]:
-        """The DDP wrapper of ``model.net``, kept on the model across fit calls.
+        """A DDP wrapper of ``model.net`` for one fit, referenced only by that fit's ``Run``.
 
-        A wrapper holds autograd hooks on the parameters; making a new one per
-        fit could leave the old one's hooks reducing gradients a second time.
+        It lives as long as the fit: its autograd hooks on the parameters go
+        with it, so the next fit's wrapper is the only one reducing gradients,
+        and none is left for the interpreter's exit to tear down after the
+        process group (a gloo job can abort there).
         """
         net = model.net
-        trainable = tuple(id(p) for p in net.parameters() if p.requires_grad)
-        if not trainable:
+        if not any(p.requires_grad for p in net.parameters()):
             return None  # DDP refuses modules with nothing to train; there are no gradients to average
-        cached = model.__dict__.get("_torchfit_ddp")
-        if cached is not None and cached[0] is net and cached[1] == trainable:
-            return cached[2]
         dev = model.device
-        ddp = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
-        # object.__setattr__: not a submodule, so model.state_dict() keeps the net's own keys
-        object.__setattr__(model, "_torchfit_ddp", (net, trainable, ddp))
-        return ddp
+        return nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
 
 
 def real_samples(sampler: Any) -> Optional[int]:

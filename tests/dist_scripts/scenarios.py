@@ -9,6 +9,7 @@ single-process references.
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -188,6 +189,8 @@ def main(out_dir: str) -> None:
     model.fit(1, DataLoader(ds, batch_size=5, sampler=DistributedSampler(ds, shuffle=False)), verbose=0)
     res["user_sampler"] = list(ds.seen)
 
+    # the DDP wrappers lived as long as their fit (no gc needed: nothing holds them)
+    res["ddp_alive"] = sum(isinstance(o, nn.parallel.DistributedDataParallel) for o in gc.get_objects())
     torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
