@@ -24,6 +24,7 @@ table separates what DDP itself costs from what torchfit adds.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -145,7 +146,10 @@ def raw_worker(name: str, epochs: int, device: str, out: str) -> None:
         with open(out, "w") as f:
             json.dump({"samples_per_s": len(ds) / seconds, "epoch_s": seconds}, f)
     if distributed:
-        del train_net  # the DDP wrapper first: one left alive at teardown can abort a gloo job
+        # the DDP wrapper first (the last output's graph holds it too): one left alive when the
+        # group is torn down can abort a gloo job
+        del train_net, preds, loss
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -170,7 +174,13 @@ def _launch(name: str, nproc: int, epochs: int, device: str, loop: str) -> dict:
         else:
             cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                    "--master_addr=127.0.0.1", f"--master_port={_free_port()}"] + args
-        subprocess.run(cmd, env=env, check=True)
+        proc = subprocess.run(cmd, env=env)
+        if proc.returncode != 0:
+            if not os.path.exists(out):
+                raise RuntimeError(f"{' '.join(cmd)} failed with exit status {proc.returncode}")
+            # the figures were written; only the processes' teardown failed (a known gloo race)
+            print(f"note: {name} {loop} on {nproc} process(es) exited with {proc.returncode} after writing "
+                  "its figures; they are kept", file=sys.stderr)
         with open(out) as f:
             return json.load(f)
 
