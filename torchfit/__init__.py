@@ -1,10 +1,11 @@
 """torchfit: Keras' compile / fit / evaluate / predict for any PyTorch ``nn.Module``."""
-from . import callbacks, metrics
+from . import callbacks, inputs, metrics
 from .callbacks import Callback, LambdaCallback
 from .loop import StepResult
 from .model import Model
+from .plot import plot_history
 from .summary import summary
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "summary", "Callback", "LambdaCallback", "StepResult", "callbacks", "metrics", "__version__"]
+__all__ = ["Model", "summary", "Callback", "LambdaCallback", "StepResult", "plot_history", "callbacks", "inputs", "metrics", "__version__"]

@@ -283,12 +283,15 @@ class DistributedContext:
         self.is_main = self.rank == 0
         self.backend = str(dist.get_backend())
         self.device = device
-        if "nccl" in self.backend and device.type != "cuda":
+        if device.type == "cuda" and "nccl" in self.backend:
+            self.comm_device = device
+        elif "nccl" in self.backend and "gloo" not in self.backend:
             raise RuntimeError(
                 f"the process group uses {self.backend}, which moves CUDA tensors only, but the model is on {device}: "
                 "compile(device='cuda') or initialise the group with backend='gloo'"
             )
-        self.comm_device = device if "nccl" in self.backend else torch.device("cpu")
+        else:
+            self.comm_device = torch.device("cpu")  # gloo (and mpi) move CPU tensors everywhere
 
     # Reducer protocol (torchfit.metrics.Reducer)
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -436,39 +439,44 @@ class DistributedContext:
         return DataLoader(loader.dataset, **kwargs)
 
     # ---------------------------------------------------------- the verbs
-    def prepare_fit(self, model: Any, run: Any, dl_train: Iterable, dl_val: Optional[Iterable],
-                    train_tracker: Tracker, val_tracker: Tracker,
-                    log_step_freq: Optional[int]) -> Tuple[Any, Any, Tracker, Tracker]:
-        """Set up ``run`` for DDP training; returns the per-rank loaders and trackers.
+    def shard_fit_loaders(self, dl_train: Iterable, dl_val: Optional[Iterable]) -> Tuple[Any, Any]:
+        """This rank's training and validation loaders (``Model.fit`` calls this first, so that
+        everything fit derives from them, the default ``log_step_freq`` and the step count
+        callbacks see, is per rank)."""
+        dl_train = self.shard(dl_train, "dl_train", "train")
+        if dl_val is not None:
+            dl_val = self.shard(dl_val, "dl_val", "eval")
+        return dl_train, dl_val
 
-        Called by ``Model.fit`` after it built the run, so it only adds: the
-        DDP-wrapped net as ``run.train_net``, ``no_sync`` between accumulation
-        boundaries, shard-aware trackers and one infrastructure callback
-        (``set_epoch``, buffer broadcast, stop agreement) at the end of the list.
+    def prepare_fit(self, model: Any, run: Any, dl_train: Any, dl_val: Any,
+                    train_tracker: Tracker, val_tracker: Tracker) -> Tuple[Tracker, Tracker]:
+        """Set up ``run`` for DDP training over the sharded loaders; returns the trackers to use.
+
+        Called by ``Model.fit`` once it built the run, so it only adds: the
+        DDP-wrapped net as ``run.train_net`` (under ``torch.compile`` when
+        ``compile(jit_compile=...)`` asked for it), ``no_sync`` between
+        accumulation boundaries, shard-aware trackers and one infrastructure
+        callback (``set_epoch``, buffer broadcast, stop agreement) at the end of
+        the list.
         """
         net = model.net
         if isinstance(net, nn.parallel.DistributedDataParallel):
             raise TypeError("model.net is already a DistributedDataParallel; pass the plain module to "
                             "torchfit.Model(net): torchfit wraps it in DDP itself under torchrun")
-        dl_train = self.shard(dl_train, "dl_train", "train")
-        if dl_val is not None:
-            dl_val = self.shard(dl_val, "dl_val", "eval")
-        if log_step_freq is None:
-            # fit's default (about ten logging points per epoch), counted on this rank's loader
-            run.log_every = max(1, len(dl_train) // 10)
         # Every rank starts from rank 0's weights: DDP's constructor copies them, else we do.
         ddp = self._ddp(model)
         if ddp is None:
             self.broadcast_state(net)
         else:
-            run.train_net = ddp
+            jit = getattr(model, "jit_compile", False)
+            # torch.compile goes around DDP, so that its graph breaks line up with DDP's buckets
+            run.train_net = torch.compile(ddp, **(jit if isinstance(jit, dict) else {})) if jit else ddp
             if run.accum_steps > 1:
                 run.grad_sync = lambda is_boundary: contextlib.nullcontext() if is_boundary else ddp.no_sync()
         samplers = [getattr(dl, "sampler", None) for dl in (dl_train, dl_val)]
         extra = _DistributedSync(self, [s for s in samplers if hasattr(s, "set_epoch")])
         run.callbacks = CallbackList(list(run.callbacks) + [extra], model, is_main_process=self.is_main)
-        return (dl_train, dl_val,
-                self.tracker(model, run, train_tracker, dl_train, training=True),
+        return (self.tracker(model, run, train_tracker, dl_train, training=True),
                 self.tracker(model, run, val_tracker, dl_val, training=False) if dl_val is not None else val_tracker)
 
     def prepare_evaluate(self, model: Any, run: Any, dl: Iterable, tracker: Tracker) -> Tuple[Any, Tracker]:

@@ -19,3 +19,7 @@ class StepError(RuntimeError):
 
 class MetricError(RuntimeError):
     """A metric raised while updating or computing; the message names the metric."""
+
+
+class CheckpointError(ValueError):
+    """A file is not a torchfit checkpoint, or was saved from a different net or optimizer."""

@@ -151,6 +151,8 @@ class Run:
     stopped_reason: Optional[str] = None
     epoch_complete: bool = False  # the last run_epoch went through the whole loader
     params: List[torch.nn.Parameter] = dataclasses.field(default_factory=list)  # what clipping sees
+    loaders: Dict[str, Any] = dataclasses.field(default_factory=dict)  # fit's loaders by argument name (checkpoints)
+    last_result: Optional[StepResult] = None  # the latest step's output (TerminateOnNaN reads its loss)
 
 
 def batch_mover(device: torch.device, non_blocking: bool) -> Callable[[Any], Any]:
@@ -216,6 +218,7 @@ def run_epoch(model: Any, loader: Iterable, run: Run, tracker: Tracker, training
                     f"{f' of {n_batches}' if n_batches else ''} (batch {_describe(batch)}): "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
+            run.last_result = out
             tracker.update(out)
             if log_every is not None and step % log_every == 0:
                 logs = {"step": step, **tracker.compute()}

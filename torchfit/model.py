@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import os
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -17,8 +18,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import distributed, loop
+from . import checkpoint, distributed, inputs, loop
 from .callbacks import Callback, CallbackList, History, ProgressPrinter
+from .callbacks.history import StepHistory
+from .callbacks.progress import ProgressBar, wants_bar
+from .callbacks.schedulers import from_fit_argument, learning_rates, lr_log_keys
 from .device import batch_size_of, resolve_device
 from .errors import BatchFormatError, NotCompiledError
 from .loop import Run, StepResult, Tracker
@@ -62,10 +66,15 @@ class Model(nn.Module):
         self._compiled = False
         object.__setattr__(self, "loss_fn", None)  # not registered as a submodule: state_dict stays the net's
         self._history_rows: List[Dict[str, float]] = []
+        self._step_rows: List[Dict[str, float]] = []  # logging points, across fit calls (StepHistory)
         self.epoch = 0  # epochs finished so far, across fit calls
         self.global_step = 0  # optimizer steps taken so far
         self.stop_training = False
         self._run: Optional[Run] = None
+        self.jit_compile: Union[bool, Mapping[str, Any]] = False
+        object.__setattr__(self, "_jit_net", None)  # torch.compile's wrapper; not a submodule either
+        self._fit_state: Optional[dict] = None  # RNG/loaders/callbacks as the last fit left them (checkpoints)
+        self._resume_state: Optional[dict] = None  # loaded from a checkpoint, for the next fit
 
     # ------------------------------------------------------------------ basics
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -83,6 +92,29 @@ class Model(nn.Module):
             columns.extend(k for k in row if k not in columns)
         return pd.DataFrame(self._history_rows, columns=columns)
 
+    @property
+    def step_history(self) -> pd.DataFrame:
+        """One row per training logging point: ``epoch``, ``step``, ``global_step``, ``lr``, ``loss``, metrics.
+
+        The figures are running means since the start of the epoch, as printed in the step
+        dicts; rows are recorded only at logging points (``log_step_freq``), so no extra sync.
+
+        >>> # model.step_history.plot(x="global_step", y="loss")
+        """
+        columns: List[str] = ["epoch", "step", "global_step"]
+        for row in self._step_rows:
+            columns.extend(k for k in row if k not in columns)
+        return pd.DataFrame(self._step_rows, columns=columns)
+
+    def plot_history(self, metrics: Optional[Sequence[str]] = None, **kwargs: Any) -> Any:
+        """``torchfit.plot_history(model.history, metrics)``: a matplotlib Figure, a panel per quantity.
+
+        >>> # fig = model.plot_history(); fig.savefig("history.png")
+        """
+        from .plot import plot_history
+
+        return plot_history(self.history, metrics, **kwargs)
+
     # ----------------------------------------------------------------- compile
     def compile(
         self,
@@ -94,6 +126,7 @@ class Model(nn.Module):
         loss_func: Optional[Callable] = None,
         metrics_dict: Optional[Mapping[str, Any]] = None,
         precision: str = "32",
+        jit_compile: Union[bool, Mapping[str, Any]] = False,
     ) -> "Model":
         """Set the loss, optimizer, metrics, device and precision; returns the model.
 
@@ -103,6 +136,9 @@ class Model(nn.Module):
         ``"sgd"``...) or a factory called with the parameters; default
         ``Adam(lr=1e-3)``. ``loss_func`` / ``metrics_dict`` are torchkeras 1.x's names.
         ``precision``: ``"32"``, ``"bf16"`` (CPU or CUDA) or ``"16-mixed"`` (CUDA).
+        ``jit_compile=True`` (Keras' name) runs the training forward through
+        ``torch.compile(net)``; a dict is passed to ``torch.compile`` as options,
+        e.g. ``{"mode": "max-autotune"}``. evaluate/predict stay eager.
         """
         if loss is not None and loss_func is not None:
             raise TypeError("compile got both loss= and loss_func= (its torchkeras alias); pass only one")
@@ -119,6 +155,8 @@ class Model(nn.Module):
             raise TypeError(f"loss is the class {loss.__name__}; pass an instance: {loss.__name__}()")
         dev = resolve_device(distributed.local_device(device))  # under torchrun: cuda:LOCAL_RANK
         prec = Precision(precision, dev)
+        if not isinstance(jit_compile, (bool, Mapping)):
+            raise TypeError(f"jit_compile must be True, False or a dict of torch.compile options; got {jit_compile!r}")
         from_logits = True if isinstance(loss, nn.BCEWithLogitsLoss) or loss is nn.functional.binary_cross_entropy_with_logits else None
         resolved_metrics = resolve_metrics(metrics, from_logits=from_logits)
         opt = self._resolve_optimizer(optimizer)
@@ -134,8 +172,19 @@ class Model(nn.Module):
         self.metrics = resolved_metrics
         self.device = dev
         self.precision = prec
+        self.jit_compile = jit_compile if isinstance(jit_compile, bool) else dict(jit_compile)
+        object.__setattr__(self, "_jit_net", None)
         self._compiled = True
         return self
+
+    def _training_net(self) -> Callable:
+        """The callable the train step runs: the net, or its torch.compile wrapper (built once)."""
+        if not self.jit_compile:
+            return self.net
+        if self._jit_net is None:
+            options = self.jit_compile if isinstance(self.jit_compile, dict) else {}
+            object.__setattr__(self, "_jit_net", torch.compile(self.net, **options))
+        return self._jit_net
 
     def _resolve_optimizer(self, optimizer: Any) -> torch.optim.Optimizer:
         params = [p for p in self.net.parameters() if p.requires_grad]
@@ -191,14 +240,35 @@ class Model(nn.Module):
         grad_accum_steps: int = 1,
         grad_clip_norm: Optional[float] = None,
         grad_clip_value: Optional[float] = None,
+        lr_scheduler: Any = None,
+        resume_from: Union[str, "os.PathLike[str]", None] = None,
+        progress_bar: Optional[bool] = None,
+        x: Any = None,
+        y: Any = None,
+        target: Union[str, Sequence[str], None] = None,
+        batch_size: Optional[int] = None,
+        validation_split: Optional[float] = None,
+        validation_data: Any = None,
+        shuffle: Optional[bool] = None,
+        seed: int = 0,
     ) -> pd.DataFrame:
         """Train for ``epochs`` more epochs; returns the history as a DataFrame.
 
         >>> # history = model.fit(10, dl_train, dl_val, log_step_freq=100)
+        >>> # history = model.fit(10, x=X, y=Y, batch_size=32, validation_split=0.2)
+        >>> # history = model.fit(10, df, target="label", validation_data=df_val)
+
+        Data: loaders (``dl_train``, ``dl_val``), or Keras-style ``x``/``y`` arrays or
+        tensors, a ``Dataset``, or a DataFrame with ``target`` column(s), batched by
+        ``batch_size`` (32) and shuffled (``shuffle=True``) with a generator seeded by
+        ``seed``; ``validation_split=0.2`` validates on a seeded draw of rows
+        (``torchfit.inputs.split_indices``) or ``validation_data=(Xv, Yv)``.
 
         What runs, in order (callbacks' hooks in brackets)::
 
-            [on_train_begin]
+            resume_from: load the checkpoint if the file exists
+            [set_params(params)]                       # monitors are checked here
+            [on_train_begin]; callbacks get their state back when resuming
             for epoch in epochs:                       # numbered from model.epoch + 1
                 [on_epoch_begin]
                 net.train()
@@ -211,19 +281,31 @@ class Model(nn.Module):
                     update loss mean and metrics on the device (no host sync)
                     every log_step_freq steps: read figures back, [on_train_batch_end(logs)]
                 net.eval(); no_grad: the same loop over dl_val with eval_step  [on_test_*]
-                record epoch figures                   [on_epoch_end]: history, table, ...
+                record epoch figures (+ lr with a scheduler)  [on_epoch_end]: history, table, ...
                 stop if model.stop_training
             [on_train_end]
 
-        verbose: 0 silent, 1 step dicts and tables, 2 tables only. ``log_step_freq``
-        defaults to about ten logging points per epoch. ``grad_accum_steps=k`` steps
-        the optimizer every k batches (and at the end of the epoch) on the
-        sample-weighted mean gradient of the window; ``grad_clip_norm`` /
-        ``grad_clip_value`` clip before each optimizer step (off by default).
-        Ctrl-C stops cleanly and returns the finished epochs.
+        verbose: 0 silent, 1 step dicts (or a progress bar) and tables, 2 tables
+        only. ``log_step_freq`` defaults to about ten logging points per epoch.
+        ``grad_accum_steps=k`` steps the optimizer every k batches (and at the end
+        of the epoch) on the sample-weighted mean gradient of the window;
+        ``grad_clip_norm`` / ``grad_clip_value`` clip before each optimizer step
+        (off by default). ``lr_scheduler``: a torch LR scheduler on
+        ``model.optimizer``, stepped after each epoch (a ``ReduceLROnPlateau``
+        watches ``val_loss``, or ``loss`` without ``dl_val``); for per-step
+        schedules use the ``LearningRateScheduler`` callback. ``resume_from``: a
+        checkpoint path; ``epochs`` is then the run's total (Keras'
+        BackupAndRestore): an existing file is loaded and only the remaining
+        epochs run, a missing one means a fresh start. ``progress_bar``: None
+        shows a tqdm bar instead of the step dicts when ``verbose=1`` and stdout
+        is a terminal or notebook; True/False force it on/off. Ctrl-C stops
+        cleanly and returns the finished epochs.
         """
         self._require_compiled("fit")
         epochs = _check_count("epochs", epochs, minimum=0)
+        dl_train, dl_val = inputs.fit_loaders(
+            dl_train, dl_val, x=x, y=y, target=target, batch_size=batch_size, validation_split=validation_split,
+            validation_data=validation_data, shuffle=shuffle, seed=seed, loss_fn=self.loss_fn, epoch=self.epoch)
         if dl_train is None:
             raise TypeError("fit needs a training loader: model.fit(epochs, dl_train, dl_val=None)")
         _check_loader("dl_train", dl_train)
@@ -237,34 +319,63 @@ class Model(nn.Module):
         for name, value in (("grad_clip_norm", grad_clip_norm), ("grad_clip_value", grad_clip_value)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0):
                 raise ValueError(f"{name} must be a positive number or None; got {value!r}")
+        bar = wants_bar(progress_bar, verbose)
+        user_cbs = list(callbacks or [])
+        if lr_scheduler is not None:
+            user_cbs.append(from_fit_argument(lr_scheduler, dl_val is not None))
+        resumed = None
+        if resume_from is not None:
+            total = epochs
+            if os.path.exists(resume_from):
+                self.load_checkpoint(resume_from)
+                resumed = f"Resuming from {os.fspath(resume_from)}: {self.epoch} of {total} epoch(s) done."
+                if self.stop_training:  # e.g. early stopping ended the saved run: it is finished
+                    total = self.epoch
+                    resumed += " Training had been stopped (model.stop_training) at that epoch: nothing to resume."
+            epochs = max(0, total - self.epoch)
 
-        default_cbs: List[Callback] = [History()]
+        default_cbs: List[Callback] = [History(), StepHistory()]
         if verbose:
-            default_cbs.append(ProgressPrinter(verbose))
-        run = self._new_run(default_cbs + list(callbacks or []))
+            if bar:  # the bar shows the steps; the printer the epoch tables (as with verbose=2)
+                default_cbs.append(ProgressBar())
+            default_cbs.append(ProgressPrinter(2 if bar else verbose))
+        run = self._new_run(default_cbs + user_cbs)
+        if run.reducer is not None:  # under torchrun: this rank's loaders (torchfit.distributed)
+            dl_train, dl_val = run.reducer.shard_fit_loaders(dl_train, dl_val)
+        if resumed and verbose and run.is_main_process:
+            print(resumed)
         n_train = loop.loader_length(dl_train)
         run.log_every = log_step_freq or (max(1, n_train // 10) if n_train else 100)
         run.accum_steps = grad_accum_steps
         run.sum_reduction = getattr(self.loss_fn, "reduction", "mean") == "sum"
         run.clip_norm = grad_clip_norm
         run.clip_value = grad_clip_value
-        run.train_net = self.net
+        run.train_net = self._training_net()
+        run.loaders = {"dl_train": dl_train, "dl_val": dl_val}
         run.params = [p for p in self.net.parameters() if p.requires_grad]
         run.train_metrics = self.metrics
         run.preflight = bool(self.metrics)
         train_tracker = Tracker(copy.deepcopy(self.metrics))
         val_tracker = Tracker(copy.deepcopy(self.metrics), prefix="val_")
-        if run.reducer is not None:  # under torchrun: per-rank loaders, DDP, exact figures (torchfit.distributed)
-            dl_train, dl_val, train_tracker, val_tracker = run.reducer.prepare_fit(
-                self, run, dl_train, dl_val, train_tracker, val_tracker, log_step_freq)
+        if run.reducer is not None:  # under torchrun: DDP, exact figures (torchfit.distributed)
+            train_tracker, val_tracker = run.reducer.prepare_fit(self, run, dl_train, dl_val, train_tracker, val_tracker)
 
         cbs = run.callbacks
+        log_lr = any(cb.changes_lr for cb in cbs)
+        params = {"epochs": self.epoch + epochs, "initial_epoch": self.epoch, "steps": n_train,
+                  "verbose": verbose, "log_keys": self._epoch_log_keys(dl_val is not None, log_lr)}
+        cbs.set_params(params)  # a callback monitoring a key this run never produces raises here
+        resume_state, self._resume_state = self._resume_state, None
+        if resume_state is not None:
+            checkpoint.restore_loaders(resume_state, run.loaders)
         modes = _save_modes(self.net)
         buffers = _snapshot_buffers(self.net)
         first_step = self.global_step
         self.stop_training = False
         self._run = run
         cbs.on_train_begin({})
+        if resume_state is not None:
+            checkpoint.restore_callbacks(resume_state, list(cbs))  # after on_train_begin, which resets them
         try:
             for epoch in range(self.epoch + 1, self.epoch + epochs + 1):
                 run.epoch = epoch
@@ -276,7 +387,12 @@ class Model(nn.Module):
                     break  # a stop inside the epoch: it is not a finished epoch
                 if dl_val is not None:
                     logs.update(self._validate(dl_val, run, val_tracker))
+                if log_lr:
+                    logs.update(learning_rates(self.optimizer))
                 self.epoch = epoch
+                if params["log_keys"] is None:  # overridden steps: the keys are known now
+                    params = {**params, "log_keys": ["epoch", *logs]}
+                    cbs.set_params(params)
                 cbs.on_epoch_end(epoch, {"epoch": epoch, **logs})
                 if self.stop_training:
                     break
@@ -290,6 +406,7 @@ class Model(nn.Module):
             raise
         finally:
             _restore_modes(modes)
+            self._fit_state = checkpoint.training_state(self, run)
             self._run = None
         if run.stopped_reason is not None and run.is_main_process:
             message = (f"Stopped training: {run.stopped_reason}. model.history holds the "
@@ -298,6 +415,48 @@ class Model(nn.Module):
             print(message) if verbose else warnings.warn(message, RuntimeWarning, stacklevel=2)
         cbs.on_train_end({})
         return self.history
+
+    def _epoch_log_keys(self, has_val: bool, log_lr: bool) -> Optional[List[str]]:
+        """The keys every epoch's logs will have, or None when an overridden step decides them."""
+        if type(self).train_step is not Model.train_step or (has_val and type(self).eval_step is not Model.eval_step):
+            return None
+        names = list(self.metrics)
+        keys = ["epoch", "loss", *names]
+        if has_val:
+            keys += ["val_loss", *("val_" + n for n in names)]
+        if log_lr:
+            keys += lr_log_keys(self.optimizer)
+        return keys
+
+    # ------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """Write everything needed to continue training exactly to ``path`` (atomically).
+
+        >>> # model.fit(2, dl_train, dl_val); model.save_checkpoint("ckpt.pt")
+        >>> # later, in a new process:  model.load_checkpoint("ckpt.pt"); model.fit(2, dl_train, dl_val)
+
+        Holds the net, optimizer, grad scaler, epoch, global step, history, the
+        callbacks' state (schedulers, early stopping...), the RNG states (torch,
+        CUDA, numpy, Python) and the loaders' generators, as of the end of the
+        last fit. Loads with ``torch.load(path, weights_only=True)``.
+        """
+        self._require_compiled("save_checkpoint")
+        checkpoint.save(self, path)
+
+    def load_checkpoint(self, path: Union[str, "os.PathLike[str]"]) -> "Model":
+        """Restore a checkpoint written by ``save_checkpoint`` / ``ModelCheckpoint``; returns the model.
+
+        >>> # model.load_checkpoint("ckpt.pt").fit(2, dl_train, dl_val)   # 2 more epochs
+
+        Compile first (same net and optimizer setup). RNG states are restored at
+        once; the next ``fit`` hands the loaders and callbacks their saved state
+        (match them to the saved run's). A file that is not a torchfit checkpoint,
+        or one from a different net, raises ``CheckpointError`` and changes nothing.
+        Tensors are read onto the CPU first, so GPU checkpoints load anywhere.
+        """
+        self._require_compiled("load_checkpoint")
+        checkpoint.load(self, path)
+        return self
 
     def _new_run(self, callbacks: Sequence[Callback]) -> Run:
         ddp = distributed.context(self.device)  # None in a single process
@@ -318,38 +477,47 @@ class Model(nn.Module):
         return logs
 
     # ---------------------------------------------------------------- evaluate
-    def evaluate(self, dl: Iterable, callbacks: Optional[Sequence[Callback]] = None) -> Dict[str, float]:
+    def evaluate(self, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, *, x: Any = None,
+                 y: Any = None, target: Union[str, Sequence[str], None] = None,
+                 batch_size: Optional[int] = None) -> Dict[str, float]:
         """Loss and metrics over the whole loader, in eval mode under no_grad.
 
         >>> # model.evaluate(dl_test)  ->  {'val_loss': 0.31, 'val_accuracy': 0.91}
+        >>> # model.evaluate(x=X_test, y=y_test)  or  model.evaluate(df_test, target="label")
         """
         self._require_compiled("evaluate")
+        dl = inputs.eval_loader(dl, x=x, y=y, target=target, batch_size=batch_size, loss_fn=self.loss_fn)
         _check_loader("dl", dl)
         run = self._new_run(list(callbacks or []))
         tracker = Tracker(copy.deepcopy(self.metrics), prefix="val_")
         if run.reducer is not None:  # under torchrun: this rank's part, figures over the whole dataset
             dl, tracker = run.reducer.prepare_evaluate(self, run, dl, tracker)
         modes = _save_modes(self.net)
-        self._run = run
+        previous, self._run = self._run, run  # called from a callback inside fit: give fit its run back
         try:
             return self._validate(dl, run, tracker)
         finally:
             _restore_modes(modes)
-            self._run = None
+            self._run = previous
 
     # ----------------------------------------------------------------- predict
-    def predict(self, dl: Iterable, callbacks: Optional[Sequence[Callback]] = None) -> Any:
+    def predict(self, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, *, x: Any = None,
+                target: Union[str, Sequence[str], None] = None, batch_size: Optional[int] = None) -> Any:
         """The net's outputs over the loader, on CPU, in dataset order.
 
         Batches may be ``(x, y)`` or ``x`` alone; tuple/dict outputs stay tuple/dict.
+        ``dl`` may also be a tensor, a numpy array, a Dataset or a DataFrame (its
+        ``target`` column(s) dropped), batched by ``batch_size`` (32).
 
         >>> # probs = model.predict(dl_test).softmax(dim=1)
+        >>> # probs = model.predict(X_test)
         """
         self._require_compiled("predict")
+        dl = inputs.predict_loader(dl, x=x, target=target, batch_size=batch_size)
         _check_loader("dl", dl)
         run = self._new_run(list(callbacks or []))
         modes = _save_modes(self.net)
-        self._run = run
+        previous, self._run = self._run, run  # called from a callback inside fit: give fit its run back
         try:
             run.callbacks.on_predict_begin({})
             # under torchrun every rank predicts its part and gets the whole dataset's outputs back
@@ -358,7 +526,7 @@ class Model(nn.Module):
             return out
         finally:
             _restore_modes(modes)
-            self._run = None
+            self._run = previous
 
     # ----------------------------------------------------------------- summary
     def summary(self, input_shape: Any = None, **kwargs: Any) -> pd.DataFrame:

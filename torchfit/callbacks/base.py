@@ -35,14 +35,37 @@ class Callback:
     ...         print(epoch, logs["loss"])
 
     Set ``rank_zero_only = True`` on callbacks that write or print, so that under
-    torchrun only the process of rank 0 runs them.
+    torchrun only the process of rank 0 runs them. Set ``runs_last = True`` on
+    callbacks that save the training state (checkpoints): they run after all the
+    others at every hook, so what they save includes what the others did at that
+    point (a scheduler's step, early stopping's counter). Set ``changes_lr = True``
+    on callbacks that change the learning rate: fit then records the optimizer's
+    rate in an ``lr`` column.
     """
 
     rank_zero_only: bool = False
+    runs_last: bool = False
+    changes_lr: bool = False
     model: Any = None
+    params: dict = {}
 
     def set_model(self, model: Any) -> None:
         self.model = model
+
+    def set_params(self, params: dict) -> None:
+        """Called by fit before ``on_train_begin`` with what the run will be (Keras' name).
+
+        ``params``: ``epochs`` (the number of the last epoch this fit runs),
+        ``initial_epoch`` (epochs finished before it), ``steps`` (training batches
+        per epoch, None for a loader without ``len``), ``verbose`` and ``log_keys``
+        (the keys every epoch's logs will have; None while unknown because
+        ``train_step``/``eval_step`` is overridden: fit then calls ``set_params``
+        again at the end of the first epoch, before ``on_epoch_end``). A callback
+        with a ``monitor`` checks it here, so a typo fails before training.
+        Callbacks that add keys to the epoch logs append them to
+        ``params["log_keys"]`` here so that callbacks after them may monitor them.
+        """
+        self.params = params
 
     def implements(self, hook: str) -> bool:
         """Whether this callback does anything on ``hook`` (lets the loop skip no-op calls)."""
@@ -112,7 +135,8 @@ def _dispatcher(methods: List[Callable]) -> Callable:
 
 
 class CallbackList:
-    """Runs hooks on callbacks in list order; hooks are attributes named like ``Callback``'s."""
+    """Runs hooks on callbacks in list order (``runs_last`` ones after the rest); hooks are
+    attributes named like ``Callback``'s."""
 
     def __init__(self, callbacks: Iterable[Callback], model: Any, is_main_process: bool = True):
         callbacks = list(callbacks)
@@ -122,7 +146,9 @@ class CallbackList:
                     f"callbacks must be torchfit.callbacks.Callback instances; got {type(cb).__name__}. "
                     "Subclass Callback, or wrap functions in LambdaCallback(on_epoch_end=...)"
                 )
-        self.callbacks = [cb for cb in callbacks if is_main_process or not cb.rank_zero_only]
+        kept = [cb for cb in callbacks if is_main_process or not cb.rank_zero_only]
+        # Stable: list order, except that state-saving callbacks go after the rest.
+        self.callbacks = sorted(kept, key=lambda cb: cb.runs_last)
         for cb in self.callbacks:
             cb.set_model(model)
         for hook in HOOKS:
@@ -130,6 +156,10 @@ class CallbackList:
 
     def __iter__(self):
         return iter(self.callbacks)
+
+    def set_params(self, params: dict) -> None:
+        for cb in self.callbacks:
+            cb.set_params(params)
 
     def find(self, kind: type) -> Optional[Callback]:
         return next((cb for cb in self.callbacks if isinstance(cb, kind)), None)

@@ -13,3 +13,31 @@ class History(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         self.model._history_rows.append(dict(logs))
+
+
+class StepHistory(Callback):
+    """Appends a row to ``model.step_history`` at each logging point of training.
+
+    A row holds ``epoch``, ``step`` (batch within the epoch), ``global_step``
+    (optimizer steps so far, across fit calls), ``lr`` (the first parameter
+    group's) and the running figures the loop hands to ``on_train_batch_end``:
+    ``loss`` and each metric, sample-weighted means since the start of the epoch.
+    Between logging points the loop passes empty logs and nothing is recorded, so
+    this adds no host sync (the figures are floats already).
+    """
+
+    def __init__(self) -> None:
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict) -> None:
+        if not logs:
+            return
+        row = {"epoch": self._epoch, "step": logs.get("step", batch), "global_step": self.model.global_step}
+        groups = getattr(self.model.optimizer, "param_groups", None)
+        if groups:
+            row["lr"] = float(groups[0]["lr"])
+        row.update((k, v) for k, v in logs.items() if k != "step")
+        self.model._step_rows.append(row)

@@ -2,12 +2,16 @@
 
 The figures arrive as data (dicts of floats); this module only renders them and
 hands the text to ``sink`` (``print`` by default), which tests swap for a list.
+In a Jupyter kernel the same data renders as two outputs updated in place (the
+latest step dict and one table growing by a row per epoch), see ``NotebookDisplay``.
 """
 from __future__ import annotations
 
 import datetime
+import html
 import math
-from typing import Callable, Dict, Iterable, List, Mapping
+import sys
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 from prettytable import PrettyTable
 
@@ -46,6 +50,58 @@ def epoch_table(rows: Iterable[Mapping[str, float]]) -> str:
     return table.get_string()
 
 
+def epoch_table_html(rows: Iterable[Mapping[str, float]]) -> str:
+    """The same table as ``epoch_table`` as an HTML ``<table>`` (figures rounded alike)."""
+    rows = list(rows)
+    columns: List[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(_cell(row.get(c))))}</td>" for c in columns) + "</tr>"
+        for row in rows
+    )
+    return f'<table class="torchfit-epochs"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (notebook, lab, VS Code, Colab).
+
+    Looks at ``sys.modules`` only: a process that never imported IPython is not a
+    kernel, and torchfit never imports IPython itself to find out. Terminal IPython
+    has no ``kernel`` attribute and counts as a terminal.
+    """
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    shell = get_ipython() if get_ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
+
+
+class NotebookDisplay:
+    """Outputs that update in place in a notebook, one per key (IPython display handles).
+
+    Each output carries ``text/plain`` and ``text/html``; the frontend shows the richest
+    it can (a console shows the text). ``display_fn`` defaults to IPython's ``display``
+    and is swapped in tests.
+
+    >>> # NotebookDisplay().show("table", text, html)   # first call displays, later calls update
+    """
+
+    def __init__(self, display_fn: Optional[Callable[..., Any]] = None):
+        if display_fn is None:
+            from IPython.display import display as display_fn  # only ever imported inside a kernel
+        self._display = display_fn
+        self._handles: Dict[str, Any] = {}
+
+    def show(self, key: str, text: str, html_text: str) -> None:
+        bundle = {"text/plain": text, "text/html": html_text}
+        handle = self._handles.get(key)
+        if handle is None:
+            self._handles[key] = self._display(bundle, raw=True, display_id=True)
+        else:
+            handle.update(bundle, raw=True)
+
+
 def _cell(value):
     if value is None:
         return ""
@@ -63,24 +119,57 @@ class ProgressPrinter(Callback):
 
     verbose=1: start line, time bars, a step dict every ``log_step_freq`` steps
     and an epoch table; verbose=2: only the epoch tables.
+
+    ``notebook``: ``None`` (default) renders for Jupyter when running in a kernel
+    with the default ``sink=print``; ``False`` always prints text; ``True`` forces
+    the notebook rendering; a ``NotebookDisplay`` is used as given. In a notebook
+    the step dict (with its epoch) and one table of all epochs so far are each a
+    single output updated in place, instead of a new table per epoch.
+
+    >>> # model.fit(5, dl_train, callbacks=[ProgressPrinter(2, sink=my_log.write)], verbose=0)
     """
 
     rank_zero_only = True
 
-    def __init__(self, verbose: int = 1, sink: Callable[[str], None] = print):
+    def __init__(self, verbose: int = 1, sink: Callable[[str], None] = print,
+                 notebook: Union[bool, None, NotebookDisplay] = None):
         self.verbose = verbose
         self.sink = sink
+        self.notebook = notebook
+        self._display: Optional[NotebookDisplay] = None
+        self._rows: List[Mapping[str, float]] = []
+        self._epoch = 0
 
     def on_train_begin(self, logs: dict) -> None:
+        self._rows = []
+        notebook = self.notebook
+        if isinstance(notebook, NotebookDisplay):
+            self._display = notebook
+        elif notebook or (notebook is None and self.sink is print and in_notebook()):
+            self._display = NotebookDisplay()
+        else:
+            self._display = None
         if self.verbose == 1:
             self.sink("Start Training ...")
-            self.sink(time_bar())
+            if self._display is None:
+                self.sink(time_bar())
+
+    def on_epoch_begin(self, epoch: int, logs: dict) -> None:
+        self._epoch = epoch
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
         if logs and self.verbose == 1:
-            self.sink(format_step(logs))
+            if self._display is None:
+                self.sink(format_step(logs))
+            else:
+                line = f"epoch {self._epoch} " + format_step(logs)
+                self._display.show("step", line, f"<pre>{html.escape(line)}</pre>")
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        if self._display is not None:
+            self._rows.append(dict(logs))
+            self._display.show("epochs", epoch_table(self._rows), epoch_table_html(self._rows))
+            return
         self.sink("\n " + epoch_table([logs]))
         if self.verbose == 1:
             self.sink(time_bar())

@@ -1,0 +1,122 @@
+"""``ModelCheckpoint``: write checkpoints at epoch ends.
+
+Owns which files are written when (every epoch, only improvements, a ``last``
+copy) and their names. What goes into a file, and the atomic write, belong to
+``torchfit.checkpoint``.
+"""
+from __future__ import annotations
+
+import os
+import string
+from typing import Callable, List, Optional, Union
+
+from .. import checkpoint
+from .base import Callback
+from .monitor import check_monitor, is_improvement, resolve_mode
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class ModelCheckpoint(Callback):
+    """Save the training state at the end of epochs; resume from the files with ``fit(resume_from=...)``.
+
+    >>> ckpt = ModelCheckpoint("ckpt/best.pt", monitor="val_loss", save_best_only=True, save_last=True)
+    >>> # model.fit(20, dl_train, dl_val, callbacks=[ckpt], resume_from=ckpt.last_path)
+
+    ``path`` may hold format fields filled from the epoch logs, e.g.
+    ``"ckpt/epoch{epoch:02d}-{val_loss:.3f}.pt"``. Without ``save_best_only`` a
+    file is written every epoch; with it only when ``monitor`` improves on the
+    best so far (kept across fit calls and in checkpoints). ``save_last=True``
+    also writes ``last.pt`` (with ``path``'s extension) beside ``path`` every
+    epoch; a string names that file instead. Files are full, resumable
+    checkpoints (``model.load_checkpoint``); ``weights_only=True`` writes the
+    net's ``state_dict`` alone (``net.load_state_dict(torch.load(path))``).
+
+    Each write goes to a temporary file that is then renamed over the target,
+    so a crash mid-write never leaves a torn file. The callback runs after all
+    the others (``runs_last``), so a checkpoint includes what they did at that
+    epoch's end (a scheduler's step, early stopping's counter), and only on the
+    main process under torchrun.
+    """
+
+    rank_zero_only = True
+    runs_last = True
+
+    def __init__(
+        self,
+        path: PathLike,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        save_best_only: bool = False,
+        save_last: Union[bool, PathLike] = False,
+        weights_only: bool = False,
+        verbose: int = 0,
+        sink: Callable[[str], None] = print,
+    ):
+        self.path = os.fspath(path)
+        self.fields = _format_fields(self.path)
+        self.monitor = monitor
+        self.mode = resolve_mode(mode, monitor)
+        self.save_best_only = bool(save_best_only)
+        if isinstance(save_last, bool) or save_last is None:
+            stem_ext = os.path.splitext(self.path)[1] or ".pt"
+            self.last_path: Optional[str] = (
+                os.path.join(os.path.dirname(self.path), "last" + stem_ext) if save_last else None
+            )
+        else:
+            self.last_path = os.fspath(save_last)
+        self.weights_only = bool(weights_only)
+        self.verbose, self.sink = verbose, sink
+        self.best: Optional[float] = None
+        self.best_epoch: Optional[int] = None
+
+    def set_params(self, params: dict) -> None:
+        super().set_params(params)
+        if self.save_best_only:
+            check_monitor("ModelCheckpoint", self.monitor, params)
+        keys = params.get("log_keys")
+        unknown = [f for f in self.fields if keys is not None and f not in keys]
+        if unknown:
+            raise ValueError(
+                f"ModelCheckpoint path {self.path!r} names {unknown}, which this fit's epoch logs will not have; "
+                f"they will have {list(keys)}"
+            )
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        if self.save_best_only:
+            current = logs.get(self.monitor)
+            if is_improvement(current, self.best, self.mode):
+                self.best, self.best_epoch = current, epoch
+                self._write(self.path.format(**logs), f" ({self.monitor} improved to {current:.6g})")
+        else:
+            self._write(self.path.format(**logs), "")
+        if self.last_path is not None:
+            self._write(self.last_path, "")
+
+    def _write(self, path: str, why: str) -> None:
+        checkpoint.save(self.model, path, weights_only=self.weights_only)
+        if self.verbose:
+            self.sink(f"Epoch {self.model.epoch}: saved {'weights' if self.weights_only else 'checkpoint'} "
+                      f"to {path}{why}")
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+
+
+def _format_fields(path: str) -> List[str]:
+    try:
+        parsed = list(string.Formatter().parse(path))
+    except ValueError as exc:
+        raise ValueError(f"ModelCheckpoint path {path!r} is not a valid format string: {exc}") from exc
+    fields = []
+    for _, field, _, _ in parsed:
+        if field is None:
+            continue
+        name = field.split(".")[0].split("[")[0]
+        if not name:
+            raise ValueError(f"ModelCheckpoint path {path!r}: name the fields, e.g. {{epoch:02d}}, not {{}}")
+        fields.append(name)
+    return fields

@@ -1,0 +1,159 @@
+"""Loggers that write a fit's figures to files: ``CSVLogger`` and ``TensorBoard``.
+
+Owns the file formats and when they are flushed (every epoch, so a crash loses
+at most the epoch in progress). The figures come from the epoch logs (plain
+floats); nothing here reads tensors.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+
+from .base import Callback
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class CSVLogger(Callback):
+    """One CSV row per finished epoch, flushed to disk at each epoch end.
+
+    >>> # model.fit(10, dl_train, dl_val, callbacks=[CSVLogger("logs/history.csv")])
+    >>> # pandas.read_csv("logs/history.csv") then equals model.history
+
+    ``append=False`` (default): the file mirrors ``model.history``. It is
+    rewritten at the start of each fit with the epochs finished before it, so
+    repeated fit calls and runs resumed from a checkpoint give one file with
+    every epoch exactly once. ``append=True``: rows are added to whatever the
+    file already holds (a header is written only into an empty file). Columns
+    are the history's; a column that appears later (e.g. validation from the
+    second fit on) rewrites the file with the wider header. Figures are written
+    with full precision (``repr``), so reading back gives the same floats.
+    """
+
+    rank_zero_only = True
+
+    def __init__(self, path: PathLike, append: bool = False, separator: str = ","):
+        self.path = os.fspath(path)
+        self.append = bool(append)
+        self.separator = separator
+        self._columns: Optional[List[str]] = None
+
+    def on_train_begin(self, logs: dict) -> None:
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        if self.append and os.path.exists(self.path) and os.path.getsize(self.path) > 0:
+            with open(self.path, newline="") as f:
+                self._columns = next(csv.reader(f, delimiter=self.separator), None)
+            return
+        rows = [] if self.append else list(self.model._history_rows)
+        self._columns = _columns(rows) if rows else None
+        self._rewrite(rows)
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        row = dict(logs)
+        if self._columns is None or any(k not in self._columns for k in row):
+            self._columns = _columns([{c: None for c in self._columns or []}, row])
+            self._rewrite(self._read_rows() + [row])
+            return
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f, delimiter=self.separator).writerow([_cell(row.get(c)) for c in self._columns])
+
+    def _read_rows(self) -> List[Dict[str, str]]:
+        if not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f, delimiter=self.separator))
+
+    def _rewrite(self, rows: List[Mapping[str, Any]]) -> None:
+        with open(self.path, "w", newline="") as f:
+            if self._columns is None:
+                return
+            writer = csv.writer(f, delimiter=self.separator)
+            writer.writerow(self._columns)
+            for row in rows:
+                writer.writerow([_cell(row.get(c)) for c in self._columns])
+
+
+def _columns(rows: Iterable[Mapping[str, Any]]) -> List[str]:
+    columns: List[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    return columns
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+class TensorBoard(Callback):
+    """Write the epoch figures (and optionally the step figures) as TensorBoard event files.
+
+    >>> # model.fit(10, dl_train, dl_val, callbacks=[TensorBoard("runs/exp1")])
+    >>> # then: tensorboard --logdir runs
+
+    Layout as in Keras, so TensorBoard overlays training and validation curves:
+    ``log_dir/train`` gets ``epoch_loss``, ``epoch_<metric>`` and ``epoch_lr``
+    (when a scheduler is in use); ``log_dir/validation`` gets ``epoch_loss`` and
+    ``epoch_<metric>`` from the ``val_`` figures. The x axis is the epoch.
+    ``log_steps=True`` also writes ``batch_loss`` / ``batch_<metric>`` to
+    ``train`` at each logging point (every ``log_step_freq`` steps), with
+    ``model.global_step`` as x: the running figures since the epoch began, the
+    same numbers the step dicts print (logging points are where figures are
+    read from the device anyway, so this adds no host sync). Files are flushed
+    at each epoch end and closed when training ends. Needs the ``tensorboard``
+    package (``pip install torchfit[tensorboard]``).
+    """
+
+    rank_zero_only = True
+
+    def __init__(self, log_dir: PathLike = "runs", log_steps: bool = False):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # the package is an optional extra
+            raise ImportError(
+                "the TensorBoard callback needs the tensorboard package: pip install tensorboard "
+                "(or pip install torchfit[tensorboard])"
+            ) from exc
+        self._writer_class = SummaryWriter
+        self.log_dir = os.fspath(log_dir)
+        self.log_steps = bool(log_steps)
+        self._writers: Dict[str, Any] = {}
+
+    def implements(self, hook: str) -> bool:
+        if hook == "on_train_batch_end":
+            return self.log_steps
+        return super().implements(hook)
+
+    def _writer(self, name: str) -> Any:
+        writer = self._writers.get(name)
+        if writer is None:
+            writer = self._writers[name] = self._writer_class(os.path.join(self.log_dir, name))
+        return writer
+
+    def on_train_batch_end(self, batch: int, logs: dict) -> None:
+        if not logs:  # figures exist only at logging points
+            return
+        writer = self._writer("train")
+        for key, value in logs.items():
+            if key != "step":
+                writer.add_scalar(f"batch_{key}", value, self.model.global_step)
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        for key, value in logs.items():
+            if key == "epoch":
+                continue
+            if key.startswith("val_"):
+                self._writer("validation").add_scalar("epoch_" + key[4:], value, epoch)
+            else:
+                self._writer("train").add_scalar("epoch_" + key, value, epoch)
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs: dict) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}

@@ -1,0 +1,139 @@
+"""Callbacks that end training: ``EarlyStopping`` (a figure stopped improving) and
+``TerminateOnNaN`` (the loss became NaN or infinite).
+
+They stop by setting ``model.stop_training``; the loop checks it after each
+batch and after each epoch. They run on every process under torchrun (all
+processes must stop together); only the main process prints.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from .base import Callback
+from .monitor import check_monitor, check_nonnegative, is_improvement, main_process, resolve_mode
+
+
+class EarlyStopping(Callback):
+    """Stop training when ``monitor`` has not improved for ``patience`` epochs in a row.
+
+    >>> es = EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
+    >>> # model.fit(100, dl_train, dl_val, callbacks=[es])
+
+    An epoch improves when its figure beats the best so far by more than
+    ``min_delta`` (``mode``: ``"min"``, ``"max"``, or ``"auto"`` from the name).
+    With ``baseline``, the first improvement must also beat it. When it stops
+    it prints why (``sink``, ``print`` by default; ``verbose=0`` for silence).
+    ``restore_best_weights=True`` keeps a copy of the net's state (parameters and
+    buffers) from the best epoch and puts it back when training ends; the
+    optimizer state is not rewound (as in Keras). Patience and the best figure
+    restart with each ``fit`` call, and are saved in full checkpoints so a
+    resumed run continues counting.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        patience: int = 0,
+        min_delta: float = 0.0,
+        restore_best_weights: bool = False,
+        baseline: Optional[float] = None,
+        verbose: int = 1,
+        sink: Callable[[str], None] = print,
+    ):
+        self.monitor = monitor
+        self.mode = resolve_mode(mode, monitor)
+        check_nonnegative("patience", patience, integral=True)
+        check_nonnegative("min_delta", min_delta)
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.restore_best_weights = bool(restore_best_weights)
+        self.baseline = None if baseline is None else float(baseline)
+        self.verbose = verbose
+        self.sink = sink
+        self._reset()
+
+    def _reset(self) -> None:
+        self.wait = 0
+        self.best: Optional[float] = self.baseline
+        self.best_epoch: Optional[int] = None
+        self.stopped_epoch: Optional[int] = None
+        self.best_weights: Optional[Dict[str, torch.Tensor]] = None
+
+    def set_params(self, params: dict) -> None:
+        super().set_params(params)
+        check_monitor("EarlyStopping", self.monitor, params)
+
+    def on_train_begin(self, logs: dict) -> None:
+        self._reset()
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        current = logs.get(self.monitor)
+        if is_improvement(current, self.best, self.mode, self.min_delta):
+            self.best, self.best_epoch, self.wait = current, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = {k: v.detach().clone() for k, v in self.model.net.state_dict().items()}
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+            self._say(self._why(epoch, current))
+
+    def _why(self, epoch: int, current: Any) -> str:
+        if self.best_epoch is None and self.baseline is not None:
+            return (f"Early stopping at epoch {epoch}: {self.monitor} ({current:.6g}) has not beaten the baseline "
+                    f"{self.baseline:.6g} in {self.wait} epoch(s) (patience {self.patience}).")
+        return (f"Early stopping at epoch {epoch}: {self.monitor} has not improved on {self.best:.6g} "
+                f"(epoch {self.best_epoch}) by more than {self.min_delta:g} for {self.wait} epoch(s) "
+                f"(patience {self.patience}, mode {self.mode}).")
+
+    def on_train_end(self, logs: dict) -> None:
+        if not self.restore_best_weights or self.best_weights is None:
+            return
+        # Also when the best epoch is the last one: an interrupted epoch may have moved the weights since.
+        self.model.net.load_state_dict(self.best_weights)
+        if self.best_epoch != self.model.epoch:
+            self._say(f"EarlyStopping restored the weights of epoch {self.best_epoch} "
+                      f"({self.monitor}={self.best:.6g}).")
+
+    def _say(self, text: str) -> None:
+        if self.verbose and main_process(self.model):
+            self.sink(text)
+
+    def state_dict(self) -> dict:
+        return {"wait": self.wait, "best": self.best, "best_epoch": self.best_epoch,
+                "stopped_epoch": self.stopped_epoch, "best_weights": self.best_weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.wait = state["wait"]
+        self.best = state["best"]
+        self.best_epoch = state["best_epoch"]
+        self.stopped_epoch = state["stopped_epoch"]
+        self.best_weights = state["best_weights"]
+
+
+class TerminateOnNaN(Callback):
+    """Stop at the first training batch whose loss is NaN or infinite.
+
+    >>> # model.fit(10, dl_train, callbacks=[TerminateOnNaN()])
+
+    fit on its own already stops at the next logging point (and at the epoch's
+    end) when the running loss is not finite, without any per-step cost. This
+    callback stops at once, at the end of the offending batch, and pays for it
+    with one host sync per training step (it reads each batch's loss). The
+    interrupted epoch is not recorded in the history.
+    """
+
+    def on_train_batch_end(self, batch: int, logs: dict) -> None:
+        run = self.model._run
+        out = run.last_result
+        if out is None or out.loss is None:
+            return
+        loss = out.loss.item()
+        if not math.isfinite(loss):
+            self.model.stop_training = True
+            run.stopped_reason = f"TerminateOnNaN: the loss is {loss} at epoch {run.epoch}, batch {batch}"
