@@ -104,6 +104,13 @@ def test_gradient_accumulation_under_ddp_equals_one_process(launched):
 
 
 @pytest.mark.slow
+def test_jit_compile_around_ddp_trains_like_one_process(launched):
+    net = sc.mlp(seed=6)
+    sc.compiled(net).fit(2, DataLoader(sc.data(64, 1), batch_size=16), verbose=0)
+    assert_same_state(net.state_dict(), launched["ranks"][0]["jit"]["state"])
+
+
+@pytest.mark.slow
 def test_only_rank_zero_prints_the_epoch_table(launched):
     out = launched["stdout"]
     assert out.count("Start Training ...") == 1
@@ -185,6 +192,8 @@ def test_stops_agree_across_ranks(launched):
     assert len(s0["mid_epoch"]["history"]) == len(s1["mid_epoch"]["history"]) == 1
     # early stopping from the reduced logs
     assert s0["no_improvement"]["epoch"] == s1["no_improvement"]["epoch"] == 2
+    # EarlyStopping (patience 1): epoch 2 does not improve by 10; the epoch-1 weights come back on every rank
+    assert s0["early_stopping"]["epoch"] == s1["early_stopping"]["epoch"] == 2
     for name in s0:
         assert s0[name]["history"] == s1[name]["history"]
         # BatchNorm running statistics agree, so validation and checkpoints do too
@@ -204,7 +213,19 @@ def test_checkpoint_saved_under_ddp_loads_in_one_process(launched):
     assert not any(k.startswith("module.") for k in state)
     net = sc.mlp(seed=99)
     net.load_state_dict(state, strict=True)
-    assert_same_state(net.state_dict(), launched["ranks"][0]["parity"]["state"], exact=True)
+    parity = launched["ranks"][0]["parity"]
+    assert_same_state(net.state_dict(), parity["state"], exact=True)
+    # ModelCheckpoint ran on rank 0 only (one file per epoch, no clash) and its full checkpoint resumes
+    # in a plain process with the DDP run's history
+    ckpt = launched["dir"] / "ckpt"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["epoch1.pt", "epoch2.pt", "epoch3.pt", "last.pt"]
+    model = sc.compiled(sc.mlp(seed=98)).load_checkpoint(ckpt / "last.pt")
+    assert model.epoch == 3
+    assert_same_state(model.net.state_dict(), parity["state"], exact=True)
+    assert model.history.to_dict("records") == parity["history"]
+    with pytest.warns(RuntimeWarning, match="ModelCheckpoint"):  # its state is in the file, unused here
+        model.fit(1, DataLoader(sc.data(64, 1), batch_size=16), verbose=0)  # and trains on
+    assert model.epoch == 4
 
 
 @pytest.mark.slow

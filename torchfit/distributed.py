@@ -453,8 +453,8 @@ class DistributedContext:
         """Set up ``run`` for DDP training over the sharded loaders; returns the trackers to use.
 
         Called by ``Model.fit`` once it built the run, so it only adds: the
-        DDP-wrapped net as ``run.train_net`` (under ``torch.compile`` when
-        ``compile(jit_compile=...)`` asked for it), ``no_sync`` between
+        DDP-wrapped net as ``run.train_net`` (wrapping the ``torch.compile``d net
+        when ``compile(jit_compile=...)`` asked for it), ``no_sync`` between
         accumulation boundaries, shard-aware trackers and one infrastructure
         callback (``set_epoch``, buffer broadcast, stop agreement) at the end of
         the list.
@@ -468,9 +468,7 @@ class DistributedContext:
         if ddp is None:
             self.broadcast_state(net)
         else:
-            jit = getattr(model, "jit_compile", False)
-            # torch.compile goes around DDP, so that its graph breaks line up with DDP's buckets
-            run.train_net = torch.compile(ddp, **(jit if isinstance(jit, dict) else {})) if jit else ddp
+            run.train_net = ddp
             if run.accum_steps > 1:
                 run.grad_sync = lambda is_boundary: contextlib.nullcontext() if is_boundary else ddp.no_sync()
         samplers = [getattr(dl, "sampler", None) for dl in (dl_train, dl_val)]
@@ -531,8 +529,12 @@ class DistributedContext:
         net = model.net
         if not any(p.requires_grad for p in net.parameters()):
             return None  # DDP refuses modules with nothing to train; there are no gradients to average
+        # With jit_compile, DDP wraps the model's cached torch.compile wrapper (compiled once,
+        # reused by every fit). torch.compile(DDP(net)) would overlap the all-reduce with the
+        # backward pass, but the compiled code would keep each fit's DDP (and its buckets) alive.
+        module = model._training_net() if hasattr(model, "_training_net") else net
         dev = model.device
-        return nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        return nn.parallel.DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None)
 
 
 def real_samples(sampler: Any) -> Optional[int]:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorData
 
 import torchfit
 from torchfit import Callback
+from torchfit.callbacks import EarlyStopping, ModelCheckpoint
 
 METRICS = ["accuracy", "auc", "f1"]
 
@@ -108,8 +109,9 @@ def main(out_dir: str) -> None:
     model = compiled(net)
     model.summary(input_shape=(4,))  # printed by rank 0 only
     steps = []
+    ckpt = ModelCheckpoint(os.path.join(out_dir, "ckpt", "epoch{epoch}.pt"), save_last=True)  # rank 0 writes
     h = model.fit(3, DataLoader(data(64, 1), batch_size=8), DataLoader(data(30, 2), batch_size=5),
-                  log_step_freq=2, verbose=1, callbacks=[step_recorder(steps)])
+                  log_step_freq=2, verbose=1, callbacks=[step_recorder(steps), ckpt])
     res["parity"] = {"history": records(h), "state": net.state_dict(), "steps": steps}
     if torchfit.distributed.is_main_process():
         torch.save(model.net.state_dict(), os.path.join(out_dir, "net.pt"))  # checkpoint written under DDP
@@ -119,6 +121,13 @@ def main(out_dir: str) -> None:
     model = compiled(net)
     h = model.fit(2, DataLoader(data(64, 1), batch_size=4), verbose=0, grad_accum_steps=2)
     res["accum"] = {"history": records(h), "state": net.state_dict()}
+
+    # 2b. torch.compile around DDP (aot_eager: no C++ build, the same graph capture)
+    net = mlp(seed=6)
+    model = compiled(net)
+    model.compile(model.loss_fn, model.optimizer, METRICS, device="cpu", jit_compile={"backend": "aot_eager"})
+    h = model.fit(2, DataLoader(data(64, 1), batch_size=8), verbose=0)
+    res["jit"] = {"history": records(h), "state": net.state_dict()}
 
     # 3. uneven sizes: DistributedSampler pads 37 -> 38 and 23 -> 24
     net = mlp(seed=7)
@@ -153,7 +162,9 @@ def main(out_dir: str) -> None:
     stops = {}
     for name, cb in {"epoch_end": StopAt(2, rank_zero_only=True),
                      "mid_epoch": StopAt(2, mid_epoch=True, rank_zero_only=True),
-                     "no_improvement": NoImprovement("val_loss", min_delta=10.0)}.items():
+                     "no_improvement": NoImprovement("val_loss", min_delta=10.0),
+                     "early_stopping": EarlyStopping("val_loss", min_delta=10.0, patience=1,
+                                                     restore_best_weights=True)}.items():
         net = mlp(seed=9, batchnorm=True)
         model = compiled(net)
         h = model.fit(5, DataLoader(data(40, 7), batch_size=4), DataLoader(data(20, 8), batch_size=4),
@@ -190,7 +201,7 @@ def main(out_dir: str) -> None:
     res["user_sampler"] = list(ds.seen)
 
     # the DDP wrappers lived as long as their fit (no gc needed: nothing holds them)
-    res["ddp_alive"] = sum(isinstance(o, nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+    res["ddp_alive"] = sum(type(o) is nn.parallel.DistributedDataParallel for o in gc.get_objects())
     torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
