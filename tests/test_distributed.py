@@ -229,6 +229,14 @@ def test_checkpoint_saved_under_ddp_loads_in_one_process(launched):
 
 
 @pytest.mark.slow
+def test_resume_under_torchrun_equals_training_straight(launched):
+    for r in launched["ranks"]:
+        res = r["resume"]
+        assert len(res["resumed"]) == 3 and res["resumed"] == res["straight"]
+        assert_same_state(res["resumed_state"], res["straight_state"], exact=True)
+
+
+@pytest.mark.slow
 def test_shuffling_differs_per_epoch_and_agrees_across_ranks(launched):
     r0, r1 = launched["ranks"]
     for name in ("seeded", "global"):

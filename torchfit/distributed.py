@@ -324,6 +324,10 @@ class DistributedContext:
         """Whether ``flag`` is true on any rank (every rank gets the same answer)."""
         return bool(self.sum(torch.tensor([int(bool(flag))], dtype=torch.int64)).item())
 
+    def barrier(self) -> None:
+        """Wait until every rank got here (a one-element all-reduce, on any backend)."""
+        self.sum(torch.zeros(1, dtype=torch.int64))
+
     def broadcast_state(self, net: nn.Module) -> None:
         """Copy rank 0's parameters and buffers to every rank."""
         for t in list(net.parameters()) + list(net.buffers()):
@@ -695,6 +699,8 @@ class _DistributedSync(Callback):
     * ``on_test_begin`` / ``on_train_end``: rank 0's buffers (BatchNorm running
       statistics, which each rank updated with its last batch) go to every rank,
       so validation and saved weights agree.
+    * ``on_train_end``: a barrier, so that fit returns on no rank before rank 0
+      finished what it writes at epoch ends.
     """
 
     def __init__(self, ctx: DistributedContext, samplers: Iterable[Any]):
@@ -717,6 +723,9 @@ class _DistributedSync(Callback):
 
     def on_train_end(self, logs: dict) -> None:
         self.ctx.broadcast_buffers(self.model.net)
+        # When fit returns, rank 0's files (checkpoints written at epoch ends) are complete on
+        # every rank, so the script after fit may load them anywhere.
+        self.ctx.barrier()
 
     def _agree_on_stop(self) -> None:
         self.model.stop_training = self.ctx.any(self.model.stop_training)

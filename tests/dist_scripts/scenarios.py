@@ -200,6 +200,25 @@ def main(out_dir: str) -> None:
     model.fit(1, DataLoader(ds, batch_size=5, sampler=DistributedSampler(ds, shuffle=False)), verbose=0)
     res["user_sampler"] = list(ds.seen)
 
+    # 8. resume under torchrun: 2 epochs, then a fresh model resuming from rank 0's last.pt for a
+    #    3-epoch run, equals 3 epochs straight (shuffled: set_epoch continues from the checkpoint's epoch)
+    def resumable() -> tuple:
+        net = mlp(seed=13)
+        dl = DataLoader(data(48, 13), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(3))
+        return net, compiled(net), dl
+
+    net, model, dl = resumable()
+    straight = records(model.fit(3, dl, verbose=0))
+    res["resume"] = {"straight": straight, "straight_state": net.state_dict()}
+    path = os.path.join(out_dir, "resume", "e{epoch}.pt")
+    net, model, dl = resumable()
+    model.fit(2, dl, verbose=0, callbacks=[ModelCheckpoint(path, save_last=True)])
+    torch.manual_seed(1000 + rank)  # a fresh process: nothing carried over but the file
+    net, model, dl = resumable()
+    resumed = records(model.fit(3, dl, verbose=0, callbacks=[ModelCheckpoint(path, save_last=True)],
+                                resume_from=os.path.join(out_dir, "resume", "last.pt")))
+    res["resume"].update(resumed=resumed, resumed_state=net.state_dict())
+
     # the DDP wrappers lived as long as their fit (no gc needed: nothing holds them)
     res["ddp_alive"] = sum(type(o) is nn.parallel.DistributedDataParallel for o in gc.get_objects())
     torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
