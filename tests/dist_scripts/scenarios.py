@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorData
 
 import torchfit
 from torchfit import Callback
-from torchfit.callbacks import EarlyStopping, ModelCheckpoint
+from torchfit.callbacks import EarlyStopping, ModelCheckpoint, TerminateOnNaN
 
 METRICS = ["accuracy", "auc", "f1"]
 
@@ -178,6 +178,12 @@ def main(out_dir: str) -> None:
     model = compiled(mlp(seed=12), metrics=["accuracy"])  # AUC would raise on NaN scores
     h = model.fit(2, DataLoader(TensorDataset(x, y), batch_size=4), log_step_freq=2, verbose=2)
     res["nan"] = {"history": records(h), "epoch": model.epoch}
+    # ... and with TerminateOnNaN, which reads each batch's own loss between logging points
+    batches = []
+    model = compiled(mlp(seed=12), metrics=["accuracy"])
+    model.fit(2, DataLoader(TensorDataset(x, y), batch_size=4), log_step_freq=100, verbose=2,
+              callbacks=[TerminateOnNaN(), torchfit.LambdaCallback(on_train_batch_end=lambda b, logs: batches.append(b))])
+    res["terminate_on_nan"] = {"batches": batches, "epoch": model.epoch}
 
     # 6. shuffling: per-epoch shards that differ per epoch, agree across ranks and follow the seed;
     #    also with no generator and a different global seed on each rank
