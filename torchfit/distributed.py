@@ -44,11 +44,13 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "DistributedContext",
     "LaunchInfo",
+    "ShardTracker",
     "context",
     "init_process_group",
     "is_main_process",
     "launch_info",
     "local_device",
+    "real_samples",
     "rank",
     "world_size",
 ]
