@@ -248,7 +248,7 @@ def stall(out_dir: str) -> None:
     import datetime
     import time
 
-    torchfit.distributed.init_process_group("cpu", timeout=datetime.timedelta(seconds=3))
+    torchfit.distributed.init_process_group("cpu", timeout=datetime.timedelta(seconds=5))
     rank = torchfit.distributed.rank()
 
     class Stall(Callback):
