@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 from sklearn.metrics import f1_score
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from torchfit import distributed
 from torchfit.loop import StepResult, Tracker
