@@ -154,15 +154,14 @@ class ProgressBar(Callback):
     def on_train_end(self, logs: dict) -> None:
         bar = self._bar
         if self._display is not None and bar is not None:
-            finished = not bar.total or bar.n >= bar.total
-            text = "" if finished else str(bar)  # stopped mid-epoch: keep where it stopped
-            bundle = bar.container._repr_mimebundle_()
             self._bar = None
-            bar.close()  # finished: the widget closes (leave=False); else tqdm marks it red
-            if finished:
-                self._display.show_bundle("bar", {"text/plain": text})
-            else:
-                self._display.show_bundle("bar", {**bundle, "text/plain": text})
+            if not bar.total or bar.n >= bar.total:
+                bar.close()  # leave=False: the widget closes; an empty text replaces it, live and stored
+                self._display.show_bundle("bar", {"text/plain": ""})
+            else:  # stopped mid-epoch: the (red) widget stays, and its stored text says where it stopped
+                view = bar.container._repr_mimebundle_()
+                self._display.show_bundle("bar", {**view, "text/plain": str(bar)})
+                bar.close()
             return
         self._close()
 
