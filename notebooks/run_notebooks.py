@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -33,6 +34,8 @@ KERNEL_NAME = "torchfit-venv"
 # What committed notebooks say about their kernel: a generic Python 3 kernel, so they
 # open anywhere; the runner always executes them with this venv's interpreter.
 PUBLIC_KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 
 def notebook_paths(names: Iterable[str] = ()) -> List[Path]:
@@ -63,6 +66,52 @@ def _write_kernelspec(root: Path) -> KernelSpecManager:
     return KernelSpecManager(kernel_dirs=[str(root / "kernels")])
 
 
+def prune_widget_state(nb: nbformat.NotebookNode) -> None:
+    """Keep in ``nb.metadata.widgets`` only the widgets an output still shows, and those they refer to.
+
+    nbclient stores the state of every widget the kernel ever created, closed ones
+    included: progress bars removed when their fit ended would otherwise leave
+    their state (kilobytes each) in the committed file.
+    """
+    widgets = nb.metadata.get("widgets", {}).get(WIDGET_STATE)
+    if widgets is None:
+        return
+    state = widgets.get("state", {})
+    todo = [o["data"][WIDGET_VIEW]["model_id"] for cell in nb.cells if cell.cell_type == "code"
+            for o in cell.get("outputs", []) if WIDGET_VIEW in o.get("data", {})]
+    keep = set()
+    while todo:
+        model_id = todo.pop()
+        if model_id in keep or model_id not in state:
+            continue
+        keep.add(model_id)
+        todo.extend(re.findall(r"IPY_MODEL_([0-9a-f]+)", json.dumps(state[model_id])))
+    if keep:
+        widgets["state"] = {k: v for k, v in state.items() if k in keep}
+    else:
+        del nb.metadata["widgets"]
+
+
+def merge_adjacent_streams(nb: nbformat.NotebookNode) -> None:
+    """Join consecutive stream outputs of the same name (stdout, stderr) into one, as Jupyter does.
+
+    How a cell's prints are split into messages depends on when the kernel flushed
+    them; merged, re-running a notebook stores the same outputs for the same prints.
+    Only neighbours are joined, so prints stay in order with tables and figures.
+    """
+    for cell in nb.cells:
+        merged: list = []
+        for output in cell.get("outputs", []):
+            last = merged[-1] if merged else None
+            if (output.output_type == "stream" and last is not None and last.output_type == "stream"
+                    and last.name == output.name):
+                last.text += output.text
+            else:
+                merged.append(output)
+        if "outputs" in cell:
+            cell.outputs = merged
+
+
 def execute(path: Path, timeout: int = 120) -> nbformat.NotebookNode:
     """Run every cell of the notebook at ``path`` in a fresh kernel; returns the executed notebook.
 
@@ -87,6 +136,8 @@ def execute(path: Path, timeout: int = 120) -> nbformat.NotebookNode:
             if km.has_kernel:
                 km.shutdown_kernel(now=True)
     nb.metadata["kernelspec"] = dict(PUBLIC_KERNELSPEC)
+    prune_widget_state(nb)
+    merge_adjacent_streams(nb)
     return nb
 
 

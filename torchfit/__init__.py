@@ -1,5 +1,5 @@
 """torchfit: Keras' compile / fit / evaluate / predict for any PyTorch ``nn.Module``."""
-from . import callbacks, inputs, metrics
+from . import callbacks, distributed, inputs, metrics
 from .callbacks import Callback, LambdaCallback
 from .loop import StepResult
 from .model import Model
@@ -8,4 +8,4 @@ from .summary import summary
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "summary", "Callback", "LambdaCallback", "StepResult", "plot_history", "callbacks", "inputs", "metrics", "__version__"]
+__all__ = ["Model", "summary", "Callback", "LambdaCallback", "StepResult", "plot_history", "callbacks", "distributed", "inputs", "metrics", "__version__"]

@@ -793,6 +793,12 @@ class R2(Metric):
             raise ValueError("r2: targets need a batch dimension, got a 0-d tensor")
         n = t.shape[0]
         if n == 0:
+            if self._mean is None:
+                # An empty batch still fixes the state's shape: under torchrun a rank whose shard is
+                # only padding must sync zeros of the same shape as the others' states.
+                k = math.prod(t.shape[1:])
+                self._mean, self._m2, self._res = (torch.zeros(k, dtype=_sum_dtype(t.device), device=t.device)
+                                                   for _ in range(3))
             return
         dtype = _sum_dtype(t.device)
         y = t.reshape(n, -1).to(dtype)

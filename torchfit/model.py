@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import checkpoint, inputs, loop
+from . import checkpoint, distributed, inputs, loop
 from .callbacks import Callback, CallbackList, History, ProgressPrinter
 from .callbacks.history import StepHistory
 from .callbacks.progress import ProgressBar, wants_bar
@@ -153,7 +153,7 @@ class Model(nn.Module):
             )
         if isinstance(loss, type):
             raise TypeError(f"loss is the class {loss.__name__}; pass an instance: {loss.__name__}()")
-        dev = resolve_device(device)
+        dev = resolve_device(distributed.local_device(device))  # under torchrun: cuda:LOCAL_RANK
         prec = Precision(precision, dev)
         if not isinstance(jit_compile, (bool, Mapping)):
             raise TypeError(f"jit_compile must be True, False or a dict of torch.compile options; got {jit_compile!r}")
@@ -346,6 +346,8 @@ class Model(nn.Module):
         run = self._new_run(default_cbs + user_cbs)
         if not fast_path:
             run.iterate = iter
+        if run.reducer is not None:  # under torchrun: this rank's loaders (torchfit.distributed)
+            dl_train, dl_val = run.reducer.shard_fit_loaders(dl_train, dl_val)
         if resumed and verbose and run.is_main_process:
             print(resumed)
         n_train = loop.loader_length(dl_train)
@@ -361,6 +363,8 @@ class Model(nn.Module):
         run.preflight = bool(self.metrics)
         train_tracker = Tracker(copy.deepcopy(self.metrics))
         val_tracker = Tracker(copy.deepcopy(self.metrics), prefix="val_")
+        if run.reducer is not None:  # under torchrun: DDP, exact figures (torchfit.distributed)
+            train_tracker, val_tracker = run.reducer.prepare_fit(self, run, dl_train, dl_val, train_tracker, val_tracker)
 
         cbs = run.callbacks
         log_lr = any(cb.changes_lr for cb in cbs)
@@ -399,7 +403,7 @@ class Model(nn.Module):
                 if self.stop_training:
                     break
         except KeyboardInterrupt:
-            if verbose:
+            if verbose and run.is_main_process:
                 print(f"Training interrupted (KeyboardInterrupt) in epoch {run.epoch}; model.history holds "
                       f"the {len(self._history_rows)} finished epoch(s) and the model is usable.")
         except BaseException:
@@ -410,7 +414,7 @@ class Model(nn.Module):
             _restore_modes(modes)
             self._fit_state = checkpoint.training_state(self, run)
             self._run = None
-        if run.stopped_reason is not None:
+        if run.stopped_reason is not None and run.is_main_process:
             message = (f"Stopped training: {run.stopped_reason}. model.history holds the "
                        f"{len(self._history_rows)} finished epoch(s). Lower the learning rate, "
                        "clip gradients (grad_clip_norm=1.0) or check the data for NaN/inf")
@@ -461,11 +465,15 @@ class Model(nn.Module):
         return self
 
     def _new_run(self, callbacks: Sequence[Callback]) -> Run:
+        ddp = distributed.context(self.device)  # None in a single process
+        main = ddp is None or ddp.is_main
         return Run(
             device=self.device,
             precision=self.precision,
-            callbacks=CallbackList(callbacks, self),
+            callbacks=CallbackList(callbacks, self, is_main_process=main),
             move=loop.batch_mover(self.device, non_blocking=self.device.type == "cuda"),
+            reducer=ddp,
+            is_main_process=main,
         )
 
     def _validate(self, loader: Iterable, run: Run, tracker: Tracker) -> Dict[str, float]:
@@ -489,10 +497,13 @@ class Model(nn.Module):
         run = self._new_run(list(callbacks or []))
         if not fast_path:
             run.iterate = iter
+        tracker = Tracker(copy.deepcopy(self.metrics), prefix="val_")
+        if run.reducer is not None:  # under torchrun: this rank's part, figures over the whole dataset
+            dl, tracker = run.reducer.prepare_evaluate(self, run, dl, tracker)
         modes = _save_modes(self.net)
         previous, self._run = self._run, run  # called from a callback inside fit: give fit its run back
         try:
-            return self._validate(dl, run, Tracker(copy.deepcopy(self.metrics), prefix="val_"))
+            return self._validate(dl, run, tracker)
         finally:
             _restore_modes(modes)
             self._run = previous
@@ -520,7 +531,8 @@ class Model(nn.Module):
         previous, self._run = self._run, run  # called from a callback inside fit: give fit its run back
         try:
             run.callbacks.on_predict_begin({})
-            out = loop.predict_loop(self, dl, run)
+            # under torchrun every rank predicts its part and gets the whole dataset's outputs back
+            out = loop.predict_loop(self, dl, run) if run.reducer is None else run.reducer.predict(self, dl, run)
             run.callbacks.on_predict_end({})
             return out
         finally:
@@ -535,6 +547,8 @@ class Model(nn.Module):
         """
         from .summary import summary
 
+        if not distributed.is_main_process():  # under torchrun only rank 0 prints
+            kwargs.setdefault("print_fn", None)
         return summary(self.net, input_shape, **kwargs)
 
     # ------------------------------------------------------------------- steps

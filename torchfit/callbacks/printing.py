@@ -94,7 +94,10 @@ class NotebookDisplay:
         self._handles: Dict[str, Any] = {}
 
     def show(self, key: str, text: str, html_text: str) -> None:
-        bundle = {"text/plain": text, "text/html": html_text}
+        self.show_bundle(key, {"text/plain": text, "text/html": html_text})
+
+    def show_bundle(self, key: str, bundle: Dict[str, Any]) -> None:
+        """Display ``bundle`` (mime type -> data) as the output ``key``, or update it in place."""
         handle = self._handles.get(key)
         if handle is None:
             self._handles[key] = self._display(bundle, raw=True, display_id=True)

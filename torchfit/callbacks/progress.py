@@ -1,18 +1,24 @@
-"""A live progress bar per epoch (``tqdm.auto``: text in terminals, a widget in Jupyter).
+"""A live progress bar per epoch: text in terminals, a widget in Jupyter.
 
 Owns the bar and the decision whether fit shows one by default. Reading the
 running figures costs a host sync, so the bar's figures (its postfix) change
 only at logging points, where fit reads them anyway; between them the bar only
 counts steps.
+
+In Jupyter one widget serves the whole fit, above the epoch table, and is
+removed when training ends: a stored notebook keeps no stale bar text, since
+code hosts render no widgets and show a widget's text as it was when first
+displayed (``0%| 0/45``). See docs/notebooks.md.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from .base import Callback
-from .printing import round_figure
+from .printing import NotebookDisplay, in_notebook, round_figure
 
 
 def output_is_interactive(stream: Any = None) -> bool:
@@ -37,16 +43,29 @@ def output_is_interactive(stream: Any = None) -> bool:
         return True
 
 
+def widgets_available() -> bool:
+    """Whether ``ipywidgets`` is installed (looked up, not imported): Jupyter bars are widgets."""
+    return importlib.util.find_spec("ipywidgets") is not None
+
+
 def wants_bar(progress_bar: Optional[bool], verbose: int) -> bool:
-    """fit's choice: ``None`` means a bar when ``verbose == 1`` and the output is interactive."""
+    """fit's choice: ``None`` means a bar when ``verbose == 1`` and the output is interactive.
+
+    In a Jupyter kernel without ``ipywidgets`` the automatic choice is no bar (the
+    printer's step line, updated in place, shows the progress), and
+    ``progress_bar=True`` is an error naming the fix.
+    """
     if progress_bar is None:
-        return verbose == 1 and output_is_interactive()
+        return verbose == 1 and output_is_interactive() and (widgets_available() or not in_notebook())
     if not isinstance(progress_bar, bool):
         raise TypeError(f"progress_bar must be True, False or None (automatic); got {progress_bar!r}")
     if progress_bar and verbose != 1:
         raise ValueError(
             f"progress_bar=True needs verbose=1 (verbose={verbose} prints {'nothing' if verbose == 0 else 'tables only'})"
         )
+    if progress_bar and in_notebook() and not widgets_available():
+        raise ImportError("progress_bar=True in Jupyter draws a widget and needs ipywidgets: pip install ipywidgets "
+                          "(or leave progress_bar=None: the step line then shows the progress)")
     return progress_bar
 
 
@@ -56,8 +75,15 @@ def make_bar(**kwargs: Any) -> Any:
     return tqdm(**kwargs)
 
 
+def make_widget_bar(**kwargs: Any) -> Any:
+    """A ``tqdm.notebook`` bar that is not displayed yet (the caller displays it with a handle)."""
+    from tqdm.notebook import tqdm  # needs ipywidgets
+
+    return tqdm(display=False, **kwargs)
+
+
 class ProgressBar(Callback):
-    """One bar per epoch over the training batches, with the running figures at logging points.
+    """A bar over the training batches of each epoch, with the running figures at logging points.
 
     fit adds it (instead of the step dicts) when ``verbose=1`` and stdout is a
     terminal or a notebook, or when asked with ``fit(..., progress_bar=True)``;
@@ -65,21 +91,47 @@ class ProgressBar(Callback):
     the start line and the time bars; the epoch tables still print (the printer
     then works as with ``verbose=2``).
 
+    In a terminal (or with ``file``) each epoch leaves its text bar. In Jupyter
+    (``notebook=None`` detects it, ``True`` forces it) one widget above the epoch
+    table serves every epoch and is removed when training ends, so only the table
+    remains, live and in the stored notebook; a fit stopped mid-epoch (Ctrl-C)
+    leaves the bar where it stopped, as text.
+
     >>> # model.fit(10, dl_train, dl_val, progress_bar=True)
     """
 
     rank_zero_only = True
 
-    def __init__(self, file: Any = None):
+    def __init__(self, file: Any = None, notebook: Union[bool, None, NotebookDisplay] = None):
         self.file = file
+        self.notebook = notebook
         self._bar: Any = None
+        self._display: Optional[NotebookDisplay] = None
+
+    def on_train_begin(self, logs: dict) -> None:
+        notebook = self.notebook
+        if isinstance(notebook, NotebookDisplay):
+            self._display = notebook
+        elif notebook or (notebook is None and self.file is None and in_notebook()):
+            self._display = NotebookDisplay()
+        else:
+            self._display = None
 
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
-        self._close()
         last = self.params.get("epochs")
-        self._bar = make_bar(total=self.params.get("steps"), desc=f"Epoch {epoch}" + (f"/{last}" if last else ""),
-                             file=self.file if self.file is not None else sys.stdout,
-                             unit="step", dynamic_ncols=True, leave=True)
+        desc = f"Epoch {epoch}" + (f"/{last}" if last else "")
+        total = self.params.get("steps")
+        if self._display is None:
+            self._close()
+            self._bar = make_bar(total=total, desc=desc, file=self.file if self.file is not None else sys.stdout,
+                                 unit="step", dynamic_ncols=True, leave=True)
+        elif self._bar is None:
+            self._bar = make_widget_bar(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=False)
+            self._display.show_bundle("bar", self._bar.container._repr_mimebundle_())
+        else:  # the same widget, in place, for the next epoch
+            self._bar.set_description(desc, refresh=False)
+            self._bar.set_postfix_str("", refresh=False)
+            self._bar.reset(total=total)
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
         bar = self._bar
@@ -88,16 +140,29 @@ class ProgressBar(Callback):
         bar.update(1)
         if logs:
             bar.set_postfix({k: round_figure(v) for k, v in logs.items() if k != "step"}, refresh=True)
-        if batch == self.params.get("steps"):
+        if batch == self.params.get("steps") and self._display is None:
             self._close()  # before validation and the epoch table print
 
     def on_test_begin(self, logs: dict) -> None:
-        self._close()
+        if self._display is None:
+            self._close()
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        self._close()
+        if self._display is None:
+            self._close()
 
     def on_train_end(self, logs: dict) -> None:
+        bar = self._bar
+        if self._display is not None and bar is not None:
+            self._bar = None
+            if not bar.total or bar.n >= bar.total:
+                bar.close()  # leave=False: the widget closes; an empty text replaces it, live and stored
+                self._display.show_bundle("bar", {"text/plain": ""})
+            else:  # stopped mid-epoch: the (red) widget stays, and its stored text says where it stopped
+                view = bar.container._repr_mimebundle_()
+                self._display.show_bundle("bar", {**view, "text/plain": str(bar)})
+                bar.close()
+            return
         self._close()
 
     def _close(self) -> None:
