@@ -165,7 +165,8 @@ def test_fit_trains_bit_identical_weights_with_and_without_the_fast_path(generat
 
     def loaders():
         gen = torch.Generator().manual_seed(4) if generator else None
-        return DataLoader(train, batch_size=32, shuffle=True, drop_last=True, generator=gen), DataLoader(val, batch_size=25)
+        return (DataLoader(train, batch_size=32, shuffle=True, drop_last=True, generator=gen),
+                DataLoader(val, batch_size=25))
 
     torch.manual_seed(1)
     net0 = SmallCNN()
