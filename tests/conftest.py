@@ -8,6 +8,8 @@ from sklearn.datasets import load_digits, make_blobs, make_classification
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from torchfit.callbacks import Callback
+
 
 def blobs(n: int = 200, centers: int = 3, seed: int = 0) -> TensorDataset:
     X, y = make_blobs(n_samples=n, centers=centers, n_features=4, random_state=seed, cluster_std=2.5)
@@ -64,3 +66,17 @@ def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+class Scripted(Callback):
+    """Puts scripted figures into the epoch logs as "score" (and announces the key)."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def set_params(self, params):
+        super().set_params(params)
+        params["log_keys"].append("score")
+
+    def on_epoch_end(self, epoch, logs):
+        logs["score"] = self.values[epoch - 1]

@@ -17,27 +17,13 @@ from torchfit.callbacks import (Callback, CSVLogger, EarlyStopping, LambdaCallba
                                 ModelCheckpoint, ReduceLROnPlateau, TensorBoard, TerminateOnNaN)
 from torchfit.callbacks import progress
 from torchfit.callbacks.monitor import is_improvement, resolve_mode
-from conftest import blobs, loader, mlp
+from conftest import Scripted, blobs, loader, mlp
 
 
 def compiled(net=None, lr=0.1, **kw):
     net = net or mlp()
     return torchfit.Model(net).compile(nn.CrossEntropyLoss(), torch.optim.SGD(net.parameters(), lr=lr),
                                       ["accuracy"], device="cpu", **kw)
-
-
-class Scripted(Callback):
-    """Puts scripted figures into the epoch logs as "score" (and announces the key)."""
-
-    def __init__(self, values):
-        self.values = values
-
-    def set_params(self, params):
-        super().set_params(params)
-        params["log_keys"].append("score")
-
-    def on_epoch_end(self, epoch, logs):
-        logs["score"] = self.values[epoch - 1]
 
 
 def weights(net):

@@ -17,7 +17,7 @@ from torch import nn
 import torchfit
 from torchfit.callbacks import Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint
 from torchfit.errors import CheckpointError
-from conftest import assert_same_weights, blobs, loader, mlp
+from conftest import Scripted, assert_same_weights, blobs, loader, mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "resume_script.py")
@@ -226,18 +226,6 @@ def test_real_cuda_checkpoint_loads_in_a_cpu_only_process(tmp_path):
 
 
 # --------------------------------------------------------- ModelCheckpoint
-class Scripted(Callback):
-    def __init__(self, values):
-        self.values = values
-
-    def set_params(self, params):
-        super().set_params(params)
-        params["log_keys"].append("score")
-
-    def on_epoch_end(self, epoch, logs):
-        logs["score"] = self.values[epoch - 1]
-
-
 def test_model_checkpoint_every_epoch_best_only_and_last(tmp_path):
     model, dl, _, _ = setup()
     every = ModelCheckpoint(tmp_path / "all" / "e{epoch:02d}-{loss:.2f}.pt")
