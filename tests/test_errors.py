@@ -171,6 +171,19 @@ def test_non_finite_loss_stops_at_the_next_logging_point(capsys):
         torchfit.Model(mlp()).compile(NaNAfter(after=13), device="cpu").fit(5, loader(ds, 8), verbose=0)
 
 
+def test_non_finite_loss_stop_is_not_masked_by_auc():
+    # NaN weights give NaN scores: AUC reports nan and the clean non-finite stop still explains it.
+    ds = blobs(80)
+    model = torchfit.Model(mlp()).compile(NaNAfter(after=13), "sgd", ["auc"], device="cpu")
+    with pytest.warns(RuntimeWarning, match="non-finite loss"):
+        h = model.fit(5, loader(ds, 8), log_step_freq=2, verbose=0)
+    assert list(h["epoch"]) == [1]
+    from torchfit.metrics import AUC
+    auc = AUC()
+    auc.update(torch.tensor([[float("nan"), 0.0, 1.0]] * 4), torch.tensor([0, 1, 2, 0]))
+    assert auc.compute() != auc.compute()  # nan, not an exception
+
+
 class InterruptAt(torchfit.Callback):
     def __init__(self, epoch, batch):
         self.at = (epoch, batch)

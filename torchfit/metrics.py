@@ -651,6 +651,10 @@ class AUC(Metric):
         # float64 after leaving the device: MPS cannot hold it.
         scores = scores_t.cpu().double().numpy()
         targets = targets_t.cpu().double().numpy()
+        if not np.isfinite(scores).all():
+            # A ranking of NaN/inf scores is undefined: report nan and let the
+            # loop's non-finite-loss stop explain what happened.
+            return float("nan")
         # Imported here: scikit-learn takes a while to import and only AUC needs it.
         from sklearn.metrics import roc_auc_score
 
