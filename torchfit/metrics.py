@@ -413,7 +413,43 @@ class BatchMetric(Metric):
 # ------------------------------------------------------------ classification
 
 
-class Accuracy(Metric):
+class _SumOverCount(Metric):
+    """A sum kept on the device over a sample count kept on the host: ``compute`` is sum / count.
+
+    Accuracy (an integer count of hits) and MSE/MAE (float error sums) share this
+    state; an integer sum is reduced as int64 so counts stay exact across processes.
+    """
+
+    def reset(self) -> None:
+        self._sum: Optional[Tensor] = None
+        self._count = 0
+        self._global: Optional[tuple[float, int]] = None
+
+    def _add(self, batch_sum: Tensor, count: int) -> None:
+        self._sum = batch_sum if self._sum is None else self._sum + batch_sum.to(self._sum.device)
+        self._count += count
+        self._global = None
+
+    def compute(self) -> float:
+        if self._global is not None:
+            total, count = self._global
+        else:
+            total = 0 if self._sum is None else self._sum.item()
+            count = self._count
+        return total / count if count else float("nan")
+
+    def sync(self, reducer: Reducer) -> None:
+        device = self._sum.device if self._sum is not None else torch.device("cpu")
+        exact = self._sum is None or not self._sum.is_floating_point()
+        dtype = torch.int64 if exact else _sum_dtype(device)
+        packed = torch.tensor([0, self._count], dtype=dtype, device=device)
+        if self._sum is not None:
+            packed[0] += self._sum
+        total, count = reducer.sum(packed).tolist()
+        self._global = (total, int(round(count)))
+
+
+class Accuracy(_SumOverCount):
     """Fraction of correct predictions, exact over the epoch.
 
     Binary preds ``(N,)``/``(N, 1)`` are thresholded (see the module docstring);
@@ -431,33 +467,9 @@ class Accuracy(Metric):
         self._cut = _cut_point(threshold, from_logits)
         self.reset()
 
-    def reset(self) -> None:
-        self._correct: Optional[Tensor] = None
-        self._count = 0
-        self._global: Optional[tuple[int, int]] = None
-
     def update(self, preds: Tensor, targets: Tensor) -> None:
         pred, true, _, _ = _decode_classes("accuracy", preds, targets, self._cut)
-        correct = pred.eq(true).sum()
-        self._correct = correct if self._correct is None else self._correct + correct.to(self._correct.device)
-        self._count += pred.shape[0]
-        self._global = None
-
-    def compute(self) -> float:
-        if self._global is not None:
-            correct, count = self._global
-        else:
-            correct = 0 if self._correct is None else self._correct.item()
-            count = self._count
-        return correct / count if count else float("nan")
-
-    def sync(self, reducer: Reducer) -> None:
-        device = self._correct.device if self._correct is not None else torch.device("cpu")
-        packed = torch.tensor([0, self._count], dtype=torch.int64, device=device)
-        if self._correct is not None:
-            packed[0] += self._correct
-        correct, count = reducer.sum(packed).tolist()
-        self._global = (int(correct), int(count))
+        self._add(pred.eq(true).sum(), pred.shape[0])
 
 
 class _ConfusionMetric(Metric):
@@ -694,16 +706,11 @@ def _as_probabilities(scores: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- regression
 
 
-class _MeanError(Metric):
+class _MeanError(_SumOverCount):
     _label = ""
 
     def __init__(self) -> None:
         self.reset()
-
-    def reset(self) -> None:
-        self._sum: Optional[Tensor] = None
-        self._count = 0
-        self._global: Optional[tuple[float, int]] = None
 
     def _error(self, diff: Tensor) -> Tensor:
         raise NotImplementedError
@@ -711,28 +718,9 @@ class _MeanError(Metric):
     def update(self, preds: Tensor, targets: Tensor) -> None:
         p, t = _align(self._label, preds, targets)
         dtype = _sum_dtype(p.device)
-        batch = self._error(p.to(dtype) - t.to(dtype)).sum()
-        self._sum = batch if self._sum is None else self._sum + batch.to(self._sum.device)
         # Every output has N samples, so the mean over all elements equals
         # scikit-learn's uniform average of per-output means.
-        self._count += t.numel()
-        self._global = None
-
-    def compute(self) -> float:
-        if self._global is not None:
-            total, count = self._global
-        else:
-            total = 0.0 if self._sum is None else self._sum.item()
-            count = self._count
-        return total / count if count else float("nan")
-
-    def sync(self, reducer: Reducer) -> None:
-        device = self._sum.device if self._sum is not None else torch.device("cpu")
-        packed = torch.tensor([0.0, float(self._count)], dtype=_sum_dtype(device), device=device)
-        if self._sum is not None:
-            packed[0] += self._sum
-        total, count = reducer.sum(packed).tolist()
-        self._global = (total, int(round(count)))
+        self._add(self._error(p.to(dtype) - t.to(dtype)).sum(), t.numel())
 
 
 class MSE(_MeanError):
