@@ -57,3 +57,109 @@ def test_syncs_happen_only_at_logging_points_and_epoch_ends(sync_log, metrics):
     assert batches <= allowed, sorted(batches - allowed)
     per_point = len(sync_log) / len(batches)
     assert per_point <= 2 * (1 + len(metrics)) + 2  # a handful per logging point, never per step
+
+
+# ------------------------------------------------------------------ aten level
+# The check above sees only the tensor methods torchfit's own code calls. A sync can
+# also hide inside a torch function (bincount, a boolean mask, clip_grad_norm_'s
+# error_if_nonfinite...). On CUDA each of these aten ops blocks the host (each calls
+# c10::cuda::warn_or_error_on_sync, which torch.cuda.set_sync_debug_mode turns into an
+# error); a dispatch mode records them wherever they come from while fit runs on CPU.
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from conftest import SmallCNN, binary, digits  # noqa: E402
+
+DEVICE_SYNCING_OPS = {
+    "_local_scalar_dense",  # .item(), float(t), bool(t), int(t)
+    "is_nonzero", "equal", "nonzero", "masked_select", "bincount", "histc", "histogram",
+    "_unique", "_unique2", "unique_dim", "unique_consecutive", "unique_dim_consecutive",
+    "repeat_interleave",
+}
+# Indexing with a boolean mask runs nonzero inside the kernel.
+MASK_INDEXING_OPS = {"index", "index_put", "index_put_", "_index_put_impl_"}
+# torch code that reads CPU-only tensors with .item(): the optimizers' step counters (on
+# the CPU even for CUDA parameters, with capturable=False, the default) and the
+# DataLoader's base seed. Neither touches a device.
+CPU_ONLY_READERS = tuple(os.path.join(os.path.dirname(torch.__file__), *parts) + os.sep
+                         for parts in (("optim",), ("utils", "data")))
+
+
+def _is_mask(obj) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return obj.dtype in (torch.bool, torch.uint8)
+    if isinstance(obj, (list, tuple)):
+        return any(_is_mask(o) for o in obj)
+    return False
+
+
+class DeviceSyncAudit(TorchDispatchMode):
+    """Records (op, epoch, batch) for each aten op that would block the host on CUDA."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.seen = []
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        name = func.overloadpacket.__name__
+        if name in DEVICE_SYNCING_OPS or (name in MASK_INDEXING_OPS and _is_mask(args[1:])):
+            if not self._from_cpu_only_reader():
+                run = self.model._run
+                self.seen.append((name, run.epoch if run else None, run.batch_idx if run else None))
+        return func(*args, **(kwargs or {}))
+
+    @staticmethod
+    def _from_cpu_only_reader() -> bool:
+        frame = sys._getframe(2)
+        while frame is not None:
+            if frame.f_code.co_filename.startswith(CPU_ONLY_READERS):
+                return True
+            frame = frame.f_back
+        return False
+
+
+def _fit_and_audit(model, train, val, epochs=2, **fit_kwargs):
+    audit = DeviceSyncAudit(model)
+    with audit:
+        model.fit(epochs, train, val, log_step_freq=10, verbose=1, **fit_kwargs)
+    assert audit.ops > 1000, "the dispatch mode saw too few ops: the check would not catch a sync"
+    n_train, n_val = len(train), len(val)
+    allowed = {(e, b) for e in range(1, epochs + 1) for b in (10, 20, n_train, n_val)} | {(1, 1)}
+    bad = sorted({(op, e, b) for op, e, b in audit.seen if (e, b) not in allowed})
+    assert not bad, f"device syncs between logging points (op, epoch, batch): {bad}"
+    return audit
+
+
+def test_no_device_sync_between_logging_points_classification(capsys):
+    net = mlp()
+    model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), "adam",
+                                        ["accuracy", "f1", "precision", "recall", "auc"],
+                                        device="cpu", precision="bf16")
+    sched = torch.optim.lr_scheduler.OneCycleLR(model.optimizer, max_lr=0.05, total_steps=100)
+    audit = _fit_and_audit(
+        model, loader(blobs(200), 8, shuffle=True), loader(blobs(30), 8), epochs=2,
+        grad_accum_steps=3, grad_clip_norm=1.0, grad_clip_value=0.5,
+        callbacks=[torchfit.callbacks.LearningRateScheduler(sched, interval="step"),
+                   torchfit.callbacks.EarlyStopping(monitor="val_loss", patience=5),
+                   torchfit.callbacks.ProgressBar()],
+    )
+    assert audit.seen, "no sync at all: the logging points should read figures back"
+
+
+def test_no_device_sync_between_logging_points_binary_and_batchnorm():
+    net = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
+    model = torchfit.Model(net).compile(nn.BCEWithLogitsLoss(), "sgd", ["accuracy", "auc", "f1"], device="cpu")
+    _fit_and_audit(model, loader(binary(240), 8, shuffle=True, drop_last=True), loader(binary(40), 8),
+                   grad_clip_norm=1.0)
+
+
+def test_no_device_sync_between_logging_points_regression_cnn():
+    ds = digits(200)
+    target = torch.tensor([float(y) for _, y in ds])
+    reg = torch.utils.data.TensorDataset(ds.tensors[0], target.unsqueeze(1))
+    net = SmallCNN()
+    net.head[-1] = nn.Linear(16, 1)
+    model = torchfit.Model(net).compile(nn.MSELoss(), "adamw", ["mse", "mae", "r2"], device="cpu")
+    _fit_and_audit(model, loader(reg, 8, shuffle=True), loader(reg, 50), fast_path=False)
