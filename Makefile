@@ -9,7 +9,7 @@ DEPS_KEY := $(shell cat constraints.txt setup.cfg | sha256sum | cut -c1-12)
 STAMP := $(VENV)/.torchfit-deps-$(DEPS_KEY)
 EXTRAS ?= dev
 
-.PHONY: install demo test bench bench-peers notebooks clean
+.PHONY: install demo test test-torch bench bench-peers notebooks clean
 
 $(STAMP): constraints.txt setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,21 @@ demo: install
 
 test: install
 	TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 $(PY) -m pytest -q
+
+# The suite on another torch than the pinned one, in its own venv (never the shared one):
+#   make test-torch TORCH=2.15.0 TORCHVISION=0.29.2
+#   make test-torch TORCH=2.3.1 TORCHVISION=0.18.1 TORCH_PINS='numpy<2'
+# TORCHVISION may be left out (pip picks one that fits); TORCH_PINS adds requirements.
+# The venv stays for reruns; `make clean` removes it.
+TORCH_VENV = .venv-torch-$(TORCH)
+test-torch:
+	@test -n "$(TORCH)" || { echo "usage: make test-torch TORCH=2.15.0 [TORCHVISION=0.29.2] [TORCH_PINS='numpy<2']"; exit 2; }
+	test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(TORCH_VENV)/bin/python -m pip install "torch==$(TORCH)" $(if $(TORCHVISION),"torchvision==$(TORCHVISION)") \
+		$(foreach pin,$(TORCH_PINS),"$(pin)") -e ".[dev]"
+	$(TORCH_VENV)/bin/python -m pip list 2>/dev/null | grep -E '^(torch|torchvision|numpy) '
+	TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 $(TORCH_VENV)/bin/python -m pytest -q
 
 # `make bench BENCH_ARGS=--quick` for a short run; results go to benchmarks/results/.
 bench: install
@@ -51,4 +66,4 @@ notebooks: install
 	$(PY) notebooks/run_notebooks.py --write
 
 clean:
-	rm -rf .venv build *.egg-info demo_output .pytest_cache
+	rm -rf .venv .venv-torch-* build *.egg-info demo_output .pytest_cache
