@@ -9,7 +9,7 @@ DEPS_KEY := $(shell cat constraints.txt setup.cfg | sha256sum | cut -c1-12)
 STAMP := $(VENV)/.torchfit-deps-$(DEPS_KEY)
 EXTRAS ?= dev
 
-.PHONY: install demo test test-torch bench bench-peers notebooks clean
+.PHONY: install demo test test-torch bench bench-peers gpu-check notebooks clean
 
 $(STAMP): constraints.txt setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ $(PEERS_VENV)/.installed: benchmarks/requirements-peers.txt constraints.txt
 
 bench-peers: install $(PEERS_VENV)/.installed
 	$(PEERS_PY) benchmarks/overhead.py $(BENCH_ARGS)
+
+# Everything that needs a CUDA GPU (CI has none): benchmarks/README.md, "On a GPU".
+gpu-check: install
+	PYTHON=$(PY) benchmarks/gpu_check.sh
 
 notebooks: install
 	$(PY) notebooks/run_notebooks.py --write

@@ -641,8 +641,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:
         p.error(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
     if "GPU" in names and not cuda:
-        print("GPU workload skipped: CUDA is not available on this machine")
-        names.remove("GPU")
+        p.error("the GPU workload needs CUDA, which this machine does not have")
     repeats = args.repeats or (3 if args.quick else 15)
     runners = dict(RUNNERS)
     if not args.no_peers:

@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 import torchfit
 from torchfit.callbacks import (Callback, CSVLogger, EarlyStopping, LambdaCallback, LearningRateScheduler,
-                                ModelCheckpoint, ReduceLROnPlateau, TensorBoard, TerminateOnNaN)
+                                ModelCheckpoint, ProgressBar, ReduceLROnPlateau, TensorBoard, TerminateOnNaN)
 from torchfit.callbacks import progress
 from torchfit.callbacks.monitor import is_improvement, resolve_mode
 from conftest import Scripted, blobs, loader, mlp
@@ -306,6 +306,36 @@ def test_real_tqdm_bar_end_to_end(capsys):
     out = capsys.readouterr().out
     assert "Epoch 1/1" in out and "5/5" in out and "loss=" in out
     assert "{'step'" not in out and "| epoch |" in out
+
+
+def test_bar_redraws_are_rate_limited_not_per_step_and_show_the_last_figures():
+    import io
+
+    def draws(mininterval):
+        out = io.StringIO()
+        model = compiled()
+        # log every step: the figures change each step, the bar still redraws only as tqdm allows
+        model.fit(1, loader(blobs(200), 8), verbose=1, log_step_freq=1,
+                  callbacks=[ProgressBar(file=out, mininterval=mininterval)])
+        frames = [f for f in out.getvalue().split("\r") if "Epoch 1/1" in f]
+        return frames, model
+
+    frames, model = draws(0.0)  # no rate limit: a redraw per step, so the count below can fail
+    assert len(frames) >= 25
+    frames, model = draws(1e9)
+    assert len(frames) <= 3  # opened, closed (and tqdm's own first draw)
+    last = frames[-1]
+    assert "25/25" in last and f"loss={round(model.step_history['loss'].iloc[-1], 3)}" in last
+
+
+def test_a_progress_bar_passed_in_callbacks_is_the_only_bar(monkeypatch, capsys):
+    FakeBar.made = []
+    monkeypatch.setattr(progress, "make_bar", FakeBar)
+    monkeypatch.setattr(progress, "output_is_interactive", lambda stream=None: True)
+    compiled().fit(2, loader(blobs(40), 8), verbose=1, callbacks=[ProgressBar(mininterval=0.5)])
+    out = capsys.readouterr().out
+    assert len(FakeBar.made) == 2 and all(b.kw["mininterval"] == 0.5 for b in FakeBar.made)
+    assert "{'step'" not in out and out.count("| epoch |") == 2
 
 
 # -------------------------------------------------------------- host syncs

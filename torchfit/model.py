@@ -323,8 +323,9 @@ class Model(nn.Module):
         for name, value in (("grad_clip_norm", grad_clip_norm), ("grad_clip_value", grad_clip_value)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0):
                 raise ValueError(f"{name} must be a positive number or None; got {value!r}")
-        bar = wants_bar(progress_bar, verbose)
         user_cbs = list(callbacks or [])
+        own_bar = any(isinstance(cb, ProgressBar) for cb in user_cbs)  # as Keras does with its ProgbarLogger
+        bar = own_bar or wants_bar(progress_bar, verbose)
         if lr_scheduler is not None:
             user_cbs.append(from_fit_argument(lr_scheduler, dl_val is not None))
         resumed = None
@@ -340,7 +341,7 @@ class Model(nn.Module):
 
         default_cbs: List[Callback] = [History(), StepHistory()]
         if verbose:
-            if bar:  # the bar shows the steps; the printer the epoch tables (as with verbose=2)
+            if bar and not own_bar:  # the bar shows the steps; the printer the epoch tables (as with verbose=2)
                 default_cbs.append(ProgressBar())
             default_cbs.append(ProgressPrinter(2 if bar else verbose))
         run = self._new_run(default_cbs + user_cbs)

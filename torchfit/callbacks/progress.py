@@ -97,14 +97,22 @@ class ProgressBar(Callback):
     remains, live and in the stored notebook; a fit stopped mid-epoch (Ctrl-C)
     leaves the bar where it stopped, as text.
 
+    The bar redraws at most once every ``mininterval`` seconds (tqdm's rate limit),
+    however short the steps and however often fit logs: new figures show at the
+    next redraw, and each epoch's last figures when its bar closes. Pass your own
+    ``ProgressBar(...)`` in ``callbacks`` to set it; fit then adds no other bar.
+
     >>> # model.fit(10, dl_train, dl_val, progress_bar=True)
+    >>> # model.fit(10, dl_train, callbacks=[ProgressBar(mininterval=1.0)])
     """
 
     rank_zero_only = True
 
-    def __init__(self, file: Any = None, notebook: Union[bool, None, NotebookDisplay] = None):
+    def __init__(self, file: Any = None, notebook: Union[bool, None, NotebookDisplay] = None,
+                 mininterval: float = 0.1):
         self.file = file
         self.notebook = notebook
+        self.mininterval = mininterval
         self._bar: Any = None
         self._display: Optional[NotebookDisplay] = None
 
@@ -124,9 +132,10 @@ class ProgressBar(Callback):
         if self._display is None:
             self._close()
             self._bar = make_bar(total=total, desc=desc, file=self.file if self.file is not None else sys.stdout,
-                                 unit="step", dynamic_ncols=True, leave=True)
+                                 unit="step", dynamic_ncols=True, leave=True, mininterval=self.mininterval)
         elif self._bar is None:
-            self._bar = make_widget_bar(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=False)
+            self._bar = make_widget_bar(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=False,
+                                        mininterval=self.mininterval)
             self._display.show_bundle("bar", self._bar.container._repr_mimebundle_())
         else:  # the same widget, in place, for the next epoch
             self._bar.set_description(desc, refresh=False)
@@ -137,19 +146,24 @@ class ProgressBar(Callback):
         bar = self._bar
         if bar is None:
             return
+        if logs:  # drawn by the update below when tqdm's rate limit allows: no redraw per step
+            bar.set_postfix({k: round_figure(v) for k, v in logs.items() if k != "step"}, refresh=False)
         bar.update(1)
-        if logs:
-            bar.set_postfix({k: round_figure(v) for k, v in logs.items() if k != "step"}, refresh=True)
-        if batch == self.params.get("steps") and self._display is None:
-            self._close()  # before validation and the epoch table print
+        if batch == self.params.get("steps"):
+            self._finish_epoch()
+
+    def _finish_epoch(self) -> None:
+        if self._display is None:
+            self._close()  # before validation and the epoch table print; closing draws the final state
+        elif self._bar is not None:
+            self._bar.refresh()  # the widget stays for the next epoch: show it full, with the last figures
 
     def on_test_begin(self, logs: dict) -> None:
         if self._display is None:
             self._close()
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        if self._display is None:
-            self._close()
+        self._finish_epoch()  # also for a loader without len(), whose last batch is not known in advance
 
     def on_train_end(self, logs: dict) -> None:
         bar = self._bar
