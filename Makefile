@@ -30,9 +30,10 @@ test: install
 	TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 $(PY) -m pytest -q
 
 # The suite on another torch than the pinned one, in its own venv (never the shared one):
-#   make test-torch TORCH=2.15.0 TORCHVISION=0.29.2
-#   make test-torch TORCH=2.3.1 TORCHVISION=0.18.1 TORCH_PINS='numpy<2'
-# TORCHVISION may be left out (pip picks one that fits); TORCH_PINS adds requirements.
+#   make test-torch TORCH=2.15.0 TORCHVISION=0.29.2   # the newest on the registry
+#   make test-torch TORCH=2.3.0 TORCHVISION=0.18.0    # the oldest setup.cfg admits
+# TORCHVISION may be left out (pip picks one that fits); TORCH_PINS adds requirements
+# (e.g. TORCH_PINS='numpy<2').
 # The venv stays for reruns; `make clean` removes it.
 TORCH_VENV = .venv-torch-$(TORCH)
 test-torch:
