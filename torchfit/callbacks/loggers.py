@@ -19,7 +19,7 @@ class CSVLogger(Callback):
     """One CSV row per finished epoch, flushed to disk at each epoch end.
 
     >>> # model.fit(10, dl_train, dl_val, callbacks=[CSVLogger("logs/history.csv")])
-    >>> # pandas.read_csv("logs/history.csv") then equals model.history
+    >>> # pandas.read_csv("logs/history.csv", float_precision="round_trip") then equals model.history
 
     ``append=False`` (default): the file mirrors ``model.history``. It is
     rewritten at the start of each fit with the epochs finished before it, so
@@ -28,7 +28,9 @@ class CSVLogger(Callback):
     file already holds (a header is written only into an empty file). Columns
     are the history's; a column that appears later (e.g. validation from the
     second fit on) rewrites the file with the wider header. Figures are written
-    with full precision (``repr``), so reading back gives the same floats.
+    with full precision (``repr``), so reading back gives the same floats (with
+    pandas, pass ``float_precision="round_trip"``: its default parser before 3.1
+    can be one ulp off on 17-digit figures).
     """
 
     rank_zero_only = True
