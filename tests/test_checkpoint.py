@@ -16,7 +16,7 @@ import torch.serialization
 from torch import nn
 
 import torchfit
-from torchfit.callbacks import Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint
+from torchfit.callbacks import Callback, CSVLogger, EarlyStopping, LearningRateScheduler, ModelCheckpoint
 from torchfit.errors import CheckpointError
 from conftest import Scripted, assert_same_weights, blobs, loader, mlp
 
@@ -333,7 +333,7 @@ def test_killed_mid_epoch_then_rerun_reaches_the_same_weights(straight_run, tmp_
     assert "Resuming from" in rerun.stdout and "2 of 4 epoch(s) done" in rerun.stdout
     resumed = torch.load(out, weights_only=True)
     assert_same_run(straight_run[0], resumed)
-    log = pd.read_csv(directory / "log.csv", float_precision="round_trip")  # every epoch once, as in the history
+    log = CSVLogger.read(directory / "log.csv")  # every epoch exactly once, as in the history
     pd.testing.assert_frame_equal(log, pd.DataFrame(resumed["history"]), check_exact=True)
 
 
