@@ -105,6 +105,19 @@ class NotebookDisplay:
             handle.update(bundle, raw=True)
 
 
+def choose_display(notebook: Union[bool, None, NotebookDisplay], default_output: bool) -> Optional[NotebookDisplay]:
+    """Where a printer or bar draws: the display given, a new one in Jupyter, or None for text.
+
+    ``notebook=None`` detects Jupyter, but only for output headed to the default place
+    (stdout): a file or a custom sink always gets text. ``True`` forces a display.
+    """
+    if isinstance(notebook, NotebookDisplay):
+        return notebook
+    if notebook or (notebook is None and default_output and in_notebook()):
+        return NotebookDisplay()
+    return None
+
+
 def _cell(value):
     if value is None:
         return ""
@@ -145,13 +158,7 @@ class ProgressPrinter(Callback):
 
     def on_train_begin(self, logs: dict) -> None:
         self._rows = []
-        notebook = self.notebook
-        if isinstance(notebook, NotebookDisplay):
-            self._display = notebook
-        elif notebook or (notebook is None and self.sink is print and in_notebook()):
-            self._display = NotebookDisplay()
-        else:
-            self._display = None
+        self._display = choose_display(self.notebook, default_output=self.sink is print)
         if self.verbose == 1:
             self.sink("Start Training ...")
             if self._display is None:

@@ -18,7 +18,7 @@ import sys
 from typing import Any, Optional, Union
 
 from .base import Callback
-from .printing import NotebookDisplay, in_notebook, round_figure
+from .printing import NotebookDisplay, choose_display, in_notebook, round_figure
 
 
 def output_is_interactive(stream: Any = None) -> bool:
@@ -117,13 +117,7 @@ class ProgressBar(Callback):
         self._display: Optional[NotebookDisplay] = None
 
     def on_train_begin(self, logs: dict) -> None:
-        notebook = self.notebook
-        if isinstance(notebook, NotebookDisplay):
-            self._display = notebook
-        elif notebook or (notebook is None and self.file is None and in_notebook()):
-            self._display = NotebookDisplay()
-        else:
-            self._display = None
+        self._display = choose_display(self.notebook, default_output=self.file is None)
 
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
         last = self.params.get("epochs")
