@@ -16,7 +16,8 @@ from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from torchfit import distributed
-from torchfit.loop import StepResult, Tracker
+from torchfit.loop import StepResult
+from torchfit.metrics import Tracker
 from torchfit.metrics import resolve_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -304,8 +305,8 @@ def test_a_single_process_gets_no_distributed_context(monkeypatch):
     assert distributed.context(torch.device("cpu")) is None
     assert distributed.is_main_process() and distributed.world_size() == 1
     model = sc.compiled(sc.mlp())
-    run = model._new_run([])
-    assert run.reducer is None and run.is_main_process and run.grad_sync is None
+    run, strategy = model._eval_run(None, fast_path=True)
+    assert strategy is None and run.config.reducer is None and run.config.is_main_process
     # torchrun with one process is a single process too
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
@@ -328,7 +329,7 @@ def test_shard_keeps_the_loaders_settings():
         return torch.utils.data.default_collate(batch)
 
     dl = DataLoader(ds, batch_size=3, drop_last=True, collate_fn=collate, pin_memory=False)
-    sharded = fake_context(rank=1).shard(dl, "dl_train")
+    sharded = distributed.shard(fake_context(rank=1), dl, "dl_train")
     assert isinstance(sharded.sampler, DistributedSampler)
     assert (sharded.batch_size, sharded.drop_last, sharded.collate_fn) == (3, True, collate)
     assert (sharded.sampler.rank, sharded.sampler.num_replicas) == (1, 2)
@@ -344,14 +345,14 @@ def test_shard_keeps_the_loaders_settings():
 ])
 def test_loaders_torchfit_cannot_shard_are_clear_errors(make, match):
     with pytest.raises((TypeError, ValueError), match=match):
-        fake_context().shard(make(sc.data(6, 0)), "dl_train")
+        distributed.shard(fake_context(), make(sc.data(6, 0)), "dl_train")
 
 
 def test_predict_needs_every_sample():
     with pytest.raises(ValueError, match="drop_last=False"):
-        fake_context().shard(DataLoader(sc.data(6, 0), batch_size=4, drop_last=True), "dl", "predict")
+        distributed.shard(fake_context(), DataLoader(sc.data(6, 0), batch_size=4, drop_last=True), "dl", "predict")
     with pytest.raises(ValueError, match="fewer than the 2 processes"):
-        fake_context().shard(DataLoader(sc.data(1, 0), drop_last=True), "dl_train")
+        distributed.shard(fake_context(), DataLoader(sc.data(1, 0), drop_last=True), "dl_train")
 
 
 def test_real_samples_counts_what_the_sampler_did_not_pad():

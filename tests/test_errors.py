@@ -40,9 +40,16 @@ def test_net_must_be_a_module():
 
 
 def test_optimizer_over_another_nets_parameters():
+    # compile accepts it (torchkeras tutorials compile an evaluation-only clone that way); fit refuses it
     other = mlp()
+    net = mlp()
+    before = weights(net)
+    model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), torch.optim.SGD(other.parameters(), lr=0.1))
+    ds = blobs(16)
+    assert set(model.evaluate(loader(ds, 8))) == {"val_loss"}
     with pytest.raises(ValueError, match=r"not this net's.*model.parameters\(\)"):
-        torchfit.Model(mlp()).compile(nn.CrossEntropyLoss(), torch.optim.SGD(other.parameters(), lr=0.1))
+        model.fit(1, loader(ds, 8), verbose=0)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items()) and model.epoch == 0
 
 
 def test_loss_that_is_not_a_scalar_leaves_weights_untouched():

@@ -1,4 +1,4 @@
-"""The tensor fast path (torchfit.data): batches fetched by indexing a TensorDataset's
+"""The tensor fast path (torchfit.fast_path): batches fetched by indexing a TensorDataset's
 tensors must be exactly the DataLoader's batches — same values, dtypes, layout and
 order, same random numbers drawn — and fit must train to the same weights bit for bit."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch.utils.data import BatchSampler, DataLoader, Subset, TensorDataset, ra
 
 import torchfit
 from conftest import SmallCNN, assert_same_weights, digits
-from torchfit.data import iter_batches, uses_fast_path
+from torchfit.fast_path import iter_batches, uses_fast_path
 
 
 def tensor_data(n: int = 103, seed: int = 0) -> TensorDataset:

@@ -22,10 +22,10 @@ from torchfit.metrics import (
     Precision,
     Recall,
     UnknownMetricError,
-    _sum_dtype,
     get_metric,
     resolve_metrics,
 )
+from torchfit.metrics.base import _sum_dtype
 
 N = 263  # 8 batches of 32 and a last batch of 7
 

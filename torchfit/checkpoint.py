@@ -6,7 +6,7 @@ fsync, ``os.replace``), checking a file before anything is changed on load, and
 collecting / restoring the state that lives outside the net and the optimizer:
 RNG states, the generators of the loaders a fit used, and the callbacks'
 ``state_dict``s. *When* to write is ``ModelCheckpoint``'s business; *when* to
-load is ``fit(resume_from=...)``'s or the user's.
+load is the user's, or ``fit(resume_from=...)``'s through ``resume``.
 
 What a full checkpoint holds (plain containers and tensors only, no pickled
 objects)::
@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import random
 import warnings
-from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -77,7 +77,7 @@ def save(model: Any, path: PathLike, weights_only: bool = False) -> None:
 def build(model: Any) -> Dict[str, Any]:
     """The checkpoint dict for ``model``: see the module docstring."""
     run = model._run
-    if run is not None and run.loaders:
+    if run is not None and run.config.loaders:
         extra = training_state(model, run)  # inside a fit: live
     elif model._fit_state is not None:
         extra = model._fit_state  # the state at the end of the last fit (or the one loaded)
@@ -105,8 +105,8 @@ def build(model: Any) -> Dict[str, Any]:
 def training_state(model: Any, run: Any) -> Dict[str, Any]:
     """What a resumed fit needs besides the model's own state: callbacks, loaders, RNG."""
     return {
-        "callbacks": callbacks_state(run.callbacks),
-        "loaders": {name: [g.get_state() for g in _generators(dl)] for name, dl in run.loaders.items()
+        "callbacks": callbacks_state(run.config.callbacks),
+        "loaders": {name: [g.get_state() for g in _generators(dl)] for name, dl in run.config.loaders.items()
                     if dl is not None},
         "rng": rng_state(),
         # A fit working on an epoch it has not finished: the weights are mid-epoch.
@@ -276,6 +276,20 @@ def _check_optimizer(opt: torch.optim.Optimizer, saved: Mapping[str, Any], path:
 
 
 # --------------------------------------------------- handing state to a fit
+def resume(model: Any, path: PathLike, epochs: int) -> Tuple[int, Optional[str]]:
+    """``fit(resume_from=path)``: load ``path`` if it exists; returns the epochs left of the run's
+    total (``epochs``) and the line to print, or ``(epochs, None)`` for a fresh start (Keras'
+    BackupAndRestore)."""
+    if not os.path.exists(path):
+        return epochs, None
+    model.load_checkpoint(path)
+    message = f"Resuming from {os.fspath(path)}: {model.epoch} of {epochs} epoch(s) done."
+    if model.stop_training:  # e.g. early stopping ended the saved run: it is finished
+        epochs = model.epoch
+        message += " Training had been stopped (model.stop_training) at that epoch: nothing to resume."
+    return max(0, epochs - model.epoch), message
+
+
 def restore_loaders(state: Mapping[str, Any], loaders: Mapping[str, Any]) -> None:
     """Put the saved generator states back into the loaders a resumed fit got."""
     for name, saved in state.get("loaders", {}).items():

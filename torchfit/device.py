@@ -1,14 +1,16 @@
 """Device resolution and moving (nested) batches to a device.
 
 Owns: turning the user's ``device`` argument into a ``torch.device`` (never a
-silent fallback) and the one helper that moves tensors inside tuples, lists
-and dicts. The loop decides *when* to move; this module only knows *how*.
+silent fallback) and the function the loop moves batches with. The walk over
+nested batches is ``torchfit.batch``'s; the loop decides *when* to move.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Callable, Union
 
 import torch
+
+from .batch import to_device
 
 DeviceLike = Union[str, torch.device, int, None]
 
@@ -48,39 +50,9 @@ def resolve_device(device: DeviceLike = None) -> torch.device:
     return dev
 
 
-def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    """Move every tensor inside ``obj`` (tensor, tuple, list, dict, namedtuple) to ``device``.
-
-    >>> to_device({"x": torch.ones(2)}, torch.device("cpu"))["x"].device
-    device(type='cpu')
-    """
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=non_blocking)
-    if isinstance(obj, dict):
-        return type(obj)((k, to_device(v, device, non_blocking)) for k, v in obj.items())
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        return type(obj)(*(to_device(v, device, non_blocking) for v in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device, non_blocking) for v in obj)
-    return obj
-
-
-def first_tensor(obj: Any) -> Optional[torch.Tensor]:
-    """The first tensor found in a nested batch, or None."""
-    if isinstance(obj, torch.Tensor):
-        return obj
-    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
-    for v in values:
-        t = first_tensor(v)
-        if t is not None:
-            return t
-    return None
-
-
-def batch_size_of(*objs: Any) -> int:
-    """Number of samples in a batch: the first dim of the first tensor found (1 for a 0-d tensor)."""
-    for obj in objs:
-        t = first_tensor(obj)
-        if t is not None:
-            return int(t.shape[0]) if t.dim() > 0 else 1
-    raise ValueError("could not find a tensor in the batch to count its samples")
+def batch_mover(device: torch.device, non_blocking: bool) -> Callable[[Any], Any]:
+    """The function the loop moves each batch with: the identity on CPU, ``to_device`` elsewhere."""
+    if device.type == "cpu":
+        # Loaders yield CPU tensors: moving to CPU would only cost calls.
+        return lambda batch: batch
+    return lambda batch: to_device(batch, device, non_blocking)

@@ -1,28 +1,43 @@
-"""The batch loop: one ``run_epoch`` for training and evaluation, and the predict loop.
+"""The loops: ``fit_loop`` over epochs, and one batch loop for training, evaluation and prediction.
 
 Owns: iterating a loader, moving batches to the device, calling the step,
-feeding metric states, deciding logging points and firing batch hooks. It does
-not know autograd (that is the step's job, in ``Model.train_step``), how
-figures are printed (callbacks) or how processes talk (``distributed``).
+feeding the tracker (or collecting predictions), deciding logging points,
+firing the batch and epoch hooks, and what a call shares while it runs
+(``RunConfig``, fixed for the call, and ``Run``, its few counters). It does not
+know autograd or the optimizer (the step's job, in ``Model.train_step``, with
+``optim.OptimizerStep``), how figures are printed (callbacks) or how processes
+talk (``distributed`` hands it a reducer and a net to train through).
 
 Per step the loop does no host sync: metric states update on the device and
 are read back (``compute``) only at logging points and at the end of the loader.
+
+One fit, as ``fit_loop`` runs it::
+
+    [on_train_begin]
+    for epoch in epochs:
+        [on_epoch_begin]
+        run_epoch(dl_train, training)     # the batch loop with model.train_step
+        stop here on a non-finite loss or a stop inside the epoch
+        run_epoch(dl_val, evaluation)     # the batch loop with model.eval_step, no_grad
+        [on_epoch_end({"epoch", "loss", ..., "val_loss", ...})]
+        stop if model.stop_training
+    [on_train_end]
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional
 
 import torch
+from torch import nn
 
-from .data import iter_batches
-from .device import to_device
+from .batch import describe, to_device
 from .errors import MetricError, StepError
-from .metrics import Mean, Metric
+from .fast_path import iter_batches
 
 EMPTY: Mapping[str, float] = {}
+_CPU = torch.device("cpu")
 
 
 class StepResult(NamedTuple):
@@ -41,126 +56,46 @@ class StepResult(NamedTuple):
     logs: Optional[Mapping[str, torch.Tensor]] = None
 
 
-class Tracker:
-    """The running epoch figures of one phase: the loss mean plus each metric."""
-
-    def __init__(self, metrics: Mapping[str, Metric], prefix: str = ""):
-        self.prefix = prefix
-        self.loss = Mean()
-        self.metrics: Dict[str, Metric] = dict(metrics)
-        self.extra: Dict[str, Mean] = {}
-        self.loss_seen = False  # steps may return loss=None (custom train_step)
-
-    def reset(self) -> None:
-        self.loss_seen = False
-        self.loss.reset()
-        for m in self.metrics.values():
-            m.reset()
-        for m in self.extra.values():
-            m.reset()
-
-    def update(self, out: StepResult) -> None:
-        n = out.batch_size
-        if out.loss is not None:
-            self.loss_seen = True
-            self.loss.update(out.loss, n)
-        if out.logs:
-            for name, value in out.logs.items():
-                mean = self.extra.get(name)
-                if mean is None:
-                    mean = self.extra[name] = Mean()
-                mean.update(value.detach() if isinstance(value, torch.Tensor) else value, n)
-        if out.preds is None or not self.metrics:
-            return
-        for name, metric in self.metrics.items():
-            try:
-                metric.update(out.preds, out.targets)
-            except Exception as exc:
-                raise MetricError(
-                    f"metric {self.prefix + name!r} raised {type(exc).__name__}: {exc}. "
-                    "Check that it accepts (preds, targets) in the shapes the net produces "
-                    f"(preds {_shape(out.preds)}, targets {_shape(out.targets)})"
-                ) from exc
-
-    def sync(self, reducer: Any) -> None:
-        """Merge states across processes (torchrun) before computing epoch figures."""
-        self.loss.sync(reducer)
-        for m in list(self.metrics.values()) + list(self.extra.values()):
-            if hasattr(m, "sync"):
-                m.sync(reducer)
-
-    def compute(self) -> Dict[str, float]:
-        p = self.prefix
-        logs: Dict[str, float] = {}
-        if self.loss_seen:
-            logs[p + "loss"] = self.loss.compute()
-        for name, metric in self.metrics.items():
-            try:
-                logs[p + name] = _to_float(metric.compute())
-            except Exception as exc:
-                raise MetricError(f"metric {p + name!r} raised {type(exc).__name__} in compute(): {exc}") from exc
-        for name, mean in self.extra.items():
-            logs[p + name] = mean.compute()
-        return logs
-
-
-def _to_float(value: Any) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"compute() returned a tensor of shape {tuple(value.shape)}; a metric must give one number")
-        return float(value)
-    return float(value)
-
-
-def _shape(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return list(obj.shape)
-    if isinstance(obj, (list, tuple)):
-        return [_shape(o) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _shape(v) for k, v in obj.items()}
-    return type(obj).__name__
-
-
-@dataclasses.dataclass
-class Run:
-    """Per-call state shared by the loop and the steps (one fit, evaluate or predict)."""
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What one fit, evaluate or predict call decided before its first batch; fixed for the call."""
 
     device: torch.device
-    precision: Any
-    callbacks: Any
-    epoch: int = 0
-    n_batches: Optional[int] = None
-    batch_idx: int = 0
-    log_every: Optional[int] = None
-    # gradient accumulation window
-    accum_steps: int = 1
-    micro: int = 0
-    window_samples: int = 0
-    is_boundary: bool = True
-    sum_reduction: bool = False
-    clip_norm: Optional[float] = None
-    clip_value: Optional[float] = None
-    train_net: Optional[torch.nn.Module] = None  # the net the train step calls (DDP / compiled wrapper)
-    preflight: bool = False  # check metrics on the first batch before weights change
-    train_metrics: Optional[Mapping[str, Metric]] = None
+    precision: Any  # precision.PrecisionPolicy: autocast and the grad scaler
+    callbacks: Any  # callbacks.CallbackList
     move: Callable[[Any], Any] = lambda b: b
-    iterate: Callable[[Iterable], Iterator] = iter_batches  # the tensor fast path; `iter` when fast_path=False
-    reducer: Any = None  # set under torch.distributed
+    iterate: Callable[[Iterable], Iterator] = iter_batches  # the tensor fast path; `iter` with fast_path=False
+    reducer: Any = None  # merges figures across processes (torchrun), None in one process
     is_main_process: bool = True
-    grad_sync: Optional[Callable[[bool], Any]] = None  # context factory: DDP no_sync between boundaries
-    stopped_reason: Optional[str] = None
-    epoch_complete: bool = False  # the last run_epoch went through the whole loader
-    params: List[torch.nn.Parameter] = dataclasses.field(default_factory=list)  # what clipping sees
-    loaders: Dict[str, Any] = dataclasses.field(default_factory=dict)  # fit's loaders by argument name (checkpoints)
-    last_result: Optional[StepResult] = None  # the latest step's output (TerminateOnNaN reads its loss)
+    log_every: Optional[int] = None  # training logging points
+    train_net: Optional[Callable] = None  # what the train step calls: the net, DDP or compiled wrapper
+    optim: Any = None  # optim.OptimizerStep of a fit
+    loaders: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # fit's loaders by argument name
 
 
-def batch_mover(device: torch.device, non_blocking: bool) -> Callable[[Any], Any]:
-    if device.type == "cpu":
-        # Loaders yield CPU tensors: moving to CPU would only cost calls.
-        return lambda batch: batch
-    return lambda batch: to_device(batch, device, non_blocking)
+class Run:
+    """One call's config plus the counters the loop advances while it runs.
+
+    ``model._run`` during a call: steps read ``config`` (precision, the net to
+    call, the optimizer step); callbacks may read ``epoch``, ``batch_idx`` and
+    ``last_result`` and end training with ``stop(reason)``.
+    """
+
+    def __init__(self, config: RunConfig, preflight: bool = False):
+        self.config = config
+        self.epoch = 0
+        self.batch_idx = 0
+        self.n_batches: Optional[int] = None
+        self.last_result: Optional[StepResult] = None  # the latest step's output (TerminateOnNaN reads its loss)
+        self.epoch_complete = False  # the last run_epoch went through the whole loader
+        self.stopped_reason: Optional[str] = None
+        self.preflight = preflight  # check metrics on the first batch before weights change
+
+    def stop(self, reason: str, model: Any) -> None:
+        """End training at the next check, recording why (printed when fit ends)."""
+        if self.stopped_reason is None:
+            self.stopped_reason = reason
+        model.stop_training = True
 
 
 def loader_length(loader: Iterable) -> Optional[int]:
@@ -170,123 +105,205 @@ def loader_length(loader: Iterable) -> Optional[int]:
         return None
 
 
-def run_epoch(model: Any, loader: Iterable, run: Run, tracker: Tracker, training: bool) -> Dict[str, float]:
-    """One pass over ``loader``: train steps when ``training``, else eval steps under no_grad.
+def nonfinite_loss(value: Optional[float], where: str) -> Optional[str]:
+    """The reason to stop when a loss figure is NaN or infinite, else None (the one check of it)."""
+    if value is None or math.isfinite(value):
+        return None
+    return f"non-finite loss ({value}) {where}"
 
-    Returns the epoch figures (keys prefixed by the tracker's prefix). At logging
-    points (every ``run.log_every`` training steps) the running figures are read
-    back once and handed to ``on_train_batch_end``; a non-finite running loss
-    stops training there.
+
+class _Phase(NamedTuple):
+    name: str
+    step: str  # the Model method
+    begin: str  # the CallbackList hooks around each batch
+    end: str
+    grad: bool
+
+
+TRAIN = _Phase("train", "train_step", "on_train_batch_begin", "on_train_batch_end", True)
+EVAL = _Phase("validation", "eval_step", "on_test_batch_begin", "on_test_batch_end", False)
+PREDICT = _Phase("predict", "predict_step", "on_predict_batch_begin", "on_predict_batch_end", False)
+
+
+def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: Callable[[Any], Any],
+                tracker: Any = None) -> None:
+    """The batch loop: every batch of ``loader`` through ``phase``'s step, its output to ``consume``.
+
+    Training logs at every ``run.config.log_every``-th step: ``tracker``'s
+    running figures are read back once and handed to ``on_train_batch_end``; a
+    non-finite running loss stops training there. Sets ``run.epoch_complete``.
     """
-    cbs = run.callbacks
-    tracker.reset()
-    if training:
-        step_fn = model.train_step
-        begin, end, phase = cbs.on_train_batch_begin, cbs.on_train_batch_end, "train"
-        log_every = run.log_every
-        model.net.train()
-    else:
-        step_fn = model.eval_step
-        begin, end, phase = cbs.on_test_batch_begin, cbs.on_test_batch_end, "validation"
-        log_every = None
-        model.net.eval()
+    config = run.config
+    cbs = config.callbacks
+    begin, end, step_fn = getattr(cbs, phase.begin), getattr(cbs, phase.end), getattr(model, phase.step)
     n_batches = run.n_batches = loader_length(loader)
-    accum = run.accum_steps
-    run.micro = 0
-    run.window_samples = 0
-    move = run.move
-    grad_sync = run.grad_sync if training else None
+    training = phase is TRAIN
+    optim = config.optim if training else None
+    log_every = config.log_every if training else None
+    grad_sync = optim.grad_sync if optim is not None and optim.needs_grad_sync else None
+    if optim is not None:
+        optim.start_epoch(n_batches)
+    move = config.move
     step = 0
-    completed = False
-    with torch.enable_grad() if training else torch.no_grad():
-        for step, batch in enumerate(run.iterate(loader), 1):
+    run.epoch_complete = False
+    with torch.enable_grad() if phase.grad else torch.no_grad():
+        for step, batch in enumerate(config.iterate(loader), 1):
             run.batch_idx = step
             begin(step, EMPTY)
             batch = move(batch)
-            if training:
-                run.is_boundary = run.micro + 1 == accum or step == n_batches
+            if optim is not None:
+                optim.start_batch(step)
             try:
                 if grad_sync is None:
                     out = step_fn(batch)
                 else:
-                    with grad_sync(run.is_boundary):
+                    with grad_sync():
                         out = step_fn(batch)
             except (StepError, MetricError, KeyboardInterrupt):
                 raise
             except Exception as exc:
                 raise StepError(
-                    f"{phase} step failed at epoch {run.epoch}, batch {step}"
-                    f"{f' of {n_batches}' if n_batches else ''} (batch {_describe(batch)}): "
+                    f"{phase.name} step failed at " + (f"epoch {run.epoch}, " if phase is not PREDICT else "")
+                    + f"batch {step}{f' of {n_batches}' if n_batches else ''} (batch shapes {describe(batch)}): "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             run.last_result = out
-            tracker.update(out)
+            consume(out)
             if log_every is not None and step % log_every == 0:
                 logs = {"step": step, **tracker.compute()}
                 end(step, logs)
-                if not math.isfinite(logs.get("loss", 0.0)):
-                    run.stopped_reason = f"non-finite loss ({logs['loss']}) at epoch {run.epoch}, step {step}"
-                    model.stop_training = True
+                reason = nonfinite_loss(logs.get("loss"), f"at epoch {run.epoch}, step {step}")
+                if reason:
+                    run.stop(reason, model)
             else:
                 end(step, EMPTY)
             if training and model.stop_training:
                 break
         else:
-            completed = True
-            if training and run.micro > 0:
-                # A loader without len() ended inside an accumulation window.
-                model._apply_gradients()
+            run.epoch_complete = True
+            if optim is not None:
+                optim.flush()  # a loader without len() ended inside an accumulation window
     if step == 0:
         raise ValueError(
-            f"the {phase} loader yielded no batches; check that its dataset is not empty "
+            f"the {phase.name} loader yielded no batches; check that its dataset is not empty "
             "and that drop_last=True does not drop the only batch"
         )
-    run.epoch_complete = completed
-    if run.reducer is not None:
-        tracker.sync(run.reducer)
+
+
+def run_epoch(model: Any, loader: Iterable, run: Run, tracker: Any, training: bool) -> Dict[str, float]:
+    """One pass over ``loader``: train steps when ``training``, else eval steps under no_grad.
+
+    Returns the epoch figures (keys prefixed by the tracker's prefix).
+    """
+    tracker.reset()
+    model.net.train(training)
+    run_batches(model, loader, run, TRAIN if training else EVAL, tracker.update, tracker)
+    if run.config.reducer is not None:
+        tracker.sync(run.config.reducer)
     return tracker.compute()
 
 
-def _describe(batch: Any) -> str:
-    shapes = _shape(batch)
-    return f"shapes {shapes}"
+def validate(model: Any, loader: Iterable, run: Run, tracker: Any) -> Dict[str, float]:
+    """``run_epoch`` over a validation loader between ``on_test_begin`` and ``on_test_end``."""
+    cbs = run.config.callbacks
+    cbs.on_test_begin({})
+    logs = run_epoch(model, loader, run, tracker, training=False)
+    cbs.on_test_end(logs)
+    return logs
 
 
-def predict_loop(model: Any, loader: Iterable, run: Run) -> Any:
+def predict(model: Any, loader: Iterable, run: Run) -> Any:
     """Outputs of ``predict_step`` over the whole loader, moved to CPU batch by batch, concatenated."""
-    cbs = run.callbacks
+    from .batch import concat
+
     outputs: List[Any] = []
     model.net.eval()
-    with torch.no_grad():
-        for step, batch in enumerate(run.iterate(loader), 1):
-            run.batch_idx = step
-            cbs.on_predict_batch_begin(step, EMPTY)
-            batch = run.move(batch)
-            try:
-                out = model.predict_step(batch)
-            except Exception as exc:
-                raise StepError(f"predict step failed at batch {step} (batch {_describe(batch)}): "
-                                f"{type(exc).__name__}: {exc}") from exc
-            outputs.append(to_device(out, torch.device("cpu")))
-            cbs.on_predict_batch_end(step, EMPTY)
-    if not outputs:
-        raise ValueError("the predict loader yielded no batches; check that its dataset is not empty")
+    run_batches(model, loader, run, PREDICT, lambda out: outputs.append(to_device(out, _CPU)))
     return concat(outputs)
 
 
-def concat(chunks: List[Any]) -> Any:
-    """Concatenate per-batch outputs along dim 0, keeping tuple/list/dict structure."""
-    first = chunks[0]
-    if isinstance(first, torch.Tensor):
-        if first.dim() == 0:
-            return torch.stack(chunks)
-        return torch.cat(chunks)
-    if isinstance(first, dict):
-        return type(first)((k, concat([c[k] for c in chunks])) for k in first)
-    if isinstance(first, tuple) and hasattr(first, "_fields"):
-        return type(first)(*(concat([c[i] for c in chunks]) for i in range(len(first))))
-    if isinstance(first, (list, tuple)):
-        return type(first)(concat([c[i] for c in chunks]) for i in range(len(first)))
-    raise TypeError(
-        f"predict_step returned {type(first).__name__}; expected a tensor or a tuple/list/dict of tensors"
-    )
+# ------------------------------------------------------------------- fit
+def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Optional[Iterable],
+             trackers: tuple, params: Dict[str, Any], resume_state: Optional[Mapping[str, Any]],
+             say: Callable[[str], None]) -> None:
+    """The epochs of one fit (see the module docstring), leaving the model usable on every exit.
+
+    An error or interrupt before the first optimizer step restores the net's
+    buffers (BatchNorm statistics); every submodule's train/eval mode is
+    restored; Ctrl-C returns normally with the finished epochs in the history.
+    ``say`` prints a line through the printer (or nowhere with verbose=0).
+    """
+    from .checkpoint import restore_callbacks
+
+    cbs = run.config.callbacks
+    train_tracker, val_tracker = trackers
+    params = dict(params)
+    log_lr = params.pop("log_lr")
+    modes = save_modes(model.net)
+    buffers = {name: b.detach().clone() for name, b in model.net.named_buffers()}
+    first_step = model.global_step
+    model.stop_training = False
+    cbs.on_train_begin({})
+    if resume_state is not None:
+        restore_callbacks(resume_state, list(cbs))  # after on_train_begin, which resets them
+    try:
+        for epoch in epochs:
+            run.epoch = epoch
+            cbs.on_epoch_begin(epoch, {})
+            logs = run_epoch(model, dl_train, run, train_tracker, training=True)
+            reason = nonfinite_loss(logs.get("loss"), f"over epoch {epoch}")
+            if reason:
+                run.stop(reason, model)
+            if run.stopped_reason is not None or not run.epoch_complete:
+                break  # a stop inside the epoch: it is not a finished epoch
+            if dl_val is not None:
+                logs.update(validate(model, dl_val, run, val_tracker))
+            if log_lr:
+                logs.update(log_lr())
+            model.epoch = epoch
+            if params["log_keys"] is None:  # overridden steps: the keys are known now
+                params = {**params, "log_keys": ["epoch", *logs]}
+                cbs.set_params(params)
+            cbs.on_epoch_end(epoch, {"epoch": epoch, **logs})
+            if model.stop_training:
+                break
+    except KeyboardInterrupt as exc:
+        cbs.on_exception(exc)
+        say(f"Training interrupted (KeyboardInterrupt) in epoch {run.epoch}; model.history holds "
+            f"the {len(model.history)} finished epoch(s) and the model is usable.")
+    except BaseException as exc:
+        if model.global_step == first_step:
+            _restore_buffers(model.net, buffers)  # nothing was trained: leave the net as found
+        _call_quietly(cbs.on_exception, exc)
+        raise
+    finally:
+        restore_modes(modes)
+    if run.stopped_reason is not None and run.config.is_main_process:
+        say(f"Stopped training: {run.stopped_reason}. model.history holds the {len(model.history)} finished "
+            "epoch(s). Lower the learning rate, clip gradients (grad_clip_norm=1.0) or check the data for NaN/inf",
+            warn=True)
+    cbs.on_train_end({})
+
+
+def _call_quietly(hook: Callable[[BaseException], Any], exc: BaseException) -> None:
+    # Cleanup never replaces the error that stopped the run: a failing hook is chained to it.
+    try:
+        hook(exc)
+    except Exception as cleanup_error:
+        exc.__context__ = cleanup_error
+
+
+def save_modes(net: nn.Module) -> list:
+    return [(m, m.training) for m in net.modules()]
+
+
+def restore_modes(modes: list) -> None:
+    for module, training in modes:
+        module.training = training
+
+
+def _restore_buffers(net: nn.Module, saved: Mapping[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, b in net.named_buffers():
+            if name in saved and saved[name].shape == b.shape:
+                b.copy_(saved[name])

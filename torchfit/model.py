@@ -1,42 +1,41 @@
 """``torchfit.Model``: the thin front users call.
 
-Owns argument checking (once per call, before any weight changes) and the
-step functions ``train_step`` / ``eval_step`` / ``predict_step`` — the one seam
-a subclass overrides for custom training. Iteration lives in ``loop``, metric
-maths in ``metrics``, printing and history in ``callbacks``, devices in
-``device``, autocast and the grad scaler in ``precision``.
+Owns argument checking (once per call, before any weight changes), assembling
+a call's run from the pieces below, and the step functions ``train_step`` /
+``eval_step`` / ``predict_step``: the one seam a subclass overrides for custom
+training. The epoch and batch loops live in ``loop``, the optimizer step in
+``optim``, metric maths in ``metrics``, printing and history in ``callbacks``,
+batches in ``batch``, devices in ``device``, autocast and the grad scaler in
+``precision``, multi-process pieces in ``distributed``, files in ``checkpoint``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import numbers
 import os
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 import pandas as pd
 import torch
 from torch import nn
 
 from . import checkpoint, distributed, inputs, loop
+from .batch import batch_size_of, call_net, detach, predict_inputs, split_batch
 from .callbacks import Callback, CallbackList, History, ProgressPrinter
+from .callbacks.base import check_callbacks
 from .callbacks.history import StepHistory
 from .callbacks.progress import ProgressBar, wants_bar
 from .callbacks.schedulers import from_fit_argument, learning_rates, lr_log_keys
-from .device import batch_size_of, resolve_device
-from .errors import BatchFormatError, NotCompiledError
-from .loop import Run, StepResult, Tracker
-from .metrics import resolve_metrics
-from .precision import Precision
-
-_OPTIMIZERS = {
-    # name: (class, default lr) — Keras' defaults
-    "adam": (torch.optim.Adam, 1e-3),
-    "adamw": (torch.optim.AdamW, 1e-3),
-    "sgd": (torch.optim.SGD, 1e-2),
-    "rmsprop": (torch.optim.RMSprop, 1e-3),
-    "adagrad": (torch.optim.Adagrad, 1e-2),
-}
+from .device import batch_mover, resolve_device
+from .errors import NotCompiledError
+from .fast_path import iter_batches
+from .loop import Run, RunConfig, StepResult
+from .metrics import Tracker, resolve_metrics
+from .optim import ForeignOptimizerError, OptimizerStep, move_optimizer_state, resolve_optimizer
+from .precision import PrecisionPolicy
 
 
 class Model(nn.Module):
@@ -49,22 +48,42 @@ class Model(nn.Module):
 
     ``model(x)`` calls the net, ``model.parameters()`` are the net's and
     ``model.net`` is the net itself (its ``state_dict`` keeps its own key names).
+
+    A subclass that defines its own layers and ``forward`` is its own net, as in
+    torchkeras 1.x (``model.net`` is then the model itself):
+
+    >>> class Net(Model):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.fc = nn.Linear(4, 2)
+    ...     def forward(self, x):
+    ...         return self.fc(x)
+    >>> list(Net().net.state_dict())
+    ['fc.weight', 'fc.bias']
     """
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: Optional[nn.Module] = None):
         super().__init__()
-        if not isinstance(net, nn.Module):
+        if net is None:
+            if type(self).forward is Model.forward:
+                raise TypeError(
+                    "torchfit.Model(net) needs the torch.nn.Module to train, e.g. Model(nn.Sequential(...)); "
+                    "or subclass torchfit.Model, define your layers in __init__ and a forward method"
+                )
+        elif not isinstance(net, nn.Module):
             raise TypeError(
                 f"torchfit.Model(net) needs a torch.nn.Module; got {type(net).__name__}. "
                 "Define your network as an nn.Module subclass (or nn.Sequential) and pass that"
             )
-        self.net = net
+        else:
+            self.net = net
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.metrics: Dict[str, Any] = {}
         self.device: Optional[torch.device] = None
-        self.precision: Optional[Precision] = None
+        self.precision: Optional[PrecisionPolicy] = None
         self._compiled = False
         object.__setattr__(self, "loss_fn", None)  # not registered as a submodule: state_dict stays the net's
+        self._foreign_optimizer: Optional[str] = None  # why fit must refuse the compiled optimizer
         self._history_rows: List[Dict[str, float]] = []
         self._step_rows: List[Dict[str, float]] = []  # logging points, across fit calls (StepHistory)
         self.epoch = 0  # epochs finished so far, across fit calls
@@ -77,10 +96,18 @@ class Model(nn.Module):
         self._resume_state: Optional[dict] = None  # loaded from a checkpoint, for the next fit
 
     # ------------------------------------------------------------------ basics
+    @property
+    def net(self) -> nn.Module:
+        """The module trained: the wrapped net, or the model itself for a subclass with its own forward."""
+        net = self._modules.get("net")
+        return self if net is None else net
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.net(*args, **kwargs)
+        return self._modules["net"](*args, **kwargs)
 
     def __repr__(self) -> str:
+        if self.net is self:
+            return "torchfit.Model:" + nn.Module.__repr__(self)
         inner = repr(self.net).replace("\n", "\n  ")
         return f"torchfit.Model(\n  {inner}\n)"
 
@@ -134,11 +161,14 @@ class Model(nn.Module):
 
         ``optimizer``: an optimizer over ``model.parameters()``, a name (``"adam"``,
         ``"sgd"``...) or a factory called with the parameters; default
-        ``Adam(lr=1e-3)``. ``loss_func`` / ``metrics_dict`` are torchkeras 1.x's names.
-        ``precision``: ``"32"``, ``"bf16"`` (CPU or CUDA) or ``"16-mixed"`` (CUDA).
-        ``jit_compile=True`` (Keras' name) runs the training forward through
-        ``torch.compile(net)``; a dict is passed to ``torch.compile`` as options,
-        e.g. ``{"mode": "max-autotune"}``. evaluate/predict stay eager.
+        ``Adam(lr=1e-3)``. An optimizer built on another model's parameters is
+        accepted for ``evaluate``/``predict`` (torchkeras tutorials compile clones
+        that way) and refused by ``fit``. ``loss_func`` / ``metrics_dict`` are
+        torchkeras 1.x's names. ``precision``: ``"32"``, ``"bf16"`` (CPU or CUDA)
+        or ``"16-mixed"`` (CUDA). ``jit_compile=True`` (Keras' name) runs the
+        training forward through ``torch.compile(net)``; a dict is passed to
+        ``torch.compile`` as options, e.g. ``{"mode": "max-autotune"}``.
+        evaluate/predict stay eager.
         """
         if loss is not None and loss_func is not None:
             raise TypeError("compile got both loss= and loss_func= (its torchkeras alias); pass only one")
@@ -154,21 +184,26 @@ class Model(nn.Module):
         if isinstance(loss, type):
             raise TypeError(f"loss is the class {loss.__name__}; pass an instance: {loss.__name__}()")
         dev = resolve_device(distributed.local_device(device))  # under torchrun: cuda:LOCAL_RANK
-        prec = Precision(precision, dev)
+        prec = PrecisionPolicy(precision, dev)
         if not isinstance(jit_compile, (bool, Mapping)):
             raise TypeError(f"jit_compile must be True, False or a dict of torch.compile options; got {jit_compile!r}")
         from_logits = True if isinstance(loss, nn.BCEWithLogitsLoss) or loss is nn.functional.binary_cross_entropy_with_logits else None
         resolved_metrics = resolve_metrics(metrics, from_logits=from_logits)
-        opt = self._resolve_optimizer(optimizer)
+        try:
+            opt, foreign = resolve_optimizer(optimizer, self.net), None
+        except ForeignOptimizerError as exc:
+            opt, foreign = exc.optimizer, str(exc)
         self.net.to(dev)
         if isinstance(loss, nn.Module):
             loss.to(dev)
-        _move_optimizer_state(opt, dev)
+        if foreign is None:
+            move_optimizer_state(opt, dev)
         for m in resolved_metrics.values():
             if isinstance(m, nn.Module):
                 m.to(dev)
         object.__setattr__(self, "loss_fn", loss)
         self.optimizer = opt
+        self._foreign_optimizer = foreign
         self.metrics = resolved_metrics
         self.device = dev
         self.precision = prec
@@ -186,48 +221,30 @@ class Model(nn.Module):
             object.__setattr__(self, "_jit_net", torch.compile(self.net, **options))
         return self._jit_net
 
-    def _resolve_optimizer(self, optimizer: Any) -> torch.optim.Optimizer:
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        if optimizer is None or isinstance(optimizer, str):
-            name = (optimizer or "adam").lower()
-            if name not in _OPTIMIZERS:
-                raise ValueError(f"unknown optimizer {optimizer!r}; known names: {sorted(_OPTIMIZERS)}, "
-                                 "or pass a torch.optim optimizer instance")
-            if not params:
-                if optimizer is None:
-                    return _NoParamsOptimizer()
-                raise ValueError("the net has no trainable parameters, so there is nothing to optimize")
-            cls, lr = _OPTIMIZERS[name]
-            return cls(params, lr=lr)
-        if not isinstance(optimizer, torch.optim.Optimizer) and callable(optimizer):
-            optimizer = optimizer(params)
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"optimizer must be a torch.optim.Optimizer, a name like 'adam', or a factory; got {type(optimizer).__name__}"
-            )
-        own = {id(p) for p in self.net.parameters()}
-        foreign = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in own]
-        if foreign:
-            raise ValueError(
-                f"the optimizer holds {len(foreign)} parameter tensor(s) that are not this net's "
-                f"(shapes {[tuple(p.shape) for p in foreign[:3]]}...). It was probably built on another module "
-                "or a copy of the net; build it on this one: torch.optim.Adam(model.parameters(), lr=1e-3)"
-            )
-        return optimizer
-
     def _require_compiled(self, verb: str) -> None:
         if not self._compiled:
             raise NotCompiledError(
                 f"call model.compile(loss=..., optimizer=..., metrics=...) before model.{verb}(...)"
             )
         overridden = {"fit": "train_step", "evaluate": "eval_step"}.get(verb)
-        if self.loss_fn is None and overridden and getattr(type(self), overridden) is getattr(Model, overridden):
+        if self.loss_fn is None and overridden and self._default_step(overridden):
             raise NotCompiledError(
                 f"model.{verb} needs a loss: call model.compile(loss=nn.CrossEntropyLoss(), ...) "
                 f"(or override {overridden} to compute your own)"
             )
+        if verb == "fit":
+            if self._foreign_optimizer is not None:
+                raise ValueError(f"fit cannot train with the compiled optimizer: {self._foreign_optimizer}")
+            if self._run is not None:
+                raise RuntimeError(
+                    "model.fit was called while this model is already in a fit, evaluate or predict call "
+                    "(from a callback?). Finish that call first: set model.stop_training = True in the "
+                    "callback and call fit again after it returns"
+                )
 
-    # --------------------------------------------------------------------- fit
+    def _default_step(self, name: str) -> bool:
+        """Whether ``train_step``/``eval_step`` is torchfit's own (not overridden by a subclass)."""
+        return getattr(type(self), name) is getattr(Model, name)
     def fit(
         self,
         epochs: int = 1,
@@ -265,7 +282,7 @@ class Model(nn.Module):
         ``seed``; ``validation_split=0.2`` validates on a seeded draw of rows
         (``torchfit.inputs.split_indices``) or ``validation_data=(Xv, Yv)``.
 
-        What runs, in order (callbacks' hooks in brackets)::
+        What runs, in order (callbacks' hooks in brackets; ``torchfit.loop``)::
 
             resume_from: load the checkpoint if the file exists
             [set_params(params)]                       # monitors are checked here
@@ -275,10 +292,9 @@ class Model(nn.Module):
                 net.train()
                 for batch in dl_train:                 # moved to the device
                     [on_train_batch_begin]
-                    zero_grad (at the start of an accumulation window)
-                    preds = net(x); loss = loss_fn(preds, y)   # under autocast if asked
-                    loss.backward()
-                    at a window boundary: [on_backward_end]; clip; optimizer.step()
+                    train_step(batch): zero_grad (at the start of an accumulation window);
+                        preds = net(x); loss = loss_fn(preds, y)   # under autocast if asked
+                        loss.backward(); at a window's end: [on_backward_end]; clip; optimizer.step()
                     update loss mean and metrics on the device (no host sync)
                     every log_step_freq steps: read figures back, [on_train_batch_end(logs)]
                 net.eval(); no_grad: the same loop over dl_val with eval_step  [on_test_*]
@@ -301,12 +317,14 @@ class Model(nn.Module):
         shows a tqdm bar instead of the step dicts when ``verbose=1`` and stdout
         is a terminal or notebook; True/False force it on/off. ``fast_path``
         fetches batches of a DataLoader over a TensorDataset by indexing its
-        tensors: the same batches, several times faster (see ``torchfit.data``);
+        tensors: the same batches, several times faster (see ``torchfit.fast_path``);
         ``fast_path=False`` iterates every loader as it is. Ctrl-C stops
         cleanly and returns the finished epochs.
         """
         self._require_compiled("fit")
         epochs = _check_count("epochs", epochs, minimum=0)
+        options = FitOptions.check(verbose, log_step_freq, grad_accum_steps, grad_clip_norm, grad_clip_value,
+                                   progress_bar, fast_path)
         dl_train, dl_val = inputs.fit_loaders(
             dl_train, dl_val, x=x, y=y, target=target, batch_size=batch_size, validation_split=validation_split,
             validation_data=validation_data, shuffle=shuffle, seed=seed, loss_fn=self.loss_fn, epoch=self.epoch)
@@ -315,117 +333,94 @@ class Model(nn.Module):
         _check_loader("dl_train", dl_train)
         if dl_val is not None:
             _check_loader("dl_val", dl_val)
-        if verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0 (silent), 1 (step dicts and tables) or 2 (tables only); got {verbose!r}")
-        if log_step_freq is not None:
-            log_step_freq = _check_count("log_step_freq", log_step_freq, minimum=1)
-        grad_accum_steps = _check_count("grad_accum_steps", grad_accum_steps, minimum=1)
-        for name, value in (("grad_clip_norm", grad_clip_norm), ("grad_clip_value", grad_clip_value)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0):
-                raise ValueError(f"{name} must be a positive number or None; got {value!r}")
-        user_cbs = list(callbacks or [])
-        own_bar = any(isinstance(cb, ProgressBar) for cb in user_cbs)  # as Keras does with its ProgbarLogger
-        bar = own_bar or wants_bar(progress_bar, verbose)
+        user_callbacks = check_callbacks(callbacks)
         if lr_scheduler is not None:
-            user_cbs.append(from_fit_argument(lr_scheduler, dl_val is not None))
+            user_callbacks.append(from_fit_argument(lr_scheduler, dl_val is not None))
         resumed = None
-        if resume_from is not None:
-            total = epochs
-            if os.path.exists(resume_from):
-                self.load_checkpoint(resume_from)
-                resumed = f"Resuming from {os.fspath(resume_from)}: {self.epoch} of {total} epoch(s) done."
-                if self.stop_training:  # e.g. early stopping ended the saved run: it is finished
-                    total = self.epoch
-                    resumed += " Training had been stopped (model.stop_training) at that epoch: nothing to resume."
-            epochs = max(0, total - self.epoch)
-
-        default_cbs: List[Callback] = [History(), StepHistory()]
-        if verbose:
-            if bar and not own_bar:  # the bar shows the steps; the printer the epoch tables (as with verbose=2)
-                default_cbs.append(ProgressBar())
-            default_cbs.append(ProgressPrinter(2 if bar else verbose))
-        run = self._new_run(default_cbs + user_cbs)
-        if not fast_path:
-            run.iterate = iter
-        if run.reducer is not None:  # under torchrun: this rank's loaders (torchfit.distributed)
-            dl_train, dl_val = run.reducer.shard_fit_loaders(dl_train, dl_val)
-        if resumed and verbose and run.is_main_process:
-            print(resumed)
-        n_train = loop.loader_length(dl_train)
-        run.log_every = log_step_freq or (max(1, n_train // 10) if n_train else 100)
-        run.accum_steps = grad_accum_steps
-        run.sum_reduction = getattr(self.loss_fn, "reduction", "mean") == "sum"
-        run.clip_norm = grad_clip_norm
-        run.clip_value = grad_clip_value
-        run.train_net = self._training_net()
-        run.loaders = {"dl_train": dl_train, "dl_val": dl_val}
-        run.params = [p for p in self.net.parameters() if p.requires_grad]
-        run.train_metrics = self.metrics
-        run.preflight = bool(self.metrics)
-        train_tracker = Tracker(copy.deepcopy(self.metrics))
-        val_tracker = Tracker(copy.deepcopy(self.metrics), prefix="val_")
-        if run.reducer is not None:  # under torchrun: DDP, exact figures (torchfit.distributed)
-            train_tracker, val_tracker = run.reducer.prepare_fit(self, run, dl_train, dl_val, train_tracker, val_tracker)
-
-        cbs = run.callbacks
-        log_lr = any(cb.changes_lr for cb in cbs)
-        params = {"epochs": self.epoch + epochs, "initial_epoch": self.epoch, "steps": n_train,
-                  "verbose": verbose, "log_keys": self._epoch_log_keys(dl_val is not None, log_lr)}
-        cbs.set_params(params)  # a callback monitoring a key this run never produces raises here
+        if resume_from is not None:  # epochs becomes what is left of the saved run's total
+            epochs, resumed = checkpoint.resume(self, resume_from, epochs)
+        run, (dl_train, dl_val), trackers, params = self._prepare_fit(options, epochs, dl_train, dl_val,
+                                                                      user_callbacks)
+        say = _announcer(run.config.callbacks)
+        if resumed:
+            say(resumed)
         resume_state, self._resume_state = self._resume_state, None
         if resume_state is not None:
-            checkpoint.restore_loaders(resume_state, run.loaders)
-        modes = _save_modes(self.net)
-        buffers = _snapshot_buffers(self.net)
-        first_step = self.global_step
-        self.stop_training = False
+            checkpoint.restore_loaders(resume_state, run.config.loaders)
         self._run = run
-        cbs.on_train_begin({})
-        if resume_state is not None:
-            checkpoint.restore_callbacks(resume_state, list(cbs))  # after on_train_begin, which resets them
         try:
-            for epoch in range(self.epoch + 1, self.epoch + epochs + 1):
-                run.epoch = epoch
-                cbs.on_epoch_begin(epoch, {})
-                logs = loop.run_epoch(self, dl_train, run, train_tracker, training=True)
-                if run.stopped_reason is None and not _finite(logs.get("loss")):
-                    run.stopped_reason = f"non-finite loss ({logs['loss']}) over epoch {epoch}"
-                if run.stopped_reason is not None or not run.epoch_complete:
-                    break  # a stop inside the epoch: it is not a finished epoch
-                if dl_val is not None:
-                    logs.update(self._validate(dl_val, run, val_tracker))
-                if log_lr:
-                    logs.update(learning_rates(self.optimizer))
-                self.epoch = epoch
-                if params["log_keys"] is None:  # overridden steps: the keys are known now
-                    params = {**params, "log_keys": ["epoch", *logs]}
-                    cbs.set_params(params)
-                cbs.on_epoch_end(epoch, {"epoch": epoch, **logs})
-                if self.stop_training:
-                    break
-        except KeyboardInterrupt:
-            if verbose and run.is_main_process:
-                print(f"Training interrupted (KeyboardInterrupt) in epoch {run.epoch}; model.history holds "
-                      f"the {len(self._history_rows)} finished epoch(s) and the model is usable.")
-        except BaseException:
-            if self.global_step == first_step:
-                _restore_buffers(self.net, buffers)  # nothing was trained: leave the net as found
-            raise
+            loop.fit_loop(self, run, range(self.epoch + 1, self.epoch + epochs + 1), dl_train, dl_val, trackers,
+                          params, resume_state, say)
         finally:
-            _restore_modes(modes)
             self._fit_state = checkpoint.training_state(self, run)
             self._run = None
-        if run.stopped_reason is not None and run.is_main_process:
-            message = (f"Stopped training: {run.stopped_reason}. model.history holds the "
-                       f"{len(self._history_rows)} finished epoch(s). Lower the learning rate, "
-                       "clip gradients (grad_clip_norm=1.0) or check the data for NaN/inf")
-            print(message) if verbose else warnings.warn(message, RuntimeWarning, stacklevel=2)
-        cbs.on_train_end({})
         return self.history
+
+    def _prepare_fit(self, options: "FitOptions", epochs: int, dl_train: Iterable, dl_val: Optional[Iterable],
+                     user_callbacks: List[Callback]) -> tuple:
+        """The run of one fit: this rank's loaders, callbacks, trackers, the optimizer step, the params."""
+        strategy = distributed.strategy(self.device)
+        if strategy is not None:  # under torchrun: this rank's loaders, DDP, exact figures
+            dl_train, dl_val = strategy.fit_loaders(dl_train, dl_val)
+        callbacks = self._default_callbacks(options, user_callbacks) + user_callbacks
+        train_net, no_sync = self._training_net(), None
+        trackers = (Tracker(copy.deepcopy(self.metrics)), Tracker(copy.deepcopy(self.metrics), prefix="val_"))
+        if strategy is not None:
+            plan = strategy.prepare_fit(self.net, train_net, self.device, options.grad_accum_steps, dl_train, dl_val,
+                                        *trackers, self._recompute("train_step"), self._recompute("eval_step"))
+            train_net, no_sync, trackers = plan.train_net, plan.no_sync, (plan.train_tracker, plan.val_tracker)
+            callbacks += plan.callbacks
+        cbs = CallbackList(callbacks, self, is_main_process=strategy is None or strategy.is_main)
+        optim = OptimizerStep(
+            self.optimizer, [p for p in self.net.parameters() if p.requires_grad],
+            accum_steps=options.grad_accum_steps, sum_reduction=getattr(self.loss_fn, "reduction", "mean") == "sum",
+            clip_norm=options.grad_clip_norm, clip_value=options.grad_clip_value, scaler=self.precision.scaler,
+            on_backward_end=cbs.on_backward_end, on_step=self._count_step, no_sync=no_sync)
+        n_train = loop.loader_length(dl_train)
+        config = self._run_config(cbs, strategy, options.fast_path, log_every=options.log_every(n_train),
+                                  train_net=train_net, optim=optim, loaders={"dl_train": dl_train, "dl_val": dl_val})
+        log_lr = any(cb.changes_lr for cb in cbs)
+        params = {"epochs": self.epoch + epochs, "initial_epoch": self.epoch, "steps": n_train,
+                  "verbose": options.verbose, "log_keys": self._epoch_log_keys(dl_val is not None, log_lr)}
+        cbs.set_params(params)  # a callback monitoring a key this run never produces raises here
+        params = {**params, "log_lr": (lambda: learning_rates(self.optimizer)) if log_lr else None}
+        return Run(config, preflight=bool(self.metrics)), (dl_train, dl_val), trackers, params
+
+    def _default_callbacks(self, options: "FitOptions", user_callbacks: Sequence[Callback]) -> List[Callback]:
+        callbacks: List[Callback] = [History(), StepHistory()]
+        if options.verbose:
+            own_bar = any(isinstance(cb, ProgressBar) for cb in user_callbacks)  # as Keras does with its Progbar
+            bar = own_bar or wants_bar(options.progress_bar, options.verbose)
+            if bar and not own_bar:  # the bar shows the steps; the printer the epoch tables (as with verbose=2)
+                callbacks.append(ProgressBar())
+            callbacks.append(ProgressPrinter(2 if bar else options.verbose))
+        return callbacks
+
+    def _run_config(self, cbs: CallbackList, strategy: Any, fast_path: bool, **fit_parts: Any) -> RunConfig:
+        return RunConfig(
+            device=self.device, precision=self.precision, callbacks=cbs,
+            move=batch_mover(self.device, non_blocking=self.device.type == "cuda"),
+            iterate=iter_batches if fast_path else iter,
+            reducer=None if strategy is None else strategy.reducer,
+            is_main_process=strategy is None or strategy.is_main, **fit_parts)
+
+    def _recompute(self, step: str) -> Optional[Callable[[Any, Any], torch.Tensor]]:
+        """The batch loss on given rows, for trimming padded batches under torchrun (default steps only)."""
+        if not self._default_step(step):
+            return None
+
+        def recompute(preds: Any, targets: Any) -> torch.Tensor:
+            with torch.no_grad(), self.precision.autocast():
+                return self.compute_loss(preds, targets).detach()
+
+        return recompute
+
+    def _count_step(self) -> None:
+        self.__dict__["global_step"] += 1  # nn.Module.__setattr__ would cost a few µs per step
 
     def _epoch_log_keys(self, has_val: bool, log_lr: bool) -> Optional[List[str]]:
         """The keys every epoch's logs will have, or None when an overridden step decides them."""
-        if type(self).train_step is not Model.train_step or (has_val and type(self).eval_step is not Model.eval_step):
+        if not self._default_step("train_step") or (has_val and not self._default_step("eval_step")):
             return None
         names = list(self.metrics)
         keys = ["epoch", "loss", *names]
@@ -465,25 +460,7 @@ class Model(nn.Module):
         checkpoint.load(self, path)
         return self
 
-    def _new_run(self, callbacks: Sequence[Callback]) -> Run:
-        ddp = distributed.context(self.device)  # None in a single process
-        main = ddp is None or ddp.is_main
-        return Run(
-            device=self.device,
-            precision=self.precision,
-            callbacks=CallbackList(callbacks, self, is_main_process=main),
-            move=loop.batch_mover(self.device, non_blocking=self.device.type == "cuda"),
-            reducer=ddp,
-            is_main_process=main,
-        )
-
-    def _validate(self, loader: Iterable, run: Run, tracker: Tracker) -> Dict[str, float]:
-        run.callbacks.on_test_begin({})
-        logs = loop.run_epoch(self, loader, run, tracker, training=False)
-        run.callbacks.on_test_end(logs)
-        return logs
-
-    # ---------------------------------------------------------------- evaluate
+    # ------------------------------------------------------- evaluate, predict
     def evaluate(self, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, *, x: Any = None,
                  y: Any = None, target: Union[str, Sequence[str], None] = None,
                  batch_size: Optional[int] = None, fast_path: bool = True) -> Dict[str, float]:
@@ -495,21 +472,13 @@ class Model(nn.Module):
         self._require_compiled("evaluate")
         dl = inputs.eval_loader(dl, x=x, y=y, target=target, batch_size=batch_size, loss_fn=self.loss_fn)
         _check_loader("dl", dl)
-        run = self._new_run(list(callbacks or []))
-        if not fast_path:
-            run.iterate = iter
+        run, strategy = self._eval_run(callbacks, fast_path)
         tracker = Tracker(copy.deepcopy(self.metrics), prefix="val_")
-        if run.reducer is not None:  # under torchrun: this rank's part, figures over the whole dataset
-            dl, tracker = run.reducer.prepare_evaluate(self, run, dl, tracker)
-        modes = _save_modes(self.net)
-        previous, self._run = self._run, run  # called from a callback inside fit: give fit its run back
-        try:
-            return self._validate(dl, run, tracker)
-        finally:
-            _restore_modes(modes)
-            self._run = previous
+        if strategy is not None:  # under torchrun: this rank's part, figures over the whole dataset
+            dl, tracker = strategy.evaluate_loader(dl, tracker, self._recompute("eval_step"))
+        with self._calling(run):
+            return loop.validate(self, dl, run, tracker)
 
-    # ----------------------------------------------------------------- predict
     def predict(self, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, *, x: Any = None,
                 target: Union[str, Sequence[str], None] = None, batch_size: Optional[int] = None,
                 fast_path: bool = True) -> Any:
@@ -525,19 +494,31 @@ class Model(nn.Module):
         self._require_compiled("predict")
         dl = inputs.predict_loader(dl, x=x, target=target, batch_size=batch_size)
         _check_loader("dl", dl)
-        run = self._new_run(list(callbacks or []))
-        if not fast_path:
-            run.iterate = iter
-        modes = _save_modes(self.net)
+        run, strategy = self._eval_run(callbacks, fast_path)
+        cbs = run.config.callbacks
+        with self._calling(run):
+            cbs.on_predict_begin({})
+            if strategy is None:
+                out = loop.predict(self, dl, run)
+            else:  # under torchrun every rank predicts its part and gets the whole dataset's outputs back
+                out = strategy.predict(dl, lambda shard: loop.predict(self, shard, run))
+            cbs.on_predict_end({})
+            return out
+
+    def _eval_run(self, callbacks: Optional[Sequence[Callback]], fast_path: bool) -> tuple:
+        strategy = distributed.strategy(self.device)
+        cbs = CallbackList(check_callbacks(callbacks), self, is_main_process=strategy is None or strategy.is_main)
+        return Run(self._run_config(cbs, strategy, fast_path)), strategy
+
+    @contextlib.contextmanager
+    def _calling(self, run: Run) -> Iterator[None]:
+        """``self._run`` is ``run`` inside; the net's modes and an enclosing fit's run come back after."""
+        modes = loop.save_modes(self.net)
         previous, self._run = self._run, run  # called from a callback inside fit: give fit its run back
         try:
-            run.callbacks.on_predict_begin({})
-            # under torchrun every rank predicts its part and gets the whole dataset's outputs back
-            out = loop.predict_loop(self, dl, run) if run.reducer is None else run.reducer.predict(self, dl, run)
-            run.callbacks.on_predict_end({})
-            return out
+            yield
         finally:
-            _restore_modes(modes)
+            loop.restore_modes(modes)
             self._run = previous
 
     # ----------------------------------------------------------------- summary
@@ -562,11 +543,11 @@ class Model(nn.Module):
         targets, batch size); the loop updates the metrics from it.
         """
         run = self._run
+        config = run.config
         x, y = split_batch(batch, "fit")
-        if run.micro == 0:
-            self.optimizer.zero_grad()
-        with run.precision.autocast():
-            preds = call_net(run.train_net, x)
+        config.optim.zero_grad()
+        with config.precision.autocast():
+            preds = call_net(config.train_net, x)
             loss = self.compute_loss(preds, y)
         n = batch_size_of(y, x)
         self.backward(loss, n)
@@ -579,14 +560,14 @@ class Model(nn.Module):
     def eval_step(self, batch: Any) -> StepResult:
         """One validation step (eval mode, no_grad already set by the loop)."""
         x, y = split_batch(batch, "evaluate")
-        with self._run.precision.autocast():
+        with self._run.config.precision.autocast():
             preds = call_net(self.net, x)
             loss = self.compute_loss(preds, y)
         return StepResult(loss, preds, y, batch_size_of(y, x))
 
     def predict_step(self, batch: Any) -> Any:
         """The net's output for one batch (``(x, y)`` or ``x``)."""
-        with self._run.precision.autocast():
+        with self._run.config.precision.autocast():
             return call_net(self.net, predict_inputs(batch))
 
     def compute_loss(self, preds: Any, targets: Any) -> torch.Tensor:
@@ -600,115 +581,69 @@ class Model(nn.Module):
         return loss
 
     def backward(self, loss: torch.Tensor, batch_size: Optional[int] = None) -> None:
-        """``loss.backward()`` with the grad scaler and accumulation weighting applied."""
-        run = self._run
-        if run.accum_steps > 1 and not run.sum_reduction:
-            # Exact for any batch sizes: accumulate n_i * grad_i, divide by the window's samples at the step.
-            run.window_samples += batch_size
-            loss = loss * batch_size
-        scaler = run.precision.scaler
-        if scaler is not None:
-            loss = scaler.scale(loss)
-        loss.backward()
+        """``loss.backward()`` with the grad scaler and accumulation weighting applied (``optim.OptimizerStep``)."""
+        self._run.config.optim.backward(loss, batch_size)
 
     def optimizer_step(self) -> bool:
         """Step the optimizer if this batch closes an accumulation window; returns whether it did."""
-        run = self._run
-        run.micro += 1
-        if not run.is_boundary:
-            return False
-        self._apply_gradients()
-        return True
-
-    def _apply_gradients(self) -> None:
-        run = self._run
-        opt = self.optimizer
-        scaler = run.precision.scaler
-        if scaler is not None:
-            scaler.unscale_(opt)
-        if run.window_samples:
-            grads = [p.grad for p in run.params if p.grad is not None]
-            if grads:
-                torch._foreach_div_(grads, float(run.window_samples))
-        run.callbacks.on_backward_end(run.batch_idx)
-        if run.clip_norm is not None:
-            nn.utils.clip_grad_norm_(run.params, run.clip_norm)
-        if run.clip_value is not None:
-            nn.utils.clip_grad_value_(run.params, run.clip_value)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        run.micro = 0
-        run.window_samples = 0
-        self.__dict__["global_step"] += 1  # nn.Module.__setattr__ would cost a few µs per step
+        return self._run.config.optim.step()
 
     def _preflight_metrics(self, preds: Any, targets: Any, n: int) -> None:
         # Runs once per fit, before the first optimizer step, on throwaway copies:
         # a metric that cannot handle the net's outputs fails before weights change.
         self._run.preflight = False
-        probe = Tracker(copy.deepcopy(self._run.train_metrics))
+        probe = Tracker(copy.deepcopy(self.metrics))
         probe.update(StepResult(None, preds, targets, n))
         probe.compute()
 
 
 # ---------------------------------------------------------------- helpers
-class _NoParamsOptimizer(torch.optim.Optimizer):
-    """Stand-in for nets without trainable parameters (evaluate/predict-only use)."""
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """fit's settings that shape the run, checked once (``check``) before anything changes."""
 
-    def __init__(self):
-        self.param_groups = []
-        self.state = {}
-        self.defaults = {}
+    verbose: int
+    log_step_freq: Optional[int]
+    grad_accum_steps: int
+    grad_clip_norm: Optional[float]
+    grad_clip_value: Optional[float]
+    progress_bar: Optional[bool]
+    fast_path: bool
 
-    def step(self, closure=None):
-        return None
+    @classmethod
+    def check(cls, verbose: Any, log_step_freq: Any, grad_accum_steps: Any, grad_clip_norm: Any,
+              grad_clip_value: Any, progress_bar: Any, fast_path: Any) -> "FitOptions":
+        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+            raise ValueError(f"verbose must be 0 (silent), 1 (step dicts and tables) or 2 (tables only); got {verbose!r}")
+        if log_step_freq is not None:
+            log_step_freq = _check_count("log_step_freq", log_step_freq, minimum=1)
+        grad_accum_steps = _check_count("grad_accum_steps", grad_accum_steps, minimum=1)
+        for name, value in (("grad_clip_norm", grad_clip_norm), ("grad_clip_value", grad_clip_value)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                      or not value > 0 or value == float("inf")):
+                raise ValueError(f"{name} must be a positive finite number or None; got {value!r}")
+        return cls(int(verbose), log_step_freq, grad_accum_steps, grad_clip_norm, grad_clip_value, progress_bar,
+                   bool(fast_path))
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        return None
-
-
-def split_batch(batch: Any, verb: str) -> tuple:
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    what = f"a {type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list, dict)) else "")
-    raise BatchFormatError(
-        f"{verb} expects each batch as a pair (x, y); the loader yielded {what}. Make the dataset return "
-        "(inputs, target), e.g. TensorDataset(X, y), or override train_step/eval_step for other layouts"
-    )
-
-
-def predict_inputs(batch: Any) -> Any:
-    if isinstance(batch, (tuple, list)):
-        if len(batch) in (1, 2):
-            return batch[0]
-        raise BatchFormatError(
-            f"predict expects batches as x or (x, y); the loader yielded a {type(batch).__name__} of length "
-            f"{len(batch)}. For a net with several inputs yield ((x1, x2), y), or override predict_step"
-        )
-    return batch
+    def log_every(self, n_batches: Optional[int]) -> int:
+        """Steps between logging points: ``log_step_freq``, or about ten per epoch."""
+        if self.log_step_freq is not None:
+            return self.log_step_freq
+        return max(1, n_batches // 10) if n_batches else 100
 
 
-def call_net(net: Callable, x: Any) -> Any:
-    """``net(x)``, ``net(*x)`` for a tuple/list, ``net(**x)`` for a dict."""
-    if isinstance(x, torch.Tensor):
-        return net(x)
-    if isinstance(x, dict):
-        return net(**x)
-    if isinstance(x, (tuple, list)):
-        return net(*x)
-    return net(x)
+def _announcer(cbs: CallbackList) -> Callable[..., None]:
+    """``say(text, warn=False)``: a line through the printer's sink (all fit prints go there);
+    without a printer (verbose=0), lines marked ``warn`` become a RuntimeWarning on rank 0."""
+    printer = cbs.find(ProgressPrinter)  # present on rank 0 only (rank_zero_only)
 
+    def say(text: str, warn: bool = False) -> None:
+        if printer is not None:
+            printer.sink(text)
+        elif warn and distributed.is_main_process():
+            warnings.warn(text, RuntimeWarning, stacklevel=4)
 
-def detach(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach()
-    if isinstance(obj, dict):
-        return type(obj)((k, detach(v)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
-        return type(obj)(detach(v) for v in obj)
-    return obj
+    return say
 
 
 def _check_count(name: str, value: Any, minimum: int) -> int:
@@ -729,35 +664,3 @@ def _check_loader(name: str, loader: Any) -> None:
             f"{name} is empty (len 0): check its dataset, and that drop_last=True with a batch size larger "
             "than the dataset does not drop every sample"
         )
-
-
-def _finite(value: Optional[float]) -> bool:
-    return value is None or value == value and value not in (float("inf"), float("-inf"))
-
-
-def _save_modes(net: nn.Module) -> list:
-    return [(m, m.training) for m in net.modules()]
-
-
-def _restore_modes(modes: list) -> None:
-    for module, training in modes:
-        module.training = training
-
-
-def _snapshot_buffers(net: nn.Module) -> Dict[str, torch.Tensor]:
-    return {name: b.detach().clone() for name, b in net.named_buffers()}
-
-
-def _restore_buffers(net: nn.Module, saved: Mapping[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for name, b in net.named_buffers():
-            if name in saved and saved[name].shape == b.shape:
-                b.copy_(saved[name])
-
-
-def _move_optimizer_state(opt: torch.optim.Optimizer, device: torch.device) -> None:
-    for state in opt.state.values():
-        for key, value in state.items():
-            # Adam's scalar 'step' stays on CPU by design.
-            if isinstance(value, torch.Tensor) and not (key == "step" and value.dim() == 0):
-                state[key] = value.to(device)

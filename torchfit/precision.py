@@ -21,10 +21,10 @@ _ALIASES = {
 }
 
 
-class Precision:
+class PrecisionPolicy:
     """Autocast context and grad scaler for one precision setting on one device.
 
-    >>> p = Precision("bf16", torch.device("cpu"))
+    >>> p = PrecisionPolicy("bf16", torch.device("cpu"))
     >>> with p.autocast():
     ...     pass
     """
@@ -55,4 +55,4 @@ class Precision:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def __repr__(self) -> str:
-        return f"Precision({self.name!r})"
+        return f"PrecisionPolicy({self.name!r})"

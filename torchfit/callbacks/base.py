@@ -22,6 +22,7 @@ HOOKS = (
     "on_test_batch_begin", "on_test_batch_end",
     "on_predict_begin", "on_predict_end",
     "on_predict_batch_begin", "on_predict_batch_end",
+    "on_exception",
 )
 
 
@@ -93,6 +94,8 @@ class Callback:
     def on_predict_end(self, logs: dict) -> None: ...
     def on_predict_batch_begin(self, batch: int, logs: dict) -> None: ...
     def on_predict_batch_end(self, batch: int, logs: dict) -> None: ...
+    def on_exception(self, exception: BaseException) -> None:
+        """An exception or Ctrl-C is ending the fit (before fit's own message; close bars here)."""
 
 
 class LambdaCallback(Callback):
@@ -132,6 +135,33 @@ def _dispatcher(methods: List[Callable]) -> Callable:
             method(*args)
 
     return dispatch
+
+
+def check_callbacks(callbacks: Any) -> List[Callback]:
+    """The user's ``callbacks=`` argument as a new list, every item checked to be a ``Callback``.
+
+    >>> check_callbacks(None)
+    []
+    """
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback):
+        raise TypeError(
+            f"callbacks must be a list of callbacks; got a single {type(callbacks).__name__}. "
+            f"Wrap it in a list: callbacks=[{type(callbacks).__name__}(...)]"
+        )
+    if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(f"callbacks must be a list of torchfit Callback instances; got {type(callbacks).__name__}")
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        if isinstance(cb, type) and issubclass(cb, Callback):
+            raise TypeError(f"callbacks holds the class {cb.__name__}; pass an instance: {cb.__name__}(...)")
+        if not isinstance(cb, Callback):
+            raise TypeError(
+                f"callbacks must be torchfit.callbacks.Callback instances; got {type(cb).__name__}. "
+                "Subclass Callback, or wrap functions in LambdaCallback(on_epoch_end=...)"
+            )
+    return callbacks
 
 
 class CallbackList:

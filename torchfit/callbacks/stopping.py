@@ -135,12 +135,12 @@ class TerminateOnNaN(Callback):
             return
         loss = out.loss.item()
         bad = not math.isfinite(loss)
-        if run.reducer is not None:
+        reducer = run.config.reducer
+        if reducer is not None:
             # Under torchrun each rank sees its own batch's loss: agree, so that every rank stops
             # at this batch (a rank leaving the loop alone would leave the others waiting).
-            elsewhere = bool(run.reducer.sum(torch.tensor([float(bad)])).item())
+            elsewhere = bool(reducer.sum(torch.tensor([float(bad)])).item())
             if elsewhere and not bad:
                 bad, loss = True, "not finite on another process"
         if bad:
-            self.model.stop_training = True
-            run.stopped_reason = f"TerminateOnNaN: the loss is {loss} at epoch {run.epoch}, batch {batch}"
+            run.stop(f"TerminateOnNaN: the loss is {loss} at epoch {run.epoch}, batch {batch}", self.model)

@@ -1,0 +1,158 @@
+"""What a batch is: nested tensors, their sample count, and the ``(x, y)`` split.
+
+Owns the one walk over nested containers (``map_tensors``: a tensor, or a
+dict, list, tuple or namedtuple of them, to any depth) and everything built on
+it: moving, detaching, describing, cutting rows and concatenating batches, and
+counting a batch's samples. It also owns how a batch is split into inputs and
+targets and how the inputs are handed to the net. *When* batches are moved or
+cut is the loop's and the distributed module's business; this module only
+knows their shape.
+
+>>> batch = {"x": torch.ones(4, 3), "lengths": [torch.arange(4)]}
+>>> describe(batch)
+{'x': [4, 3], 'lengths': [[4]]}
+>>> batch_size_of(batch)
+4
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, List, Optional, Sequence
+
+import torch
+
+from .errors import BatchFormatError
+
+
+def _is_namedtuple(obj: Any) -> bool:
+    return isinstance(obj, tuple) and hasattr(obj, "_fields")
+
+
+def map_tensors(fn: Callable[..., Any], obj: Any, *others: Any) -> Any:
+    """Apply ``fn`` to every tensor in ``obj``, keeping its containers; anything else is kept as is.
+
+    With ``others`` (objects of the same structure) ``fn`` gets the tensors found
+    at the same place in each: ``map_tensors(torch.add, a, b)``.
+
+    >>> map_tensors(lambda t: t * 2, (torch.tensor(1), {"k": torch.tensor(2)}, "tag"))
+    (tensor(2), {'k': tensor(4)}, 'tag')
+    """
+    if isinstance(obj, torch.Tensor):
+        return fn(obj, *others)
+    if isinstance(obj, dict):
+        return type(obj)((k, map_tensors(fn, v, *(o[k] for o in others))) for k, v in obj.items())
+    if _is_namedtuple(obj):  # a namedtuple takes its fields as arguments, not an iterable
+        return type(obj)(*(map_tensors(fn, v, *(o[i] for o in others)) for i, v in enumerate(obj)))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_tensors(fn, v, *(o[i] for o in others)) for i, v in enumerate(obj))
+    return obj
+
+
+def tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in ``obj``, depth first, in container order."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from tensors(value)
+
+
+def first_tensor(obj: Any) -> Optional[torch.Tensor]:
+    """The first tensor found in a nested batch, or None."""
+    return next(tensors(obj), None)
+
+
+def batch_size_of(*objs: Any) -> int:
+    """Number of samples in a batch: the first dim of the first tensor found (1 for a 0-d tensor)."""
+    for obj in objs:
+        t = first_tensor(obj)
+        if t is not None:
+            return int(t.shape[0]) if t.dim() > 0 else 1
+    raise ValueError("could not find a tensor in the batch to count its samples")
+
+
+def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Move every tensor inside ``obj`` to ``device``.
+
+    >>> to_device({"x": torch.ones(2)}, torch.device("cpu"))["x"].device
+    device(type='cpu')
+    """
+    return map_tensors(lambda t: t.to(device, non_blocking=non_blocking), obj)
+
+
+def detach(obj: Any) -> Any:
+    """Every tensor in ``obj`` detached from autograd (no copy)."""
+    return obj.detach() if isinstance(obj, torch.Tensor) else map_tensors(torch.Tensor.detach, obj)
+
+
+def describe(obj: Any) -> Any:
+    """Shapes for messages: a tensor's shape as a list, containers kept, anything else by type name."""
+    if isinstance(obj, torch.Tensor):
+        return list(obj.shape)
+    if isinstance(obj, dict):
+        return {k: describe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [describe(v) for v in obj]
+    return type(obj).__name__
+
+
+def take_rows(obj: Any, keep: int, n: int) -> Any:
+    """The first ``keep`` rows of every tensor in ``obj`` whose first dimension is the batch (``n``)."""
+    return map_tensors(lambda t: t[:keep] if t.dim() > 0 and t.shape[0] == n else t, obj)
+
+
+def concat(chunks: Sequence[Any]) -> Any:
+    """Concatenate per-batch outputs along dim 0, keeping their tuple/list/dict structure.
+
+    >>> concat([(torch.zeros(2), torch.ones(2, 1)), (torch.zeros(1), torch.ones(1, 1))])[1].shape
+    torch.Size([3, 1])
+    """
+    first = chunks[0]
+    if first_tensor(first) is None:
+        raise TypeError(
+            f"predict_step returned {type(first).__name__}; expected a tensor or a tuple/list/dict of tensors"
+        )
+    return map_tensors(lambda *ts: torch.stack(ts) if ts[0].dim() == 0 else torch.cat(ts), first, *chunks[1:])
+
+
+# ------------------------------------------------------------ (x, y) batches
+def split_batch(batch: Any, verb: str) -> tuple:
+    """``(x, y)`` from a batch that is a pair; anything else is a ``BatchFormatError`` naming the fix."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    what = f"a {type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list, dict)) else "")
+    raise BatchFormatError(
+        f"{verb} expects each batch as a pair (x, y); the loader yielded {what}. Make the dataset return "
+        "(inputs, target), e.g. TensorDataset(X, y), or override train_step/eval_step for other layouts"
+    )
+
+
+def predict_inputs(batch: Any) -> Any:
+    """The inputs of a predict batch: ``x`` alone, ``(x,)`` or ``(x, y)``."""
+    if isinstance(batch, (tuple, list)):
+        if len(batch) in (1, 2):
+            return batch[0]
+        raise BatchFormatError(
+            f"predict expects batches as x or (x, y); the loader yielded a {type(batch).__name__} of length "
+            f"{len(batch)}. For a net with several inputs yield ((x1, x2), y), or override predict_step"
+        )
+    return batch
+
+
+def call_net(net: Callable, x: Any) -> Any:
+    """``net(x)``, ``net(*x)`` for a tuple/list, ``net(**x)`` for a dict."""
+    if isinstance(x, torch.Tensor):
+        return net(x)
+    if isinstance(x, dict):
+        return net(**x)
+    if isinstance(x, (tuple, list)):
+        return net(*x)
+    return net(x)
+
+
+__all__: List[str] = [
+    "batch_size_of", "call_net", "concat", "describe", "detach", "first_tensor", "map_tensors",
+    "predict_inputs", "split_batch", "take_rows", "tensors", "to_device",
+]

@@ -1,0 +1,95 @@
+"""The running figures of one phase of a call: the loss mean, each metric, extra step logs.
+
+Owns turning step results into epoch figures (``update`` on the device per
+step, ``compute`` to Python floats where the loop logs) and naming metrics in
+errors. *When* it is updated or read is the loop's business; merging across
+processes is the reducer's (``sync``).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping
+
+import torch
+
+from ..batch import describe
+from ..errors import MetricError
+from .base import Mean, Metric
+
+
+class Tracker:
+    """The running epoch figures of one phase: the loss mean plus each metric.
+
+    >>> from torchfit.loop import StepResult
+    >>> t = Tracker({}, prefix="val_")
+    >>> t.update(StepResult(torch.tensor(0.5), None, None, 4))
+    >>> t.compute()
+    {'val_loss': 0.5}
+    """
+
+    def __init__(self, metrics: Mapping[str, Metric], prefix: str = ""):
+        self.prefix = prefix
+        self.loss = Mean()
+        self.metrics: Dict[str, Metric] = dict(metrics)
+        self.extra: Dict[str, Mean] = {}
+        self.loss_seen = False  # steps may return loss=None (custom train_step)
+
+    def reset(self) -> None:
+        self.loss_seen = False
+        self.loss.reset()
+        for m in self.metrics.values():
+            m.reset()
+        for m in self.extra.values():
+            m.reset()
+
+    def update(self, out: Any) -> None:
+        """Add one step's result (a ``StepResult``): weighted by its batch size, on the device."""
+        n = out.batch_size
+        if out.loss is not None:
+            self.loss_seen = True
+            self.loss.update(out.loss, n)
+        if out.logs:
+            for name, value in out.logs.items():
+                mean = self.extra.get(name)
+                if mean is None:
+                    mean = self.extra[name] = Mean()
+                mean.update(value.detach() if isinstance(value, torch.Tensor) else value, n)
+        if out.preds is None or not self.metrics:
+            return
+        for name, metric in self.metrics.items():
+            try:
+                metric.update(out.preds, out.targets)
+            except Exception as exc:
+                raise MetricError(
+                    f"metric {self.prefix + name!r} raised {type(exc).__name__}: {exc}. "
+                    "Check that it accepts (preds, targets) in the shapes the net produces "
+                    f"(preds {describe(out.preds)}, targets {describe(out.targets)})"
+                ) from exc
+
+    def sync(self, reducer: Any) -> None:
+        """Merge states across processes (torchrun) before computing epoch figures."""
+        self.loss.sync(reducer)
+        for m in list(self.metrics.values()) + list(self.extra.values()):
+            if hasattr(m, "sync"):
+                m.sync(reducer)
+
+    def compute(self) -> Dict[str, float]:
+        p = self.prefix
+        logs: Dict[str, float] = {}
+        if self.loss_seen:
+            logs[p + "loss"] = self.loss.compute()
+        for name, metric in self.metrics.items():
+            try:
+                logs[p + name] = _to_float(metric.compute())
+            except Exception as exc:
+                raise MetricError(f"metric {p + name!r} raised {type(exc).__name__} in compute(): {exc}") from exc
+        for name, mean in self.extra.items():
+            logs[p + name] = mean.compute()
+        return logs
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"compute() returned a tensor of shape {tuple(value.shape)}; a metric must give one number")
+        return float(value)
+    return float(value)
