@@ -10,7 +10,8 @@ Every runner trains one epoch per call; runners take turns (interleaved repeats,
 the order rotating each round) after one warm-up epoch each, so drifts in machine
 load hit them all alike. Reported: median s/epoch, its ratio to the hand-written
 DataLoader loop, the median of the per-round ratios, and the extra µs per step.
-A second pass runs W2's fit in fresh processes to compare peak RSS.
+A second pass runs W2's fit in fresh processes to compare peak RSS. On W1's data,
+`evaluate` and `predict` (fast_path=False) are timed against hand-written no_grad loops.
 
     python benchmarks/overhead.py            # full run: results/overhead-<cpu|cuda>.{json,md}
     python benchmarks/overhead.py --quick    # a short run: results/overhead-<...>-quick.{json,md}
@@ -218,6 +219,77 @@ def torchfit_runner(fast_path: bool):
 
         return epoch
     return runner
+
+
+# ------------------------------------------------- evaluate and predict (no_grad)
+# On W1's data with fast_path=False, so the loaders match: what torchfit's one
+# batch loop costs around a step that does no backward pass.
+
+def hand_evaluate(w: Workload, ds: TensorDataset, net: nn.Module):
+    """A careful no_grad loop: loss and correct predictions summed on the device per batch, read once."""
+    dl = make_loader(w, ds)
+    net = net.to(w.device)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def epoch() -> float:
+        net.eval()
+        total = torch.zeros((), dtype=torch.float64, device=w.device)
+        correct = torch.zeros((), dtype=torch.int64, device=w.device)
+        seen = 0
+        with torch.no_grad():
+            for x, y in dl:
+                preds = net(x)
+                total += loss_fn(preds, y) * len(y)
+                correct += (preds.argmax(dim=1) == y).sum()
+                seen += len(y)
+        return total.item() / seen + 0 * correct.item()
+
+    return epoch
+
+
+def torchfit_evaluate(w: Workload, ds: TensorDataset, net: nn.Module):
+    import torchfit
+
+    dl = make_loader(w, ds)
+    model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), make_optimizer(net.parameters()),
+                                       metrics=["accuracy"], device=w.device)
+
+    def epoch() -> float:
+        return model.evaluate(dl, fast_path=False)["val_loss"]
+
+    return epoch
+
+
+def hand_predict(w: Workload, ds: TensorDataset, net: nn.Module):
+    """no_grad forward over every batch, outputs concatenated on the CPU."""
+    dl = make_loader(w, ds)
+    net = net.to(w.device)
+
+    def epoch() -> float:
+        net.eval()
+        with torch.no_grad():
+            out = torch.cat([net(x).cpu() for x, _ in dl])
+        return float(out[0, 0])
+
+    return epoch
+
+
+def torchfit_predict(w: Workload, ds: TensorDataset, net: nn.Module):
+    import torchfit
+
+    dl = make_loader(w, ds)
+    model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), make_optimizer(net.parameters()), device=w.device)
+
+    def epoch() -> float:
+        return float(model.predict(dl, fast_path=False)[0, 0])
+
+    return epoch
+
+
+INFERENCE: Dict[str, Dict[str, Callable]] = {
+    "evaluate": {"hand-written": hand_evaluate, "torchfit": torchfit_evaluate},
+    "predict": {"hand-written": hand_predict, "torchfit": torchfit_predict},
+}
 
 
 class EpochClock:
@@ -626,6 +698,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--workloads", default=None, help="comma-separated subset of W1,W2,GPU")
     p.add_argument("--no-peers", action="store_true", help="skip poutyne/torchkeras/Lightning/Keras")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS processes")
+    p.add_argument("--no-inference", action="store_true", help="skip W1's evaluate and predict timings")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--rss-child", nargs=3, metavar=("WORKLOAD", "RUNNER", "EPOCHS"), help=argparse.SUPPRESS)
@@ -665,6 +738,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             wl["sync_check"] = check_no_hidden_syncs(w)
             log(f"  sync check: {wl['sync_check']}")
         results["workloads"].append(wl)
+        if name == "W1" and not args.no_inference:
+            for verb, pair in INFERENCE.items():
+                log(f"{w.name} {verb}: fast_path=False")
+                wl = time_workload(w, pair, repeats, log)
+                wl["workload"], wl["description"] = f"{w.name} {verb}", f"{w.description}, fast_path=False"
+                results["workloads"].append(wl)
     if not args.no_memory and "W2" in names:
         log("peak memory, W2, fresh processes")
         results["memory"] = measure_rss("W2", ["hand-written", "torchfit"], epochs=1 if args.quick else 3,

@@ -61,6 +61,8 @@ def tensors(obj: Any) -> Iterator[torch.Tensor]:
 
 def first_tensor(obj: Any) -> Optional[torch.Tensor]:
     """The first tensor found in a nested batch, or None."""
+    if isinstance(obj, torch.Tensor):  # the usual case, per step: no generator set up for it
+        return obj
     return next(tensors(obj), None)
 
 

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
-import numbers
 import os
-import warnings
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 import pandas as pd
@@ -23,10 +20,12 @@ import torch
 from torch import nn
 
 from . import checkpoint, distributed, inputs, loop
+from .arguments import FitOptions, announcer, check_count, check_loader
 from .batch import batch_size_of, call_net, detach, predict_inputs, split_batch
 from .callbacks import Callback, CallbackList, History, ProgressPrinter
 from .callbacks.base import check_callbacks
 from .callbacks.history import StepHistory
+from .callbacks.history import frame as history_frame
 from .callbacks.progress import ProgressBar, wants_bar
 from .callbacks.schedulers import from_fit_argument, learning_rates, lr_log_keys
 from .device import batch_mover, resolve_device
@@ -114,10 +113,7 @@ class Model(nn.Module):
     @property
     def history(self) -> pd.DataFrame:
         """Every finished epoch so far: ``epoch``, ``loss``, metrics, ``val_`` figures."""
-        columns: List[str] = ["epoch"]
-        for row in self._history_rows:
-            columns.extend(k for k in row if k not in columns)
-        return pd.DataFrame(self._history_rows, columns=columns)
+        return history_frame(self._history_rows, ["epoch"])
 
     @property
     def step_history(self) -> pd.DataFrame:
@@ -128,10 +124,7 @@ class Model(nn.Module):
 
         >>> # model.step_history.plot(x="global_step", y="loss")
         """
-        columns: List[str] = ["epoch", "step", "global_step"]
-        for row in self._step_rows:
-            columns.extend(k for k in row if k not in columns)
-        return pd.DataFrame(self._step_rows, columns=columns)
+        return history_frame(self._step_rows, ["epoch", "step", "global_step"])
 
     def plot_history(self, metrics: Optional[Sequence[str]] = None, **kwargs: Any) -> Any:
         """``torchfit.plot_history(model.history, metrics)``: a matplotlib Figure, a panel per quantity.
@@ -322,7 +315,7 @@ class Model(nn.Module):
         cleanly and returns the finished epochs.
         """
         self._require_compiled("fit")
-        epochs = _check_count("epochs", epochs, minimum=0)
+        epochs = check_count("epochs", epochs, minimum=0)
         options = FitOptions.check(verbose, log_step_freq, grad_accum_steps, grad_clip_norm, grad_clip_value,
                                    progress_bar, fast_path)
         dl_train, dl_val = inputs.fit_loaders(
@@ -330,9 +323,9 @@ class Model(nn.Module):
             validation_data=validation_data, shuffle=shuffle, seed=seed, loss_fn=self.loss_fn, epoch=self.epoch)
         if dl_train is None:
             raise TypeError("fit needs a training loader: model.fit(epochs, dl_train, dl_val=None)")
-        _check_loader("dl_train", dl_train)
+        check_loader("dl_train", dl_train)
         if dl_val is not None:
-            _check_loader("dl_val", dl_val)
+            check_loader("dl_val", dl_val)
         user_callbacks = check_callbacks(callbacks)
         if lr_scheduler is not None:
             user_callbacks.append(from_fit_argument(lr_scheduler, dl_val is not None))
@@ -341,7 +334,7 @@ class Model(nn.Module):
             epochs, resumed = checkpoint.resume(self, resume_from, epochs)
         run, (dl_train, dl_val), trackers, params = self._prepare_fit(options, epochs, dl_train, dl_val,
                                                                       user_callbacks)
-        say = _announcer(run.config.callbacks)
+        say = announcer(run.config.callbacks)
         if resumed:
             say(resumed)
         resume_state, self._resume_state = self._resume_state, None
@@ -356,7 +349,7 @@ class Model(nn.Module):
             self._run = None
         return self.history
 
-    def _prepare_fit(self, options: "FitOptions", epochs: int, dl_train: Iterable, dl_val: Optional[Iterable],
+    def _prepare_fit(self, options: FitOptions, epochs: int, dl_train: Iterable, dl_val: Optional[Iterable],
                      user_callbacks: List[Callback]) -> tuple:
         """The run of one fit: this rank's loaders, callbacks, trackers, the optimizer step, the params."""
         strategy = distributed.strategy(self.device)
@@ -386,7 +379,7 @@ class Model(nn.Module):
         params = {**params, "log_lr": (lambda: learning_rates(self.optimizer)) if log_lr else None}
         return Run(config, preflight=bool(self.metrics)), (dl_train, dl_val), trackers, params
 
-    def _default_callbacks(self, options: "FitOptions", user_callbacks: Sequence[Callback]) -> List[Callback]:
+    def _default_callbacks(self, options: FitOptions, user_callbacks: Sequence[Callback]) -> List[Callback]:
         callbacks: List[Callback] = [History(), StepHistory()]
         if options.verbose:
             own_bar = any(isinstance(cb, ProgressBar) for cb in user_callbacks)  # as Keras does with its Progbar
@@ -471,7 +464,7 @@ class Model(nn.Module):
         """
         self._require_compiled("evaluate")
         dl = inputs.eval_loader(dl, x=x, y=y, target=target, batch_size=batch_size, loss_fn=self.loss_fn)
-        _check_loader("dl", dl)
+        check_loader("dl", dl)
         run, strategy = self._eval_run(callbacks, fast_path)
         tracker = Tracker(copy.deepcopy(self.metrics), prefix="val_")
         if strategy is not None:  # under torchrun: this rank's part, figures over the whole dataset
@@ -493,7 +486,7 @@ class Model(nn.Module):
         """
         self._require_compiled("predict")
         dl = inputs.predict_loader(dl, x=x, target=target, batch_size=batch_size)
-        _check_loader("dl", dl)
+        check_loader("dl", dl)
         run, strategy = self._eval_run(callbacks, fast_path)
         cbs = run.config.callbacks
         with self._calling(run):
@@ -595,72 +588,3 @@ class Model(nn.Module):
         probe = Tracker(copy.deepcopy(self.metrics))
         probe.update(StepResult(None, preds, targets, n))
         probe.compute()
-
-
-# ---------------------------------------------------------------- helpers
-@dataclasses.dataclass(frozen=True)
-class FitOptions:
-    """fit's settings that shape the run, checked once (``check``) before anything changes."""
-
-    verbose: int
-    log_step_freq: Optional[int]
-    grad_accum_steps: int
-    grad_clip_norm: Optional[float]
-    grad_clip_value: Optional[float]
-    progress_bar: Optional[bool]
-    fast_path: bool
-
-    @classmethod
-    def check(cls, verbose: Any, log_step_freq: Any, grad_accum_steps: Any, grad_clip_norm: Any,
-              grad_clip_value: Any, progress_bar: Any, fast_path: Any) -> "FitOptions":
-        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
-            raise ValueError(f"verbose must be 0 (silent), 1 (step dicts and tables) or 2 (tables only); got {verbose!r}")
-        if log_step_freq is not None:
-            log_step_freq = _check_count("log_step_freq", log_step_freq, minimum=1)
-        grad_accum_steps = _check_count("grad_accum_steps", grad_accum_steps, minimum=1)
-        for name, value in (("grad_clip_norm", grad_clip_norm), ("grad_clip_value", grad_clip_value)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                                      or not value > 0 or value == float("inf")):
-                raise ValueError(f"{name} must be a positive finite number or None; got {value!r}")
-        return cls(int(verbose), log_step_freq, grad_accum_steps, grad_clip_norm, grad_clip_value, progress_bar,
-                   bool(fast_path))
-
-    def log_every(self, n_batches: Optional[int]) -> int:
-        """Steps between logging points: ``log_step_freq``, or about ten per epoch."""
-        if self.log_step_freq is not None:
-            return self.log_step_freq
-        return max(1, n_batches // 10) if n_batches else 100
-
-
-def _announcer(cbs: CallbackList) -> Callable[..., None]:
-    """``say(text, warn=False)``: a line through the printer's sink (all fit prints go there);
-    without a printer (verbose=0), lines marked ``warn`` become a RuntimeWarning on rank 0."""
-    printer = cbs.find(ProgressPrinter)  # present on rank 0 only (rank_zero_only)
-
-    def say(text: str, warn: bool = False) -> None:
-        if printer is not None:
-            printer.sink(text)
-        elif warn and distributed.is_main_process():
-            warnings.warn(text, RuntimeWarning, stacklevel=4)
-
-    return say
-
-
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
-    return int(value)
-
-
-def _check_loader(name: str, loader: Any) -> None:
-    if isinstance(loader, (torch.Tensor, str, bytes)) or not hasattr(loader, "__iter__"):
-        raise TypeError(
-            f"{name} must be an iterable of batches such as a torch DataLoader; got {type(loader).__name__}. "
-            "Wrap tensors as DataLoader(TensorDataset(X, y), batch_size=32)"
-        )
-    n = loop.loader_length(loader)
-    if n == 0:
-        raise ValueError(
-            f"{name} is empty (len 0): check its dataset, and that drop_last=True with a batch size larger "
-            "than the dataset does not drop every sample"
-        )

@@ -1,7 +1,23 @@
-"""Records each finished epoch's figures into ``model.history``."""
+"""Records each finished epoch's figures into ``model.history`` (and logging points into ``step_history``)."""
 from __future__ import annotations
 
+from typing import Any, List, Mapping, Sequence
+
 from .base import Callback
+
+
+def frame(rows: Sequence[Mapping[str, Any]], first: Sequence[str]) -> Any:
+    """The rows as a pandas DataFrame: ``first`` columns, then every other key in order of appearance.
+
+    >>> list(frame([{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.4, "lr": 0.1}], ["epoch"]).columns)
+    ['epoch', 'loss', 'lr']
+    """
+    import pandas as pd
+
+    columns: List[str] = list(first)
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    return pd.DataFrame(list(rows), columns=columns)
 
 
 class History(Callback):

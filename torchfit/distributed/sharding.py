@@ -7,9 +7,11 @@ rank's samples are the sampler's padding. ``ctx`` is the run's
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
+from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler,
+                              SequentialSampler)
 
 
 def shard(ctx: Any, loader: Iterable, name: str, purpose: str = "train") -> Any:
@@ -21,75 +23,14 @@ def shard(ctx: Any, loader: Iterable, name: str, purpose: str = "train") -> Any:
     ``"train"``, ``"eval"`` or ``"predict"`` (predict never shuffles and
     never drops).
     """
-    from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset,
-                                  RandomSampler, SequentialSampler)
-
-    fix = ("shard it yourself: build the DataLoader with sampler=DistributedSampler(dataset) and "
-           "torchfit uses it as it is")
-    if not isinstance(loader, DataLoader):
-        raise TypeError(
-            f"{name} is a {type(loader).__name__}; under torchrun torchfit needs a torch DataLoader over a "
-            "map-style Dataset so that it can give each rank its own part of the data (every rank would "
-            "otherwise train on, and count, the whole dataset). Wrap it: DataLoader(dataset, batch_size=...)"
-        )
-    if isinstance(loader.dataset, IterableDataset):
-        raise TypeError(
-            f"{name} iterates an IterableDataset, which a DistributedSampler cannot split across ranks; "
-            "use a map-style Dataset (with __len__ and __getitem__)"
-        )
-    sampler = loader.sampler
-    if isinstance(sampler, DistributedSampler):
-        if sampler.num_replicas != ctx.world_size or sampler.rank != ctx.rank:
-            raise ValueError(
-                f"{name}'s DistributedSampler has num_replicas={sampler.num_replicas}, rank={sampler.rank} but "
-                f"this process is rank {ctx.rank} of {ctx.world_size}; build it with DistributedSampler(dataset)"
-            )
-        if purpose == "predict" and (sampler.shuffle or sampler.drop_last):
-            raise ValueError(f"{name}'s DistributedSampler shuffles or drops samples; predict needs "
-                             "shuffle=False, drop_last=False to return every sample in dataset order")
+    if _has_own_sampler(ctx, loader, name, purpose):
         return loader
-    if loader.batch_sampler is not None and type(loader.batch_sampler) is not BatchSampler:
-        raise ValueError(
-            f"{name} uses a custom batch_sampler ({type(loader.batch_sampler).__name__}), which torchfit cannot "
-            f"split across ranks without changing it; {fix}"
-        )
-    if isinstance(sampler, RandomSampler):
-        if sampler.replacement or sampler._num_samples is not None:
-            raise ValueError(f"{name} samples with replacement or a fixed num_samples, which DistributedSampler "
-                             f"cannot reproduce; {fix}")
-        shuffle = True
-    elif isinstance(sampler, SequentialSampler):
-        shuffle = False
-    else:
-        raise ValueError(
-            f"{name} uses a custom sampler ({type(sampler).__name__}); under torchrun torchfit splits the data "
-            f"with DistributedSampler, which would replace it; {fix}"
-        )
-    drop_last = bool(loader.drop_last)
-    if purpose == "predict":
-        if drop_last:
-            raise ValueError(f"{name} has drop_last=True; predict returns every sample, so pass drop_last=False")
-        shuffle = False
-    n = len(loader.dataset)  # type: ignore[arg-type]
-    if drop_last and n < ctx.world_size:
-        raise ValueError(
-            f"{name} has {n} sample(s), fewer than the {ctx.world_size} processes, and drop_last=True: every "
-            "rank would get no data. Use drop_last=False or fewer processes"
-        )
-    seed = 0
-    if shuffle:
-        generator = sampler.generator if sampler.generator is not None else loader.generator
-        if generator is not None:
-            seed = generator.initial_seed()
-        else:
-            # As a single process draws its shuffle from torch's global RNG, so do we, once per
-            # fit; rank 0's draw is used everywhere so that the shards fit together.
-            seed = int(torch.empty((), dtype=torch.int64).random_().item())
-        seed = ctx.broadcast_int(seed % (2 ** 62))
-    dist_sampler = DistributedSampler(loader.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
-                                      shuffle=shuffle, seed=seed, drop_last=drop_last)
+    shuffle, drop_last = _sampling(ctx, loader, name, purpose)
+    seed = _shuffle_seed(ctx, loader) if shuffle else 0
+    sampler = DistributedSampler(loader.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
+                                 shuffle=shuffle, seed=seed, drop_last=drop_last)
     kwargs: Dict[str, Any] = dict(
-        batch_size=loader.batch_size, sampler=dist_sampler, num_workers=loader.num_workers,
+        batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
         collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
         drop_last=drop_last if loader.batch_size is not None else False, timeout=loader.timeout,
         worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
@@ -103,6 +44,81 @@ def shard(ctx: Any, loader: Iterable, name: str, purpose: str = "train") -> Any:
     return DataLoader(loader.dataset, **kwargs)
 
 
+_FIX = ("shard it yourself: build the DataLoader with sampler=DistributedSampler(dataset) and "
+        "torchfit uses it as it is")
+
+
+def _has_own_sampler(ctx: Any, loader: Any, name: str, purpose: str) -> bool:
+    """Whether ``loader`` is already sharded (checked against this rank); errors for loaders that cannot be."""
+    if not isinstance(loader, DataLoader):
+        raise TypeError(
+            f"{name} is a {type(loader).__name__}; under torchrun torchfit needs a torch DataLoader over a "
+            "map-style Dataset so that it can give each rank its own part of the data (every rank would "
+            "otherwise train on, and count, the whole dataset). Wrap it: DataLoader(dataset, batch_size=...)"
+        )
+    if isinstance(loader.dataset, IterableDataset):
+        raise TypeError(
+            f"{name} iterates an IterableDataset, which a DistributedSampler cannot split across ranks; "
+            "use a map-style Dataset (with __len__ and __getitem__)"
+        )
+    sampler = loader.sampler
+    if not isinstance(sampler, DistributedSampler):
+        return False
+    if sampler.num_replicas != ctx.world_size or sampler.rank != ctx.rank:
+        raise ValueError(
+            f"{name}'s DistributedSampler has num_replicas={sampler.num_replicas}, rank={sampler.rank} but "
+            f"this process is rank {ctx.rank} of {ctx.world_size}; build it with DistributedSampler(dataset)"
+        )
+    if purpose == "predict" and (sampler.shuffle or sampler.drop_last):
+        raise ValueError(f"{name}'s DistributedSampler shuffles or drops samples; predict needs "
+                         "shuffle=False, drop_last=False to return every sample in dataset order")
+    return True
+
+
+def _sampling(ctx: Any, loader: Any, name: str, purpose: str) -> Tuple[bool, bool]:
+    """``(shuffle, drop_last)`` of the DistributedSampler that stands in for ``loader``'s sampler."""
+    if loader.batch_sampler is not None and type(loader.batch_sampler) is not BatchSampler:
+        raise ValueError(
+            f"{name} uses a custom batch_sampler ({type(loader.batch_sampler).__name__}), which torchfit cannot "
+            f"split across ranks without changing it; {_FIX}"
+        )
+    sampler = loader.sampler
+    if isinstance(sampler, RandomSampler):
+        if sampler.replacement or sampler._num_samples is not None:
+            raise ValueError(f"{name} samples with replacement or a fixed num_samples, which DistributedSampler "
+                             f"cannot reproduce; {_FIX}")
+        shuffle = True
+    elif isinstance(sampler, SequentialSampler):
+        shuffle = False
+    else:
+        raise ValueError(
+            f"{name} uses a custom sampler ({type(sampler).__name__}); under torchrun torchfit splits the data "
+            f"with DistributedSampler, which would replace it; {_FIX}"
+        )
+    drop_last = bool(loader.drop_last)
+    if purpose == "predict":
+        if drop_last:
+            raise ValueError(f"{name} has drop_last=True; predict returns every sample, so pass drop_last=False")
+        shuffle = False
+    n = len(loader.dataset)  # type: ignore[arg-type]
+    if drop_last and n < ctx.world_size:
+        raise ValueError(
+            f"{name} has {n} sample(s), fewer than the {ctx.world_size} processes, and drop_last=True: every "
+            "rank would get no data. Use drop_last=False or fewer processes"
+        )
+    return shuffle, drop_last
+
+
+def _shuffle_seed(ctx: Any, loader: Any) -> int:
+    """The DistributedSampler's seed: the loader's generator's, else one draw of torch's global RNG
+    (as a single process draws its shuffle from it), rank 0's draw used everywhere so the shards fit."""
+    generator = loader.sampler.generator if loader.sampler.generator is not None else loader.generator
+    if generator is not None:
+        seed = generator.initial_seed()
+    else:
+        seed = int(torch.empty((), dtype=torch.int64).random_().item())
+    return ctx.broadcast_int(seed % (2 ** 62))
+
 
 def real_samples(sampler: Any) -> Optional[int]:
     """How many of this rank's samples are real (not padding), or ``None`` when nothing is padded.
@@ -115,8 +131,6 @@ def real_samples(sampler: Any) -> Optional[int]:
     >>> real_samples(DistributedSampler(range(5), num_replicas=2, rank=1, shuffle=False))
     2
     """
-    from torch.utils.data import DistributedSampler
-
     if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
         return None
     n = len(sampler.dataset)  # type: ignore[arg-type]

@@ -143,10 +143,15 @@ class Mean(Metric):
     def update(self, value: Union[Tensor, float, np.number], weight: int = 1) -> None:  # type: ignore[override]
         total = self._tensor_total
         if (total is not None and type(weight) is int and weight >= 0 and type(value) is Tensor
-                and value.dim() == 0 and not value.requires_grad and value.device == total.device):
+                and value.dim() == 0 and not value.requires_grad):
             # The loop's case, once per step (a detached 0-d loss): one op. value * weight
             # is exact in float64 for float32/bf16 values, so this equals `total += v64 * weight`.
-            total.add_(value, alpha=weight)
+            # A value on another device fails in add_ (no device comparison per step), unless it is
+            # a CPU scalar, which add_ reads as a number.
+            try:
+                total.add_(value, alpha=weight)
+            except RuntimeError:
+                total += value.to(total.device, total.dtype) * weight
             self._count += weight
             self._global = None
             return
@@ -248,7 +253,13 @@ class _SumOverCount(Metric):
         self._global: Optional[tuple[float, int]] = None
 
     def _add(self, batch_sum: Tensor, count: int) -> None:
-        self._sum = batch_sum if self._sum is None else self._sum + batch_sum.to(self._sum.device)
+        total = self._sum
+        if total is None:
+            self._sum = batch_sum  # a fresh tensor each batch (a reduction's result): ours to add into
+        elif total.dtype == batch_sum.dtype and total.device == batch_sum.device:
+            total.add_(batch_sum)
+        else:
+            self._sum = total + batch_sum.to(total.device)
         self._count += count
         self._global = None
 

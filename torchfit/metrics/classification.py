@@ -36,8 +36,11 @@ def _decode_classes(
 ) -> tuple[Tensor, Tensor, int, bool]:
     """Predicted and true class indices, the number of classes, and whether the
     preds were binary scores."""
-    p = _as_tensor(preds)
-    t = _as_tensor(targets).to(p.device)
+    # Per step: skip the conversions (a detach, a move) that the loop's own tensors do not need.
+    p = preds if type(preds) is Tensor and not preds.requires_grad else _as_tensor(preds)
+    t = targets if type(targets) is Tensor else _as_tensor(targets)
+    if t.device != p.device:
+        t = t.to(p.device)
     n = p.shape[0] if p.ndim else -1
     if p.ndim == 1 or (p.ndim == 2 and p.shape[1] == 1):
         if _shape(t) not in ((n,), (n, 1)):
@@ -47,7 +50,9 @@ def _decode_classes(
         return (p.reshape(-1) >= cut).long(), true, 2, True
     if p.ndim == 2:
         c = p.shape[1]
-        if _shape(t) in ((n,), (n, 1)):
+        if t.ndim == 1 and t.shape[0] == n:
+            true = t if t.dtype == torch.int64 else t.long()
+        elif _shape(t) == (n, 1):
             true = t.reshape(-1).long()
         elif _shape(t) == (n, c):
             true = t.argmax(dim=1)

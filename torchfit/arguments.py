@@ -1,0 +1,87 @@
+"""Checking what users pass to ``fit`` and the other verbs, once, before anything changes.
+
+Owns the argument checks that do not need the model's state: counts, clipping
+thresholds, verbosity, loaders, and ``FitOptions`` (fit's settings that shape
+a run, checked together). Each error names the argument and the fix. The
+checks that need the model (its net, optimizer, loss) stay in ``Model``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import warnings
+from typing import Any, Callable, Optional
+
+import torch
+
+from . import distributed
+from .callbacks import CallbackList, ProgressPrinter
+from .loop import loader_length
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """fit's settings that shape the run, checked once (``check``) before anything changes."""
+
+    verbose: int
+    log_step_freq: Optional[int]
+    grad_accum_steps: int
+    grad_clip_norm: Optional[float]
+    grad_clip_value: Optional[float]
+    progress_bar: Optional[bool]
+    fast_path: bool
+
+    @classmethod
+    def check(cls, verbose: Any, log_step_freq: Any, grad_accum_steps: Any, grad_clip_norm: Any,
+              grad_clip_value: Any, progress_bar: Any, fast_path: Any) -> "FitOptions":
+        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+            raise ValueError(f"verbose must be 0 (silent), 1 (step dicts and tables) or 2 (tables only); got {verbose!r}")
+        if log_step_freq is not None:
+            log_step_freq = check_count("log_step_freq", log_step_freq, minimum=1)
+        grad_accum_steps = check_count("grad_accum_steps", grad_accum_steps, minimum=1)
+        for name, value in (("grad_clip_norm", grad_clip_norm), ("grad_clip_value", grad_clip_value)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                      or not value > 0 or value == float("inf")):
+                raise ValueError(f"{name} must be a positive finite number or None; got {value!r}")
+        return cls(int(verbose), log_step_freq, grad_accum_steps, grad_clip_norm, grad_clip_value, progress_bar,
+                   bool(fast_path))
+
+    def log_every(self, n_batches: Optional[int]) -> int:
+        """Steps between logging points: ``log_step_freq``, or about ten per epoch."""
+        if self.log_step_freq is not None:
+            return self.log_step_freq
+        return max(1, n_batches // 10) if n_batches else 100
+
+
+def announcer(cbs: CallbackList) -> Callable[..., None]:
+    """``say(text, warn=False)``: a line through the printer's sink (all fit prints go there);
+    without a printer (verbose=0), lines marked ``warn`` become a RuntimeWarning on rank 0."""
+    printer = cbs.find(ProgressPrinter)  # present on rank 0 only (rank_zero_only)
+
+    def say(text: str, warn: bool = False) -> None:
+        if printer is not None:
+            printer.sink(text)
+        elif warn and distributed.is_main_process():
+            warnings.warn(text, RuntimeWarning, stacklevel=4)
+
+    return say
+
+
+def check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def check_loader(name: str, loader: Any) -> None:
+    if isinstance(loader, (torch.Tensor, str, bytes)) or not hasattr(loader, "__iter__"):
+        raise TypeError(
+            f"{name} must be an iterable of batches such as a torch DataLoader; got {type(loader).__name__}. "
+            "Wrap tensors as DataLoader(TensorDataset(X, y), batch_size=32)"
+        )
+    n = loader_length(loader)
+    if n == 0:
+        raise ValueError(
+            f"{name} is empty (len 0): check its dataset, and that drop_last=True with a batch size larger "
+            "than the dataset does not drop every sample"
+        )
