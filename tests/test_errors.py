@@ -129,13 +129,6 @@ def test_loss_class_instead_of_instance():
         torchfit.Model(mlp()).compile(nn.CrossEntropyLoss)
 
 
-def test_missing_device_is_an_error_not_a_fallback():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    with pytest.raises(ValueError, match="CUDA is not available"):
-        torchfit.Model(mlp()).compile(nn.MSELoss(), device="cuda")
-
-
 def test_fp16_on_cpu_is_an_error():
     with pytest.raises(ValueError, match="16-mixed.*needs a CUDA device.*bf16"):
         torchfit.Model(mlp()).compile(nn.MSELoss(), device="cpu", precision="16-mixed")

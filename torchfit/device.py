@@ -32,6 +32,11 @@ def resolve_device(device: DeviceLike = None) -> torch.device:
             f"device={device!r} is not a device torch understands; use 'cpu', 'cuda', "
             "'cuda:0' or a torch.device"
         ) from exc
+    if dev.type == "meta":
+        raise ValueError(
+            f"device={device!r} holds no values: moving the net there would discard its weights. "
+            "Train on 'cpu' or 'cuda'"
+        )
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional
 
 import torch
@@ -268,7 +269,9 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
             if model.stop_training:
                 break
     except KeyboardInterrupt as exc:
-        cbs.on_exception(exc)
+        if model.global_step == first_step:
+            _restore_buffers(model.net, buffers)  # nothing was trained: leave the net as found
+        _call_quietly(cbs.on_exception, exc)
         say(f"Training interrupted (KeyboardInterrupt) in epoch {run.epoch}; model.history holds "
             f"the {len(model.history)} finished epoch(s) and the model is usable.")
     except BaseException as exc:
@@ -286,11 +289,13 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
 
 
 def _call_quietly(hook: Callable[[BaseException], Any], exc: BaseException) -> None:
-    # Cleanup never replaces the error that stopped the run: a failing hook is chained to it.
+    # Cleanup never replaces the error that stopped the run: a failing hook becomes a warning.
     try:
         hook(exc)
     except Exception as cleanup_error:
-        exc.__context__ = cleanup_error
+        warnings.warn(f"a callback's on_exception raised {type(cleanup_error).__name__}: {cleanup_error} "
+                      f"while fit was stopping on {type(exc).__name__}; the original error follows",
+                      RuntimeWarning, stacklevel=3)
 
 
 def save_modes(net: nn.Module) -> list:

@@ -1,5 +1,4 @@
-"""Parameters of the one training step: gradient accumulation, clipping, precision
-(bf16 on CPU, fp16 with a grad scaler on CUDA) and jit_compile, each against the
+"""Precision (bf16 on CPU, fp16 with a grad scaler on CUDA) and jit_compile, each against the
 hand-written equivalent."""
 from __future__ import annotations
 
@@ -12,88 +11,7 @@ import torch
 from torch import nn
 
 import torchfit
-from conftest import assert_same_weights, blobs, loader, mlp
-
-
-class NoLen:
-    """An iterable of batches without __len__: the window boundary is found only when it ends."""
-
-    def __init__(self, dl):
-        self.dl = dl
-
-    def __iter__(self):
-        return iter(self.dl)
-
-
-def make_opt(kind, params, scale=1.0):
-    return {"sgd": lambda: torch.optim.SGD(params, lr=0.1 * scale, momentum=0.9),
-            "adam": lambda: torch.optim.Adam(params, lr=1e-2)}[kind]()
-
-
-# ------------------------------------------------------------- accumulation
-@pytest.mark.parametrize("opt_kind", ["sgd", "adam"])
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("sized", [True, False])
-def test_accumulation_equals_k_times_larger_batches(opt_kind, reduction, sized):
-    ds = blobs(80)  # batches of 8, k=3: windows of 3, 3, 3 and a last partial one of 1 batch (8 samples)
-    k = 3
-    net_a = mlp(seed=4)
-    net_b = copy.deepcopy(net_a)
-
-    scale = 1.0 if reduction == "mean" else 1 / 24  # a summed loss: keep SGD's steps the same size
-    opt_a = make_opt(opt_kind, net_a.parameters(), scale)
-    loss_fn = nn.CrossEntropyLoss(reduction=reduction)
-    big_batches = loader(ds, 8 * k, shuffle=True, seed=3)  # the same permutations as batches of 8
-    for _ in range(2):
-        for x, y in big_batches:  # sizes 24, 24, 24, 8
-            opt_a.zero_grad()
-            loss_fn(net_a(x), y).backward()
-            opt_a.step()
-
-    model = torchfit.Model(net_b).compile(loss_fn, make_opt(opt_kind, net_b.parameters(), scale), device="cpu")
-    dl = loader(ds, 8, shuffle=True, seed=3)
-    model.fit(2, dl if sized else NoLen(dl), verbose=0, grad_accum_steps=k)
-
-    assert model.global_step == 8
-    for (name, a), b in zip(net_a.state_dict().items(), net_b.state_dict().values()):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
-    # and the case is not vacuous: stepping per small batch ends elsewhere
-    net_c = mlp(seed=4)
-    torchfit.Model(net_c).compile(loss_fn, make_opt(opt_kind, net_c.parameters(), scale), device="cpu").fit(
-        2, loader(ds, 8, shuffle=True, seed=3), verbose=0)
-    assert not torch.allclose(net_c[0].weight, net_a[0].weight, atol=1e-4)
-
-
-# ----------------------------------------------------------------- clipping
-@pytest.mark.parametrize("clip", [{"grad_clip_norm": 0.5}, {"grad_clip_value": 0.02},
-                                  {"grad_clip_norm": 0.5, "grad_clip_value": 0.02}])
-def test_clipping_matches_torch_utilities_in_a_raw_loop_bit_for_bit(clip):
-    ds = blobs(96)
-    net_a = mlp(seed=2, dropout=0.1)
-    net_b = copy.deepcopy(net_a)
-
-    torch.manual_seed(7)
-    opt_a = torch.optim.SGD(net_a.parameters(), lr=0.5, momentum=0.9)
-    clipped = False
-    dl = loader(ds, 16, shuffle=True, seed=1)
-    for _ in range(2):
-        net_a.train()
-        for x, y in dl:
-            opt_a.zero_grad()
-            nn.functional.cross_entropy(net_a(x), y).backward()
-            if "grad_clip_norm" in clip:
-                clipped |= bool(nn.utils.clip_grad_norm_(net_a.parameters(), clip["grad_clip_norm"]) > 0.5)
-            if "grad_clip_value" in clip:
-                clipped |= any(bool(p.grad.abs().max() > 0.02) for p in net_a.parameters())
-                nn.utils.clip_grad_value_(net_a.parameters(), clip["grad_clip_value"])
-            opt_a.step()
-    assert clipped  # the limits really bite on this data
-
-    torch.manual_seed(7)
-    model = torchfit.Model(net_b).compile(nn.CrossEntropyLoss(), torch.optim.SGD(net_b.parameters(), lr=0.5,
-                                                                                 momentum=0.9), device="cpu")
-    model.fit(2, loader(ds, 16, shuffle=True, seed=1), verbose=0, **clip)
-    assert_same_weights(net_a, net_b)
+from conftest import blobs, loader, mlp
 
 
 # ---------------------------------------------------------------- precision
