@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional, Union
 
 import pandas as pd
 import torch
 from torch import nn
+
+from .batch import tensors, to_device
 
 __all__ = ["LayerRow", "collect_rows", "render", "summary"]
 
@@ -105,7 +107,7 @@ def summary(
             for shape, dtype in zip(shapes, _parse_dtypes(dtypes, len(shapes), net))
         )
     else:
-        inputs = _to_device(input_data, target)
+        inputs = to_device(input_data, target)
 
     try:
         rows = collect_rows(net, inputs, batch_size=batch_size)
@@ -268,21 +270,10 @@ def _own_params(module: nn.Module, called: set[int]) -> list[nn.Parameter]:
     return list(params.values())
 
 
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, Mapping):
-        for value in obj.values():
-            yield from _tensors(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from _tensors(value)
-
-
 def _batch_len(inputs: Any) -> Optional[int]:
     # The first dim of the first input tensor is the batch; outputs whose first dim matches it
     # are shown with -1 there.
-    for tensor in _tensors(inputs):
+    for tensor in tensors(inputs):
         if tensor.dim() > 0:
             return int(tensor.shape[0])
     return None
@@ -313,7 +304,7 @@ def _format_shape(shape: Any) -> str:
 
 def _bytes_per_sample(obj: Any, n: Optional[int]) -> int:
     total = 0
-    for tensor in _tensors(obj):
+    for tensor in tensors(obj):
         nbytes = tensor.numel() * tensor.element_size()
         if tensor.dim() > 0 and n and tensor.shape[0] == n:
             nbytes //= n
@@ -378,20 +369,8 @@ def _net_device(net: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, Mapping):
-        return {key: _to_device(value, device) for key, value in obj.items()}
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple takes fields, not an iterable
-        return type(obj)(*(_to_device(value, device) for value in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(value, device) for value in obj)
-    return obj
-
-
 def _forward_error(input_shape: Any, inputs: Any, err: Exception) -> str:
-    shapes = [tuple(t.shape) for t in _tensors(inputs)]
+    shapes = [tuple(t.shape) for t in tensors(inputs)]
     if input_shape is not None:
         return (
             f"summary could not run the net on a dummy batch of shape {', '.join(map(str, shapes))} "
