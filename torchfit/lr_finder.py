@@ -33,7 +33,7 @@ import torch
 
 from .callbacks.base import Callback
 
-__all__ = ["lr_find", "plot_lr_find", "preserved_training_state"]
+__all__ = ["lr_find", "plot_lr_find", "preserved_rng", "preserved_training_state"]
 
 _MODES = ("exponential", "linear")
 
@@ -83,6 +83,28 @@ def _clone(value: Any) -> Any:
 
 
 @contextlib.contextmanager
+def preserved_rng(loaders: Iterable[Any] = ()) -> Iterator[None]:
+    """Run the body, then put the RNG states and ``loaders``' generators back as they were.
+
+    >>> # with preserved_rng([dl_train]):
+    >>> #     torch.optim.swa_utils.update_bn(dl_train, net)   # draws shuffles, yet changes no RNG
+
+    Covers torch's CPU generator, CUDA's (when initialised), numpy's global and
+    Python's ``random``, and each loader's own generators (``DataLoader(generator=...)``
+    and its sampler's).
+    """
+    gens = [g for dl in loaders for g in _loader_generators(dl)]
+    saved_gens = [g.get_state() for g in gens]
+    rng = _rng_snapshot()
+    try:
+        yield
+    finally:
+        for g, s in zip(gens, saved_gens):
+            g.set_state(s)
+        _rng_restore(rng)
+
+
+@contextlib.contextmanager
 def preserved_training_state(model: Any, loaders: Iterable[Any] = ()) -> Iterator[None]:
     """Run the body, then put ``model`` (and ``loaders``' generators) back exactly as they were.
 
@@ -107,16 +129,14 @@ def preserved_training_state(model: Any, loaders: Iterable[Any] = ()) -> Iterato
     precision = getattr(model, "precision", None)
     scaler = getattr(precision, "scaler", None)
     saved_scaler = copy.deepcopy(scaler.__dict__) if scaler is not None else None
-    gens = [g for dl in loaders for g in _loader_generators(dl)]
-    saved_gens = [g.get_state() for g in gens]
-    rng = _rng_snapshot()
     attrs = {"epoch": model.epoch, "global_step": model.global_step, "stop_training": model.stop_training,
              "_history_rows": [dict(r) for r in model._history_rows],
              "_step_rows": [dict(r) for r in model._step_rows],
              "_fit_state": model._fit_state, "_resume_state": model._resume_state}
     modes = [(m, m.training) for m in net.modules()]
     try:
-        yield
+        with preserved_rng(loaders):
+            yield
     finally:
         with torch.no_grad():
             for p, v, g in zip(params, saved_params, saved_grads):
@@ -133,9 +153,6 @@ def preserved_training_state(model: Any, loaders: Iterable[Any] = ()) -> Iterato
         if scaler is not None:
             scaler.__dict__.clear()
             scaler.__dict__.update(saved_scaler)
-        for g, s in zip(gens, saved_gens):
-            g.set_state(s)
-        _rng_restore(rng)
         for m, training in modes:
             m.training = training
         for name, value in attrs.items():
