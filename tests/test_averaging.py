@@ -90,6 +90,9 @@ def test_validation_figures_are_those_of_the_averaged_weights():
         figures = probe.evaluate(dl_val)
         assert figures["val_loss"] == history["val_loss"][epoch]
         assert figures["val_accuracy"] == history["val_accuracy"][epoch]
+    raw = ema.raw_state_dict()
+    assert model.evaluate(dl_val, callbacks=[ema])["val_loss"] == history["val_loss"].iloc[-1]
+    assert_equal_dicts(ema.raw_state_dict(), raw)  # evaluating with the average in the net lost nothing
     ema.restore_raw()
     assert model.evaluate(dl_val)["val_loss"] != history["val_loss"].iloc[-1]  # the raw weights score otherwise
 

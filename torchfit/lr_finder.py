@@ -50,6 +50,16 @@ def _last_step_loss(model: Any) -> Optional[torch.Tensor]:
     return None if result is None else result.loss
 
 
+def _mean_over_processes(loss: torch.Tensor) -> torch.Tensor:
+    """Under torchrun, the mean of the ranks' losses: every rank then decides to stop at the same step."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return loss
+    total = loss.detach().clone().float()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
+
+
 def _in_fit(model: Any) -> bool:
     return getattr(model, "_run", None) is not None
 
@@ -188,7 +198,7 @@ class _RangeRecorder(Callback):
                 "Return StepResult(loss.detach(), ...) from your train_step"
             )
         # One host sync per step: the divergence test needs the value now (this is not the hot path).
-        value = float(loss)
+        value = float(_mean_over_processes(loss))
         i = len(self.losses)
         self.losses.append(value)
         # Bias-corrected exponential mean (as in Adam), so the first steps are not pulled to 0.

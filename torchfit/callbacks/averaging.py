@@ -61,8 +61,8 @@ class _WeightAverage(Callback):
         self._live = [p.detach() for p in self._params]
 
     def _swap_in(self) -> None:
-        if self._average is None or self._swapped:
-            return
+        if self._average is None or self._swapped or self._left_in_net:
+            return  # (after fit the average is in the net already, and _backup holds the raw weights)
         if self._backup is None:
             self._backup = [t.clone() for t in self._live]
         else:
