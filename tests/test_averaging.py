@@ -236,3 +236,25 @@ def test_swa_resume_exact(tmp_path):
                 resume_from=tmp_path / "ep2.pt")
     assert_equal_dicts(resumed.net.state_dict(), straight.net.state_dict())
     assert swa_b.updates == 3
+
+
+def test_ema_updates_make_no_host_sync(monkeypatch):
+    import sys
+
+    import torchfit.callbacks.averaging as averaging
+
+    calls = []
+    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, __original=original, __name=name, **kwargs):
+            if sys._getframe(1).f_code.co_filename == averaging.__file__:
+                calls.append(__name)
+            return __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+    model, dl, dl_val = setup()
+    ema = EMA(decay=0.9)
+    model.fit(2, dl, dl_val, callbacks=[ema], verbose=0)
+    assert ema.updates == 10 and calls == []
+

@@ -237,3 +237,22 @@ def test_suggest_lr_picks_the_steepest_descent_before_the_minimum():
     loss = np.r_[np.full(8, 2.0), [1.9, 1.5, 0.8, 0.6, 0.5, 0.45, 0.4], np.linspace(1, 5, 5)]
     assert suggest_lr(lrs, loss) == lrs[9]
     assert suggest_lr(lrs[:3], [1.0, 0.5, 2.0]) is None
+
+
+def test_a_fresh_optimizer_stays_empty_and_trains_as_if_untouched():
+    def build():
+        torch.manual_seed(0)
+        net = mlp(seed=0)
+        return torchfit.Model(net).compile(nn.CrossEntropyLoss(), torch.optim.Adam(net.parameters(), lr=1e-2),
+                                           device="cpu")
+
+    a, b = build(), build()
+    dl_a, dl_b = loader(blobs(96), 16, shuffle=True, seed=2), loader(blobs(96), 16, shuffle=True, seed=2)
+    lr_find(a, dl_a, num_steps=8)
+    assert len(a.optimizer.state) == 0 and a.history.empty and a.step_history.empty
+    assert a._fit_state is None and a.global_step == 0 and a.epoch == 0
+    assert all(p.grad is None for p in a.parameters())
+    a.fit(2, dl_a, verbose=0)
+    b.fit(2, dl_b, verbose=0)
+    assert_same_weights(a.net, b.net)
+    pd.testing.assert_frame_equal(a.history, b.history, check_exact=True)
