@@ -13,7 +13,7 @@ from torch import nn
 import torchfit
 from torchfit.callbacks import LambdaCallback, ModelCheckpoint
 from torchfit.callbacks.averaging import EMA, SWA
-from conftest import SmallCNN, assert_same_weights, blobs, digits, loader, mlp
+from conftest import SmallCNN, assert_same_weights, digits, loader
 
 
 def setup(seed=0):
@@ -224,6 +224,7 @@ def test_swa_is_the_mean_of_the_epoch_end_weights_with_batchnorm_recomputed():
     plain, dl2, dl_val2 = setup()
     plain.fit(4, dl2, dl_val2, verbose=0)
     assert torch.equal(gen_after, dl2.generator.get_state())
+    assert torch.equal(rng_after, torch.get_rng_state())
 
 
 def test_swa_resume_exact(tmp_path):

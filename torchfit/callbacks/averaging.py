@@ -12,8 +12,6 @@ recomputes BatchNorm statistics for its averaged weights at the end of fit.
 """
 from __future__ import annotations
 
-import contextlib
-import math
 import numbers
 from typing import Any, Dict, Iterable, List, Optional
 
