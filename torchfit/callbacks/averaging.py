@@ -187,6 +187,9 @@ class EMA(_WeightAverage):
       fit saves the net as it is then, i.e. the average: call ``ema.restore_raw()``
       first to save a checkpoint that resumes training exactly.
     - Parameters only: buffers (BatchNorm statistics) are the net's own.
+    - A fit that raises during validation leaves the average in the net:
+      ``restore_raw()`` puts the trained weights back (the next fit with this
+      callback does so itself).
     """
 
     def __init__(self, decay: float = 0.999, every_n_steps: int = 1, start_step: int = 0):
