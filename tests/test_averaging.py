@@ -259,3 +259,22 @@ def test_ema_updates_make_no_host_sync(monkeypatch):
     model.fit(2, dl, dl_val, callbacks=[ema], verbose=0)
     assert ema.updates == 10 and calls == []
 
+
+
+def test_an_error_during_validation_leaves_the_raw_weights_recoverable():
+    model, dl, dl_val = setup()
+    ema = EMA(decay=0.5)
+
+    def loss_failing_in_validation(preds, y):
+        if not torch.is_grad_enabled():
+            raise RuntimeError("val batch broken")
+        return nn.functional.cross_entropy(preds, y)
+
+    object.__setattr__(model, "loss_fn", loss_failing_in_validation)
+    with pytest.raises(torchfit.errors.StepError, match="val batch broken"):
+        model.fit(1, dl, dl_val, callbacks=[ema], verbose=0)
+    raw = ema.raw_state_dict()
+    assert_equal_dicts(model.net.state_dict(), ema.averaged_state_dict())  # the average was swapped in
+    assert not torch.equal(raw["conv1.weight"], model.net.conv1.weight)
+    ema.restore_raw()
+    assert_equal_dicts(model.net.state_dict(), raw)
