@@ -25,7 +25,6 @@ class _Params(Callback):
         self.seen = dict(params)
 
 
-@pytest.mark.slow  # a few dozen tiny epochs
 def test_the_examples_in_docs_workflow_run(tmp_path, monkeypatch, capsys):
     text = (ROOT / "docs" / "workflow.md").read_text()
     setup = re.findall(r"```python\n(.*?)```", text, re.S)[0]
