@@ -144,9 +144,11 @@ class LearningRateScheduler(Callback):
     ``params["epochs"]``. The factory is called at the start of every fit, on
     ``model.optimizer``, for the whole run (epochs 1 to ``params["epochs"]``)
     and the schedule is advanced to where this fit starts (``initial_epoch``
-    epochs in), so a second ``fit`` call or a resumed one continues the same
-    schedule; a resumed fit then also gets the scheduler's saved state and the
-    optimizer's saved rates back, and ends exactly where an uninterrupted run does.
+    epochs in). A resumed fit (``resume_from``, ``epochs`` the run's total) then
+    also gets the scheduler's saved state and the optimizer's saved settings
+    back, and ends exactly where an uninterrupted run does. A further ``fit(n)``
+    call on a trained model gets a schedule over all ``initial_epoch + n`` epochs,
+    entered at epoch ``initial_epoch + 1``.
     A callable that is not a scheduler (no ``step``/``state_dict``) is a factory.
     """
 
