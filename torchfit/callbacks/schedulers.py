@@ -1,5 +1,7 @@
 """Learning-rate schedules as callbacks: ``LearningRateScheduler`` (any torch scheduler,
-per epoch or per optimizer step) and ``ReduceLROnPlateau`` (driven by a monitored figure).
+per epoch or per optimizer step) and ``ReduceLROnPlateau`` (driven by a monitored figure),
+plus what a schedule over the whole run needs: ``run_total_steps(params)`` and the
+``warmup_cosine`` factory.
 
 Owns when a scheduler steps and what goes into checkpoints (the scheduler's
 ``state_dict``); the schedules themselves are torch's. Both set ``changes_lr``,
@@ -10,7 +12,9 @@ the rate of the next step for per-step ones.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+import math
+import warnings
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -37,6 +41,79 @@ def lr_log_keys(optimizer: torch.optim.Optimizer) -> List[str]:
     return ["lr" if i == 0 else f"lr_{i}" for i in range(len(optimizer.param_groups))]
 
 
+def run_steps_per_epoch(params: Mapping[str, Any]) -> int:
+    """Optimizer steps per epoch of the fit ``params`` describes: ``ceil(steps / grad_accum_steps)``.
+
+    >>> run_steps_per_epoch({"epochs": 3, "steps": 10, "grad_accum_steps": 3})
+    4
+
+    ``params`` is what fit hands ``set_params``: ``steps`` (batches per epoch, per
+    process under torchrun, ``steps_per_epoch`` when given) and ``grad_accum_steps``
+    (1 when absent). An epoch's last window closes at its last batch even when
+    shorter, hence the ceiling.
+    """
+    steps = params.get("steps")
+    if steps is None:
+        raise ValueError(
+            "the number of optimizer steps of this run is unknown: the training loader has no len(). "
+            "Give it a __len__, or build the scheduler yourself with an explicit total_steps"
+        )
+    accum = params.get("grad_accum_steps") or 1
+    return math.ceil(int(steps) / int(accum))
+
+
+def run_total_steps(params: Mapping[str, Any]) -> int:
+    """Optimizer steps of the whole run, epochs 1 to ``params["epochs"]`` (those before a resume included).
+
+    >>> run_total_steps({"epochs": 3, "steps": 10, "grad_accum_steps": 3})
+    12
+    >>> # class MyCallback(Callback):
+    >>> #     def set_params(self, params):
+    >>> #         super().set_params(params); self.total = run_total_steps(params)
+
+    This is the ``total_steps`` a one-cycle or warm-up/cosine schedule needs:
+    ``epochs * ceil(steps / grad_accum_steps)``. A resumed fit gets the same
+    number as the uninterrupted one, since ``params["epochs"]`` is the run's total.
+    """
+    return int(params["epochs"]) * run_steps_per_epoch(params)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
+                  min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps`` steps, then a cosine decay to ``min_lr_ratio`` x the base rate.
+
+    >>> # LearningRateScheduler(lambda opt, total: warmup_cosine(opt, total, warmup_steps=100),
+    >>> #                       interval="step")
+
+    Step ``i`` (0-based) trains at ``base_lr * f(i)``: ``f(i) = (i + 1) / (warmup_steps + 1)``
+    during the warm-up, then ``min_lr_ratio + (1 - min_lr_ratio) * (1 + cos(pi * t)) / 2``
+    with ``t`` going from 0 at step ``warmup_steps`` to 1 at the last step
+    ``total_steps - 1``, which therefore trains at exactly ``min_lr_ratio * base_lr``.
+    The signature fits ``LearningRateScheduler``'s factory form as it is once
+    ``warmup_steps`` is bound (``functools.partial`` or a lambda).
+    """
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"warmup_cosine: total_steps must be an int >= 1; got {total_steps!r}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_cosine: warmup_steps must be an int in [0, total_steps={total_steps}); "
+                         f"got {warmup_steps!r}")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"warmup_cosine: min_lr_ratio must lie in [0, 1]; got {min_lr_ratio!r}")
+    decay_steps = max(1, total_steps - 1 - warmup_steps)
+
+    def factor(i: int) -> float:
+        if i < warmup_steps:
+            return (i + 1) / (warmup_steps + 1)
+        t = min(1.0, (i - warmup_steps) / decay_steps)
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _is_scheduler(obj: Any) -> bool:
+    return not isinstance(obj, type) and callable(getattr(obj, "step", None)) and callable(getattr(obj, "state_dict", None))
+
+
 class LearningRateScheduler(Callback):
     """Step a torch LR scheduler after every epoch (``interval="epoch"``) or every optimizer step (``"step"``).
 
@@ -53,16 +130,45 @@ class LearningRateScheduler(Callback):
     batches. A torch ``ReduceLROnPlateau`` needs the figure it watches: pass
     ``monitor=`` (e.g. ``"val_loss"``), or use torchfit's ``ReduceLROnPlateau``.
     Build the scheduler on ``model.optimizer`` (after ``compile``).
+
+    Schedules that need the run's length (one-cycle, warm-up then cosine): pass a
+    *factory* ``f(optimizer, total)`` instead of a scheduler, and fit supplies
+    ``total``, the number of times the scheduler will step over the whole run:
+
+    >>> # LearningRateScheduler(lambda opt, total: torch.optim.lr_scheduler.OneCycleLR(
+    >>> #     opt, max_lr=0.1, total_steps=total), interval="step")
+    >>> # LearningRateScheduler(lambda opt, total: warmup_cosine(opt, total, warmup_steps=50), "step")
+
+    With ``interval="step"`` ``total`` is ``run_total_steps(params)``: optimizer
+    steps, ``epochs * ceil(steps / grad_accum_steps)``; with ``"epoch"`` it is
+    ``params["epochs"]``. The factory is called at the start of every fit, on
+    ``model.optimizer``, for the whole run (epochs 1 to ``params["epochs"]``)
+    and the schedule is advanced to where this fit starts (``initial_epoch``
+    epochs in). A resumed fit (``resume_from``, ``epochs`` the run's total) then
+    also gets the scheduler's saved state and the optimizer's saved settings
+    back, and ends exactly where an uninterrupted run does. A further ``fit(n)``
+    call on a trained model gets a schedule over all ``initial_epoch + n`` epochs,
+    entered at epoch ``initial_epoch + 1``.
+    A callable that is not a scheduler (no ``step``/``state_dict``) is a factory.
     """
 
     changes_lr = True
 
     def __init__(self, scheduler: Any, interval: str = "epoch", monitor: Optional[str] = None):
-        if not (callable(getattr(scheduler, "step", None)) and callable(getattr(scheduler, "state_dict", None))):
-            raise TypeError(
-                f"LearningRateScheduler needs a torch LR scheduler (with step() and state_dict()); got "
-                f"{type(scheduler).__name__}, e.g. torch.optim.lr_scheduler.StepLR(model.optimizer, step_size=10)"
-            )
+        factory = None
+        if not _is_scheduler(scheduler):
+            if not callable(scheduler) or isinstance(scheduler, type):
+                kind = f"the class {scheduler.__name__}" if isinstance(scheduler, type) else type(scheduler).__name__
+                raise TypeError(
+                    f"LearningRateScheduler needs a torch LR scheduler (with step() and state_dict()) or a factory "
+                    f"f(optimizer, total_steps) returning one; got {kind}. E.g. "
+                    "torch.optim.lr_scheduler.StepLR(model.optimizer, step_size=10), or "
+                    "lambda opt, total: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total)"
+                )
+            if monitor is not None:
+                raise ValueError("monitor= goes with a ReduceLROnPlateau scheduler, which needs no run length: "
+                                 "pass the scheduler itself, not a factory")
+            factory, scheduler = scheduler, None
         if interval not in ("epoch", "step"):
             raise ValueError(f"interval must be 'epoch' or 'step'; got {interval!r}")
         if isinstance(scheduler, _Plateau):
@@ -77,9 +183,11 @@ class LearningRateScheduler(Callback):
         elif monitor is not None:
             raise ValueError(f"monitor= is only for plateau schedulers; {type(scheduler).__name__} steps on its own")
         self.scheduler = scheduler
+        self.factory: Optional[Callable[[torch.optim.Optimizer, int], Any]] = factory
         self.interval = interval
         self.monitor = monitor
         self._seen_step = 0
+        self._groups_before_build: Optional[List[dict]] = None
 
     def implements(self, hook: str) -> bool:
         # Only the hook of the chosen interval runs (no per-batch call for per-epoch schedules).
@@ -91,11 +199,51 @@ class LearningRateScheduler(Callback):
 
     def set_params(self, params: dict) -> None:
         super().set_params(params)
-        _check_optimizer(self.scheduler, self.model)
+        if self.factory is not None:
+            self._run_length(params)  # a loader without len(): fail before training
+        else:
+            _check_optimizer(self.scheduler, self.model)
         if self.monitor is not None:
             check_monitor("LearningRateScheduler", self.monitor, params)
 
+    def _run_length(self, params: Mapping[str, Any]) -> Tuple[int, int]:
+        """(scheduler steps over the whole run, those taken before this fit)."""
+        if self.interval == "epoch":
+            return int(params["epochs"]), int(params["initial_epoch"])
+        try:
+            per_epoch = run_steps_per_epoch(params)
+        except ValueError as exc:
+            raise ValueError(f"LearningRateScheduler(factory, interval='step'): {exc}") from None
+        return per_epoch * int(params["epochs"]), per_epoch * int(params["initial_epoch"])
+
+    def _build(self) -> None:
+        opt = self.model.optimizer
+        # What a resumed fit's optimizer holds (the saved run's rates): load_state_dict puts it back.
+        self._groups_before_build = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        total, done = self._run_length(self.params)
+        for group in opt.param_groups:
+            # A schedule built before (an earlier fit) left its base rate in 'initial_lr'; chainable
+            # schedulers start from group["lr"], so the rebuilt one starts where the run started.
+            if "initial_lr" in group:
+                group["lr"] = group["initial_lr"]
+        scheduler = self.factory(opt, total)
+        if not _is_scheduler(scheduler):
+            raise TypeError(f"the LearningRateScheduler factory returned {type(scheduler).__name__}, not an LR "
+                            "scheduler; it must return e.g. OneCycleLR(optimizer, max_lr=..., total_steps=total)")
+        if isinstance(scheduler, _Plateau):
+            raise TypeError("the LearningRateScheduler factory returned a ReduceLROnPlateau; pass that scheduler "
+                            "itself with monitor=, or use torchfit.callbacks.ReduceLROnPlateau")
+        _check_optimizer(scheduler, self.model)
+        with warnings.catch_warnings():
+            # Advancing to where this fit starts steps the scheduler before any optimizer step, on purpose.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+            for _ in range(done):
+                scheduler.step()
+        self.scheduler = scheduler
+
     def on_train_begin(self, logs: dict) -> None:
+        if self.factory is not None:
+            self._build()
         self._seen_step = self.model.global_step
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
@@ -114,6 +262,11 @@ class LearningRateScheduler(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.factory is not None and self._groups_before_build is not None:
+            # Building the scheduler reset the optimizer's rate (and momentum, for one-cycle)
+            # to the schedule's start; the checkpoint's optimizer had the saved run's.
+            for group, saved in zip(self.model.optimizer.param_groups, self._groups_before_build):
+                group.update(saved)
 
 
 class ReduceLROnPlateau(Callback):

@@ -1,0 +1,311 @@
+"""Weight averaging as callbacks: ``EMA`` (an exponential moving average updated after every
+optimizer step) and ``SWA`` (an equal-weight average of the weights at epoch ends).
+
+Owns the averaged copies of the net's floating-point parameters, when they are
+updated, swapping them into the net (for validation, and at the end of fit) and
+back, and their place in checkpoints (``state_dict``). The training itself is
+untouched: the optimizer always steps the raw weights.
+
+Buffers are not averaged: the net's own buffers (BatchNorm's running statistics,
+themselves running averages) are used with the averaged weights. ``SWA``
+recomputes BatchNorm statistics for its averaged weights at the end of fit.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Dict, Iterable, List, Optional
+
+import torch
+
+from .base import Callback
+
+__all__ = ["EMA", "SWA"]
+
+
+def _current_run(model: Any) -> Any:
+    """The run of the fit in progress (None outside one): the one place this module reads fit internals."""
+    return getattr(model, "_run", None)
+
+
+def _fit_train_loader(model: Any) -> Any:
+    run = _current_run(model)
+    return getattr(run, "loaders", {}).get("dl_train") if run is not None else None
+
+
+class _WeightAverage(Callback):
+    """Shared mechanics: the averaged tensors, swapping them in and out, raw weights, checkpoints."""
+
+    def __init__(self) -> None:
+        self._names: List[str] = []
+        self._params: List[torch.nn.Parameter] = []
+        self._live: List[torch.Tensor] = []  # detached views of the net's parameters (same storage)
+        self._average: Optional[List[torch.Tensor]] = None
+        self._backup: Optional[List[torch.Tensor]] = None  # raw weights while the average is swapped in
+        self._swapped = False
+        self._left_in_net = False  # fit ended with the average in the net; _backup holds the raw weights
+        self.updates = 0  # how many times the average took in the weights
+
+    # -------------------------------------------------------------- the tensors
+    def _bind(self) -> None:
+        named = [(n, p) for n, p in self.model.net.named_parameters() if p.is_floating_point()]
+        names = [n for n, _ in named]
+        if self._average is not None and names != self._names:
+            raise ValueError(
+                f"{type(self).__name__} holds an average of another net's parameters ({len(self._names)} tensors, "
+                f"now {len(names)}); use a new {type(self).__name__}() for this model"
+            )
+        self._names = names
+        self._params = [p for _, p in named]
+        self._live = [p.detach() for p in self._params]
+
+    def _swap_in(self) -> None:
+        if self._average is None or self._swapped or self._left_in_net:
+            return  # (after fit the average is in the net already, and _backup holds the raw weights)
+        if self._backup is None:
+            self._backup = [t.clone() for t in self._live]
+        else:
+            torch._foreach_copy_(self._backup, self._live)
+        torch._foreach_copy_(self._live, self._average)
+        self._swapped = True
+
+    def _swap_out(self) -> None:
+        if self._swapped:
+            torch._foreach_copy_(self._live, self._backup)
+            self._swapped = False
+
+    def _take_back_raw(self) -> None:
+        """If the last fit left the average in the net and nobody changed it since, put the raw weights back.
+
+        So two fits with the same callback train like one longer fit. Weights changed
+        in between (``load_state_dict``, ``load_checkpoint``) are left alone.
+        """
+        if self._left_in_net and self._backup is not None:
+            if all(torch.equal(p, a) for p, a in zip(self._live, self._average)):
+                torch._foreach_copy_(self._live, self._backup)
+        self._left_in_net = False
+        self._swapped = False
+
+    def _state_dict_with(self, tensors: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        # By identity: a parameter shared by two modules appears under both keys.
+        index = {id(p): i for i, p in enumerate(self._params)}
+        out = {}
+        for key, value in self.model.net.state_dict(keep_vars=True).items():
+            i = index.get(id(value))
+            out[key] = (tensors[i] if i is not None else value).detach().clone()
+        return out
+
+    # -------------------------------------------------------------- public
+    def averaged_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The net's ``state_dict`` with the averaged parameters (copies; buffers are the net's).
+
+        >>> # torch.save(ema.averaged_state_dict(), "ema.pt")
+        """
+        self._require_average("averaged_state_dict")
+        return self._state_dict_with(self._average)
+
+    def raw_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The net's ``state_dict`` with the raw (trained, not averaged) parameters (copies).
+
+        >>> # model.fit(10, dl, callbacks=[ema])      # the net now holds the average
+        >>> # raw = ema.raw_state_dict()
+        """
+        self._require_average("raw_state_dict")
+        raw = self._backup if (self._swapped or self._left_in_net) else self._live
+        return self._state_dict_with(raw)
+
+    def restore_raw(self) -> None:
+        """Put the raw weights back into the net (after fit left the average there).
+
+        >>> # ema.restore_raw(); model.save_checkpoint("resumable.pt")
+        """
+        if self._swapped or self._left_in_net:
+            torch._foreach_copy_(self._live, self._backup)
+        self._swapped = self._left_in_net = False
+
+    def _require_average(self, what: str) -> None:
+        if self._average is None:
+            raise RuntimeError(f"{type(self).__name__}.{what}(): there is no average yet; run fit with this callback")
+
+    # -------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        if self._average is None:
+            return {}
+        return {"names": list(self._names), "average": [t.detach().clone() for t in self._average],
+                "updates": int(self.updates)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        if list(state["names"]) != self._names:
+            raise ValueError(
+                f"the checkpoint's {type(self).__name__} state averages other parameters "
+                f"({len(state['names'])} tensors) than this net's ({len(self._names)}); resume with the same net"
+            )
+        if self._average is None:
+            self._average = [t.clone() for t in self._live]
+        with torch.no_grad():
+            for mine, saved in zip(self._average, state["average"]):
+                mine.copy_(saved)  # onto the parameters' device
+        self.updates = int(state["updates"])
+
+    # -------------------------------------------------------------- hooks
+    def on_train_begin(self, logs: dict) -> None:
+        self._bind()
+        self._take_back_raw()
+        if self._average is None:
+            self._average = [t.clone() for t in self._live]
+
+    def on_train_end(self, logs: dict) -> None:
+        self._swap_out()
+        self._swap_in()  # the average stays in the net; raw_state_dict() / restore_raw() give the raw weights
+        self._swapped = False
+        self._left_in_net = True
+
+
+class EMA(_WeightAverage):
+    """An exponential moving average of the weights, updated after every optimizer step.
+
+    >>> ema = EMA(decay=0.999)
+    >>> # model.fit(10, dl_train, dl_val, callbacks=[ema])   # val_ figures are the averaged weights'
+    >>> # model.net now holds the average; ema.restore_raw() puts the trained weights back
+
+    After each optimizer step that actually happened (``optimizer.register_step_post_hook``:
+    with gradient accumulation once per window; a step the fp16 grad scaler skips
+    does not count), every ``every_n_steps``-th step does
+    ``average = decay * average + (1 - decay) * weights`` (``torch._foreach_lerp_`` on
+    the device, no host sync). Until ``start_step`` steps are taken the average
+    just follows the weights (copies them).
+
+    - Validation in fit (and ``evaluate(..., callbacks=[ema])``) runs on the averaged
+      weights: swapped in at ``on_test_begin``, back at ``on_test_end``.
+    - When fit ends the average is left in the net. ``raw_state_dict()`` returns
+      the raw weights, ``restore_raw()`` puts them back; the next fit with this
+      callback puts them back itself (if the net was not changed meanwhile), so
+      ``fit(1); fit(1)`` equals ``fit(2)``.
+    - Checkpoints hold the average (``state_dict``): resuming from a ``ModelCheckpoint``
+      file written during fit continues exactly. ``model.save_checkpoint`` *after*
+      fit saves the net as it is then, i.e. the average: call ``ema.restore_raw()``
+      first to save a checkpoint that resumes training exactly.
+    - Parameters only: buffers (BatchNorm statistics) are the net's own.
+    - A fit that raises during validation leaves the average in the net:
+      ``restore_raw()`` puts the trained weights back (the next fit with this
+      callback does so itself).
+    """
+
+    def __init__(self, decay: float = 0.999, every_n_steps: int = 1, start_step: int = 0):
+        super().__init__()
+        if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA: decay must lie in [0, 1); got {decay!r}")
+        for name, value, low in (("every_n_steps", every_n_steps, 1), ("start_step", start_step, 0)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise ValueError(f"EMA: {name} must be an int >= {low}; got {value!r}")
+        self.decay = float(decay)
+        self.every_n_steps = int(every_n_steps)
+        self.start_step = int(start_step)
+        self.optimizer_steps = 0  # steps taken with this callback in fits, across fits and checkpoints
+        self._handle: Any = None
+        self._run: Any = None
+
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if _current_run(self.model) is not self._run:
+            # The fit that registered us ended without on_train_end (an exception): stop following.
+            self._remove_hook()
+            return
+        self.optimizer_steps += 1
+        with torch.no_grad():
+            if self.optimizer_steps <= self.start_step:
+                torch._foreach_copy_(self._average, self._live)
+            elif (self.optimizer_steps - self.start_step) % self.every_n_steps == 0:
+                torch._foreach_lerp_(self._average, self._live, 1.0 - self.decay)
+                self.updates += 1
+
+    def _remove_hook(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def on_train_begin(self, logs: dict) -> None:
+        self._remove_hook()  # left over from a fit that raised
+        self._swap_out()  # likewise: an exception during validation left the average in
+        super().on_train_begin(logs)
+        self._run = _current_run(self.model)
+        self._handle = self.model.optimizer.register_step_post_hook(self._after_step)
+
+    def on_train_end(self, logs: dict) -> None:
+        self._remove_hook()
+        super().on_train_end(logs)
+
+    def on_test_begin(self, logs: dict) -> None:
+        self._swap_in()
+
+    def on_test_end(self, logs: dict) -> None:
+        self._swap_out()
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if state:
+            state["optimizer_steps"] = int(self.optimizer_steps)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if state:
+            self.optimizer_steps = int(state["optimizer_steps"])
+
+
+class SWA(_WeightAverage):
+    """Stochastic weight averaging: the equal-weight mean of the weights at each epoch end from ``start_epoch`` on.
+
+    >>> swa = SWA(start_epoch=8)
+    >>> # model.fit(10, dl_train, dl_val, callbacks=[swa])   # net = mean of epochs 8, 9, 10's weights
+    >>> # swa.restore_raw() puts the last trained weights back
+
+    At the end of each epoch ``e >= start_epoch`` (after its validation, which runs
+    on the raw weights: the average has no BatchNorm statistics of its own yet)
+    ``average += (weights - average) / n``. When fit ends the average is put into
+    the net and, if the net has BatchNorm layers, their statistics are recomputed
+    over ``bn_loader`` (default: fit's training loader) with
+    ``torch.optim.swa_utils.update_bn``; that pass leaves the RNG states and the
+    loader's generator as it found them. Raw weights: ``raw_state_dict()`` /
+    ``restore_raw()`` (the BatchNorm statistics stay the recomputed ones).
+    Pair it with a constant or cyclic rate, e.g. ``torch.optim.swa_utils.SWALR``
+    in ``LearningRateScheduler``. Checkpoints hold the average and its count.
+    """
+
+    def __init__(self, start_epoch: int, bn_loader: Optional[Iterable] = None):
+        super().__init__()
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, numbers.Integral) or start_epoch < 1:
+            raise ValueError(f"SWA: start_epoch must be an int >= 1 (epochs count from 1); got {start_epoch!r}")
+        self.start_epoch = int(start_epoch)
+        self.bn_loader = bn_loader
+        self._loader: Any = None
+
+    def on_train_begin(self, logs: dict) -> None:
+        super().on_train_begin(logs)
+        self._loader = self.bn_loader if self.bn_loader is not None else _fit_train_loader(self.model)
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        if epoch < self.start_epoch:
+            return
+        self.updates += 1
+        with torch.no_grad():
+            torch._foreach_lerp_(self._average, self._live, 1.0 / self.updates)
+
+    def on_train_end(self, logs: dict) -> None:
+        if self.updates == 0:
+            return  # start_epoch not reached: nothing to average, the net stays as trained
+        super().on_train_end(logs)
+        if self._loader is not None and _has_batchnorm(self.model.net):
+            self._recompute_batchnorm(self._loader)
+
+    def _recompute_batchnorm(self, loader: Iterable) -> None:
+        from ..lr_finder import preserved_rng  # lazily: it owns RNG/generator snapshots
+
+        net = self.model.net
+        device = next(iter(net.parameters())).device
+        with preserved_rng([loader]):
+            torch.optim.swa_utils.update_bn(loader, net, device=device)
+
+
+def _has_batchnorm(net: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
