@@ -15,6 +15,15 @@ from torch import nn
 from torchfit.sklearn import TorchfitClassifier, TorchfitRegressor
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny nets: a second intra-op thread only contends with the other processes on a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class MLP(nn.Module):
     def __init__(self, n_in: int = 4, hidden: int = 16, n_out: int = 3):
         super().__init__()
@@ -170,5 +179,30 @@ def test_regressor_2d_targets():
 def test_predict_checks_the_row_shape():
     X, y = iris()
     est = clf(epochs=1).fit(X, y)
-    with pytest.raises(ValueError, match=r"rows of shape \(3,\).*\(4,\)"):
+    with pytest.raises(ValueError, match="X has 3 features, but TorchfitClassifier is expecting 4 features"):
         est.predict(X[:, :3])
+
+
+def test_images_keep_their_shape_and_are_checked():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    X, y = digits.images[:120, None] / 16.0, digits.target[:120]  # (N, 1, 8, 8)
+    conv = lambda: nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    est = TorchfitClassifier(conv, lr=0.01, epochs=5, seed=0).fit(X, y)
+    assert est.predict(X).shape == (120,) and est.score(X, y) > 0.5
+    with pytest.raises(ValueError, match=r"rows of shape \(1, 7, 7\).*\(1, 8, 8\)"):
+        est.predict(X[:, :, :7, :7])
+
+
+def test_continuous_targets_are_refused_by_the_classifier():
+    X, y = iris()
+    with pytest.raises(ValueError, match="continuous"):
+        clf().fit(X, y + 0.5)
+
+
+def test_read_only_arrays_are_accepted(recwarn):
+    X, y = iris()
+    X.setflags(write=False)
+    clf(epochs=1).fit(X, y).predict(X)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]

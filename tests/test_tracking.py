@@ -19,6 +19,15 @@ mlflow = pytest.importorskip("mlflow")
 wandb = pytest.importorskip("wandb")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny nets: a second intra-op thread only contends with the other processes on a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model(seed: int = 0) -> torchfit.Model:
     return torchfit.Model(mlp(seed=seed)).compile(nn.CrossEntropyLoss(), "adam", ["accuracy"], device="cpu")
 

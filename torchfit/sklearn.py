@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 from torch import nn
 
@@ -41,6 +42,11 @@ def _optimizer_classes() -> Dict[str, type]:
         name.lower(): obj for name, obj in vars(torch.optim).items()
         if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer) and obj is not torch.optim.Optimizer
     }
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    # scikit-learn may hand over read-only arrays (memory maps in searches); torch wants writable memory
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 class _TorchfitEstimator(BaseEstimator):
@@ -145,7 +151,7 @@ class _TorchfitEstimator(BaseEstimator):
             # Without a seed, the shuffling seed comes from torch's global generator, so that
             # repeated fits differ as an unseeded net's initialisation does.
             shuffle_seed = self.seed if self.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-            model.fit(self.epochs, x=torch.from_numpy(X), y=torch.from_numpy(y), batch_size=self.batch_size,
+            model.fit(self.epochs, x=_tensor(X), y=_tensor(y), batch_size=self.batch_size,
                       verbose=self.verbose, callbacks=callbacks, seed=shuffle_seed)
             return model
 
@@ -165,9 +171,12 @@ class _TorchfitEstimator(BaseEstimator):
         check_is_fitted(self, "model_")
         X = check_array(X, allow_nd=True, dtype=np.float32)
         if X.shape[1:] != self._x_shape:
+            if X.ndim == 2 and len(self._x_shape) == 1:  # scikit-learn's own wording for tables
+                raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                                 f"{self.n_features_in_} features as input")
             raise ValueError(f"X has rows of shape {X.shape[1:]}, but {type(self).__name__} was fitted on rows "
                              f"of shape {self._x_shape}")
-        out = self.model_.predict(torch.from_numpy(X), batch_size=self.batch_size)
+        out = self.model_.predict(_tensor(X), batch_size=self.batch_size)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the net must return one tensor for {type(self).__name__}; it returned "
                             f"{type(out).__name__}")
@@ -186,7 +195,7 @@ class TorchfitClassifier(ClassifierMixin, _TorchfitEstimator):
     >>> from sklearn.datasets import load_iris
     >>> X, y = load_iris(return_X_y=True)
     >>> make = lambda hidden: nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3))
-    >>> clf = TorchfitClassifier(make, module__hidden=16, lr=0.05, epochs=20, seed=0).fit(X, y)
+    >>> clf = TorchfitClassifier(make, module__hidden=16, lr=0.05, epochs=3, seed=0).fit(X, y)
     >>> clf.predict(X[:2]), clf.predict_proba(X[:2]).shape
     (array([0, 0]), (2, 3))
 
@@ -216,6 +225,7 @@ class TorchfitClassifier(ClassifierMixin, _TorchfitEstimator):
     def fit(self, X: Any, y: Any) -> "TorchfitClassifier":
         """Encode the labels, build a new net and train it on all of ``X``; returns ``self``."""
         X, y = self._check_x(X, y)
+        check_classification_targets(y)  # a continuous y is a mistake here, not 10**6 classes
         self._encoder = LabelEncoder().fit(y)
         self.classes_ = self._encoder.classes_
         codes = self._encoder.transform(y)
@@ -261,7 +271,7 @@ class TorchfitRegressor(RegressorMixin, _TorchfitEstimator):
     >>> from sklearn.datasets import make_regression
     >>> X, y = make_regression(n_samples=64, n_features=3, noise=0.1, random_state=0)
     >>> reg = TorchfitRegressor(nn.Linear, module__in_features=3, module__out_features=1,
-    ...                         optimizer="sgd", lr=0.05, epochs=30, seed=0).fit(X, y)
+    ...                         optimizer="sgd", lr=0.05, epochs=3, seed=0).fit(X, y)
     >>> reg.predict(X[:3]).shape
     (3,)
 
