@@ -99,3 +99,20 @@ def test_deterministic_keeps_a_user_cublas_setting(restore_determinism, monkeypa
 def test_deterministic_must_be_a_bool():
     with pytest.raises(TypeError, match="deterministic"):
         seed_everything(1, deterministic="yes")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_generators_and_a_deterministic_gpu_fit(restore_determinism):
+    def run() -> dict:
+        seed_everything(3, deterministic=True)
+        draws = [torch.rand(4, device=f"cuda:{i}") for i in range(torch.cuda.device_count())]
+        net = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 3))
+        model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), "adam", device="cuda")
+        model.fit(2, torch.utils.data.DataLoader(blobs(128), batch_size=32, shuffle=True), verbose=0)
+        return {"draws": [d.cpu() for d in draws], **{k: v.cpu() for k, v in net.state_dict().items()}}
+
+    a, b = run(), run()
+    assert all(torch.equal(x, y) for x, y in zip(a.pop("draws"), b.pop("draws")))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

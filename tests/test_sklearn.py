@@ -206,3 +206,13 @@ def test_read_only_arrays_are_accepted(recwarn):
     X.setflags(write=False)
     clf(epochs=1).fit(X, y).predict(X)
     assert not [w for w in recwarn if "not writable" in str(w.message)]
+
+
+def test_a_fitted_estimator_pickles():
+    import pickle
+
+    X, y = iris()
+    est = clf(epochs=2).fit(X, y)
+    again = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(again.predict_proba(X), est.predict_proba(X))
+    assert again.history_.equals(est.history_)
