@@ -12,7 +12,7 @@ from torch import nn
 import torchfit
 from torchfit.seeding import seed_everything
 
-from conftest import blobs, loader
+from conftest import blobs
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -228,3 +228,13 @@ def test_wandb_logs_into_an_active_run_and_leaves_it_open(offline_wandb):
 def test_wandb_mode_is_checked():
     with pytest.raises(ValueError, match="mode"):
         WandbLogger(mode="offlne")
+
+
+@pytest.mark.parametrize("cls, package", [(MLflowLogger, "mlflow"), (WandbLogger, "wandb")])
+def test_a_missing_package_fails_when_the_logger_is_built(cls, package, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
+    with pytest.raises(ImportError, match=rf"pip install {package} \(or pip install torchfit\[{package}\]\)"):
+        cls()

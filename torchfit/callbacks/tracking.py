@@ -11,6 +11,7 @@ are optional extras, imported when a logger is built.
 """
 from __future__ import annotations
 
+import importlib.util
 import numbers
 import os
 import tempfile
@@ -42,7 +43,7 @@ def fit_params(model: Any, params: Mapping[str, Any]) -> Dict[str, Any]:
         "steps_per_epoch": params.get("steps"),
         "batch_size": params.get("batch_size", _batch_size(model)),
         "optimizer": type(opt).__name__ if opt is not None else None,
-        "lr": groups[0].get("lr") if groups else None,
+        "lr": float(groups[0]["lr"]) if groups and groups[0].get("lr") is not None else None,  # a tensor lr too
         "loss": None if loss is None else getattr(loss, "__name__", None) or type(loss).__name__,
         "metrics": ", ".join(getattr(model, "metrics", {}) or {}) or None,
     }
@@ -55,6 +56,13 @@ def _batch_size(model: Any) -> Optional[int]:
     loader = (getattr(run, "loaders", None) or {}).get("dl_train")
     size = getattr(loader, "batch_size", None)
     return size if isinstance(size, int) else None
+
+
+def _require(package: str, user: str) -> None:
+    # Checked when the callback is built, so a missing package fails before training, not after it.
+    if importlib.util.find_spec(package) is None:
+        raise ImportError(f"{user} needs the {package} package: pip install {package} "
+                          f"(or pip install torchfit[{package}])")
 
 
 def _numbers(logs: Mapping[str, Any], skip: Tuple[str, ...] = ("epoch",)) -> Dict[str, float]:
@@ -105,11 +113,7 @@ class MLflowLogger(Callback):
         log_steps: bool = False,
         log_checkpoint: bool = True,
     ):
-        try:
-            from mlflow.tracking import MlflowClient  # noqa: F401  (fails here, not mid-fit)
-        except ImportError as exc:
-            raise ImportError("MLflowLogger needs the mlflow package: pip install mlflow "
-                              "(or pip install torchfit[mlflow])") from exc
+        _require("mlflow", "MLflowLogger")
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.tracking_uri = None if tracking_uri is None else os.fspath(tracking_uri)
@@ -223,11 +227,7 @@ class WandbLogger(Callback):
         log_checkpoint: bool = True,
         init_kwargs: Optional[Mapping[str, Any]] = None,
     ):
-        try:
-            import wandb  # noqa: F401  (fails here, not mid-fit)
-        except ImportError as exc:
-            raise ImportError("WandbLogger needs the wandb package: pip install wandb "
-                              "(or pip install torchfit[wandb])") from exc
+        _require("wandb", "WandbLogger")
         if mode not in (None, "online", "offline", "disabled"):
             raise ValueError(f"WandbLogger(mode=...) must be None, 'online', 'offline' or 'disabled'; got {mode!r}")
         self.project = project
