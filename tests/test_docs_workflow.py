@@ -24,6 +24,7 @@ def test_the_examples_in_docs_workflow_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torchfit, "seed_everything", seed_everything, raising=False)
     monkeypatch.chdir(tmp_path)  # the examples write confusion.png, mlruns/ and wandb-runs/
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)  # seed_everything sets it; put back afterwards
     monkeypatch.setenv("WANDB_SILENT", "true")  # restored afterwards; the example sets it too
     for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
