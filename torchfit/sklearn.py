@@ -133,14 +133,14 @@ class _TorchfitEstimator(BaseEstimator):
         return lambda params: cls(params, **kwargs)
 
     def _loss(self) -> Any:
-        loss = self.default_loss() if self.loss is None else self.loss
+        loss = self._default_loss() if self.loss is None else self.loss
         return loss() if isinstance(loss, type) else loss  # a class is built fresh for every fit
 
-    def default_loss(self) -> nn.Module:
+    def _default_loss(self) -> nn.Module:
         raise NotImplementedError
 
     def _fit_model(self, X: np.ndarray, y: np.ndarray) -> "_TorchfitEstimator":
-        from .model import Model  # lazily: the core modules may move, the public Model stays
+        from . import Model  # lazily, from the public name: the core modules may move
 
         callbacks = list(self.callbacks or [])
 
@@ -219,7 +219,7 @@ class TorchfitClassifier(ClassifierMixin, _TorchfitEstimator):
     the sigmoid of a single output (the output itself with ``nn.BCELoss``).
     """
 
-    def default_loss(self) -> nn.Module:
+    def _default_loss(self) -> nn.Module:
         return nn.CrossEntropyLoss()
 
     def fit(self, X: Any, y: Any) -> "TorchfitClassifier":
@@ -280,7 +280,7 @@ class TorchfitRegressor(RegressorMixin, _TorchfitEstimator):
     values; a 2-d ``y`` ``(N, K)`` needs a net with ``K`` outputs.
     """
 
-    def default_loss(self) -> nn.Module:
+    def _default_loss(self) -> nn.Module:
         return nn.MSELoss()
 
     def fit(self, X: Any, y: Any) -> "TorchfitRegressor":
