@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import struct
+import time
 
 import pytest
 import torch
@@ -144,7 +145,7 @@ def _wandb_records(path: str):
             pos += left
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:
+        if kind == 0 or pos + 7 + length > len(data):  # zero padding, or a chunk still being written
             break
         chunk = data[pos + 7:pos + 7 + length]
         pos += 7 + length
@@ -159,8 +160,15 @@ def _wandb_records(path: str):
 def _read_offline_run(root: str, run_id: str):
     files = glob.glob(os.path.join(root, "wandb", f"offline-run-*-{run_id}", f"run-{run_id}.wandb"))
     assert len(files) == 1, files
+    # wandb's service process writes the file; run.finish() can return before it has written
+    # the last records (seen on a loaded machine), so wait for the closing "exit" record.
+    deadline = time.monotonic() + 30
+    records = list(_wandb_records(files[0]))
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        records = list(_wandb_records(files[0]))
     config, history, summary, artifacts = {}, [], {}, []
-    for record in _wandb_records(files[0]):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
