@@ -149,7 +149,8 @@ def test_set_params_tells_callbacks_about_the_run():
     model = compiled()
     model.fit(1, loader(blobs(8), 4), callbacks=[rec], verbose=0)
     model.fit(2, loader(blobs(10), 4), loader(blobs(4), 4), callbacks=[rec], verbose=0)
-    assert rec.params == {"epochs": 3, "initial_epoch": 1, "steps": 3, "verbose": 0, "log_keys": EPOCH_KEYS}
+    assert rec.params == {"epochs": 3, "initial_epoch": 1, "steps": 3, "verbose": 0, "log_keys": EPOCH_KEYS,
+                          "grad_accum_steps": 1, "batch_size": 4}
 
 
 @pytest.mark.parametrize("make_cb, key", [

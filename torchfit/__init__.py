@@ -1,11 +1,15 @@
 """torchfit: Keras' compile / fit / evaluate / predict for any PyTorch ``nn.Module``."""
-from . import callbacks, distributed, inputs, metrics
+from . import callbacks, distributed, evaluation, inputs, metrics
 from .callbacks import Callback, LambdaCallback
 from .loop import StepResult
+from .lr_finder import lr_find, plot_lr_find
 from .model import Model
 from .plot import plot_history
+from .seeding import seed_everything
 from .summary import summary
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "summary", "Callback", "LambdaCallback", "StepResult", "plot_history", "callbacks", "distributed", "inputs", "metrics", "__version__"]
+__all__ = ["Model", "summary", "Callback", "LambdaCallback", "StepResult", "plot_history", "lr_find",
+           "plot_lr_find", "seed_everything", "callbacks", "distributed", "evaluation", "inputs", "metrics",
+           "__version__"]

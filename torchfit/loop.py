@@ -244,10 +244,10 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
     buffers = {name: b.detach().clone() for name, b in model.net.named_buffers()}
     first_step = model.global_step
     model.stop_training = False
-    cbs.on_train_begin({})
-    if resume_state is not None:
-        restore_callbacks(resume_state, list(cbs))  # after on_train_begin, which resets them
     try:
+        cbs.on_train_begin({})
+        if resume_state is not None:
+            restore_callbacks(resume_state, list(cbs))  # after on_train_begin, which resets them
         for epoch in epochs:
             run.epoch = epoch
             cbs.on_epoch_begin(epoch, {})
@@ -271,13 +271,13 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
     except KeyboardInterrupt as exc:
         if model.global_step == first_step:
             _restore_buffers(model.net, buffers)  # nothing was trained: leave the net as found
-        _call_quietly(cbs.on_exception, exc)
+        call_quietly(cbs.on_exception, exc, exc)
         say(f"Training interrupted (KeyboardInterrupt) in epoch {run.epoch}; model.history holds "
             f"the {len(model.history)} finished epoch(s) and the model is usable.")
     except BaseException as exc:
         if model.global_step == first_step:
             _restore_buffers(model.net, buffers)  # nothing was trained: leave the net as found
-        _call_quietly(cbs.on_exception, exc)
+        call_quietly(cbs.on_exception, exc, exc)
         raise
     finally:
         restore_modes(modes)
@@ -288,14 +288,16 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
     cbs.on_train_end({})
 
 
-def _call_quietly(hook: Callable[[BaseException], Any], exc: BaseException) -> None:
-    # Cleanup never replaces the error that stopped the run: a failing hook becomes a warning.
+def call_quietly(fn: Callable[..., Any], exc: BaseException, *args: Any) -> Any:
+    """``fn(*args)`` while ``exc`` is ending a fit: cleanup never replaces the error that stopped
+    the run, so a failure here becomes a warning (and None)."""
     try:
-        hook(exc)
+        return fn(*args)
     except Exception as cleanup_error:
-        warnings.warn(f"a callback's on_exception raised {type(cleanup_error).__name__}: {cleanup_error} "
+        warnings.warn(f"{getattr(fn, '__qualname__', fn)} raised {type(cleanup_error).__name__}: {cleanup_error} "
                       f"while fit was stopping on {type(exc).__name__}; the original error follows",
                       RuntimeWarning, stacklevel=3)
+        return None
 
 
 def save_modes(net: nn.Module) -> list:

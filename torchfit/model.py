@@ -344,8 +344,12 @@ class Model(nn.Module):
         try:
             loop.fit_loop(self, run, range(self.epoch + 1, self.epoch + epochs + 1), dl_train, dl_val, trackers,
                           params, resume_state, say)
-        finally:
+        except BaseException as exc:  # what the next save_checkpoint writes; never replaces the error
+            self._fit_state = loop.call_quietly(checkpoint.training_state, exc, self, run)
+            raise
+        else:
             self._fit_state = checkpoint.training_state(self, run)
+        finally:
             self._run = None
         return self.history
 
@@ -373,8 +377,11 @@ class Model(nn.Module):
         config = self._run_config(cbs, strategy, options.fast_path, log_every=options.log_every(n_train),
                                   train_net=train_net, optim=optim, loaders={"dl_train": dl_train, "dl_val": dl_val})
         log_lr = any(cb.changes_lr for cb in cbs)
+        batch_size = getattr(dl_train, "batch_size", None)
         params = {"epochs": self.epoch + epochs, "initial_epoch": self.epoch, "steps": n_train,
-                  "verbose": options.verbose, "log_keys": self._epoch_log_keys(dl_val is not None, log_lr)}
+                  "verbose": options.verbose, "log_keys": self._epoch_log_keys(dl_val is not None, log_lr),
+                  "grad_accum_steps": options.grad_accum_steps,
+                  "batch_size": batch_size if isinstance(batch_size, int) else None}
         cbs.set_params(params)  # a callback monitoring a key this run never produces raises here
         params = {**params, "log_lr": (lambda: learning_rates(self.optimizer)) if log_lr else None}
         return Run(config, preflight=bool(self.metrics)), (dl_train, dl_val), trackers, params
@@ -525,6 +532,39 @@ class Model(nn.Module):
         if not distributed.is_main_process():  # under torchrun only rank 0 prints
             kwargs.setdefault("print_fn", None)
         return summary(self.net, input_shape, **kwargs)
+
+    # ---------------------------------------------------------- around fit
+    def lr_find(self, dl_train: Any, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
+                **kwargs: Any) -> pd.DataFrame:
+        """Train with a rising learning rate and record the loss; the model comes back bit for bit.
+
+        >>> # df = model.lr_find(dl_train); df.attrs["suggested_lr"]; torchfit.plot_lr_find(df)
+
+        See ``torchfit.lr_finder.lr_find`` for the columns, the suggestion and the options.
+        """
+        from .lr_finder import lr_find
+
+        return lr_find(self, dl_train, start_lr, end_lr, num_steps, **kwargs)
+
+    def confusion_matrix(self, dl: Any, labels: Any = None, normalize: Optional[str] = None,
+                         **kwargs: Any) -> pd.DataFrame:
+        """Counts of true (rows) against predicted (columns) classes over ``dl``; see ``torchfit.evaluation``.
+
+        >>> # model.confusion_matrix(dl_test)
+        """
+        from .evaluation import confusion_matrix
+
+        return confusion_matrix(self, dl, labels, normalize, **kwargs)
+
+    def classification_report(self, dl: Any, target_names: Any = None, output_dict: bool = False,
+                              **kwargs: Any) -> Any:
+        """scikit-learn's classification report over ``self.predict(dl)`` and the loader's targets.
+
+        >>> # print(model.classification_report(dl_test))
+        """
+        from .evaluation import classification_report
+
+        return classification_report(self, dl, target_names, output_dict, **kwargs)
 
     # ------------------------------------------------------------------- steps
     def train_step(self, batch: Any) -> StepResult:

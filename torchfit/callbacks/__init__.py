@@ -1,15 +1,19 @@
-"""Callbacks: Keras hook names, plus ``on_backward_end`` between backward and the optimizer step."""
+"""Callbacks: Keras hook names, plus ``on_backward_end`` between backward and the optimizer step
+and ``on_exception`` when an error or Ctrl-C ends a fit."""
+from .averaging import EMA, SWA
 from .base import HOOKS, Callback, CallbackList, LambdaCallback
 from .checkpointing import ModelCheckpoint
 from .history import History
 from .loggers import CSVLogger, TensorBoard
 from .printing import ProgressPrinter
 from .progress import ProgressBar
-from .schedulers import LearningRateScheduler, ReduceLROnPlateau
+from .schedulers import LearningRateScheduler, ReduceLROnPlateau, run_steps_per_epoch, run_total_steps, warmup_cosine
 from .stopping import EarlyStopping, TerminateOnNaN
+from .tracking import MLflowLogger, WandbLogger
 
 __all__ = [
     "HOOKS", "Callback", "CallbackList", "LambdaCallback", "History", "ProgressPrinter", "ProgressBar",
     "EarlyStopping", "TerminateOnNaN", "ModelCheckpoint", "CSVLogger", "TensorBoard",
-    "LearningRateScheduler", "ReduceLROnPlateau",
+    "LearningRateScheduler", "ReduceLROnPlateau", "run_steps_per_epoch", "run_total_steps", "warmup_cosine",
+    "EMA", "SWA", "MLflowLogger", "WandbLogger",
 ]

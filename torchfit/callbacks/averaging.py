@@ -29,7 +29,7 @@ def _current_run(model: Any) -> Any:
 
 def _fit_train_loader(model: Any) -> Any:
     run = _current_run(model)
-    return getattr(run, "loaders", {}).get("dl_train") if run is not None else None
+    return run.config.loaders.get("dl_train") if run is not None else None
 
 
 class _WeightAverage(Callback):
@@ -240,6 +240,13 @@ class EMA(_WeightAverage):
 
     def on_test_end(self, logs: dict) -> None:
         self._swap_out()
+
+    def on_exception(self, exception: BaseException) -> None:
+        # An error ends the fit without on_train_end: stop following the optimizer and leave the
+        # raw weights in the net, as training left them (after Ctrl-C on_train_end still runs).
+        if not isinstance(exception, KeyboardInterrupt):
+            self._remove_hook()
+            self._swap_out()
 
     def state_dict(self) -> dict:
         state = super().state_dict()
