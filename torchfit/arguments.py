@@ -30,12 +30,24 @@ class FitOptions:
     grad_clip_value: Optional[float]
     progress_bar: Optional[bool]
     fast_path: bool
+    steps_per_epoch: Optional[int] = None
+    validation_steps: Optional[int] = None
+    validation_freq: int = 1
 
     @classmethod
     def check(cls, verbose: Any, log_step_freq: Any, grad_accum_steps: Any, grad_clip_norm: Any,
-              grad_clip_value: Any, progress_bar: Any, fast_path: Any) -> "FitOptions":
+              grad_clip_value: Any, progress_bar: Any, fast_path: Any, steps_per_epoch: Any = None,
+              validation_steps: Any = None, validation_freq: Any = 1) -> "FitOptions":
+        if verbose == "auto":  # Keras' default: step output and tables
+            verbose = 1
         if verbose not in (0, 1, 2) or isinstance(verbose, bool):
-            raise ValueError(f"verbose must be 0 (silent), 1 (step dicts and tables) or 2 (tables only); got {verbose!r}")
+            raise ValueError(f"verbose must be 0 (silent), 1 (step dicts and tables), 2 (tables only) or 'auto' "
+                             f"(1); got {verbose!r}")
+        if steps_per_epoch is not None:
+            steps_per_epoch = check_count("steps_per_epoch", steps_per_epoch, minimum=1)
+        if validation_steps is not None:
+            validation_steps = check_count("validation_steps", validation_steps, minimum=1)
+        validation_freq = check_count("validation_freq", validation_freq, minimum=1)
         if log_step_freq is not None:
             log_step_freq = check_count("log_step_freq", log_step_freq, minimum=1)
         grad_accum_steps = check_count("grad_accum_steps", grad_accum_steps, minimum=1)
@@ -44,13 +56,13 @@ class FitOptions:
                                       or not value > 0 or value == float("inf")):
                 raise ValueError(f"{name} must be a positive finite number or None; got {value!r}")
         return cls(int(verbose), log_step_freq, grad_accum_steps, grad_clip_norm, grad_clip_value, progress_bar,
-                   bool(fast_path))
+                   bool(fast_path), steps_per_epoch, validation_steps, validation_freq)
 
     def log_every(self, n_batches: Optional[int]) -> int:
         """Steps between logging points: ``log_step_freq``, or about ten per epoch."""
         if self.log_step_freq is not None:
             return self.log_step_freq
-        return max(1, n_batches // 10) if n_batches else 100
+        return max(1, -(-n_batches // 10)) if n_batches else 100  # ceil: at most ten logging points
 
 
 def announcer(cbs: CallbackList) -> Callable[..., None]:

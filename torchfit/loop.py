@@ -72,6 +72,7 @@ class RunConfig:
     train_net: Optional[Callable] = None  # what the train step calls: the net, DDP or compiled wrapper
     optim: Any = None  # optim.OptimizerStep of a fit
     loaders: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # fit's loaders by argument name
+    validation_freq: int = 1  # validate every n-th epoch
 
 
 class Run:
@@ -223,6 +224,44 @@ def predict(model: Any, loader: Iterable, run: Run) -> Any:
     return concat(outputs)
 
 
+class _StepLimit:
+    """``steps`` batches of ``loader`` per pass, starting it again when it runs out (Keras' steps_per_epoch)."""
+
+    def __init__(self, loader: Iterable, steps: int, iterate: Callable[[Iterable], Iterator]):
+        self.loader, self.steps, self.iterate = loader, steps, iterate
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[Any]:
+        given = 0
+        while given < self.steps:
+            fresh = True
+            for batch in self.iterate(self.loader):
+                fresh = False
+                yield batch
+                given += 1
+                if given == self.steps:
+                    return
+            if fresh:
+                raise ValueError("the loader yielded no batches; steps_per_epoch/validation_steps need at least one")
+
+
+def limit_steps(loader: Iterable, steps: Optional[int], iterate: Callable[[Iterable], Iterator]) -> Iterable:
+    """``loader`` cut (or extended, by starting it again) to ``steps`` batches per pass; as is for None."""
+    return loader if steps is None else _StepLimit(loader, steps, iterate)
+
+
+def first_batches(loader: Iterable, n: int) -> List[Any]:
+    """The first ``n`` batches of ``loader``, drawn once (``fit(overfit_batches=n)``)."""
+    batches: List[Any] = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == n:
+            break
+    return batches
+
+
 # ------------------------------------------------------------------- fit
 def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Optional[Iterable],
              trackers: tuple, params: Dict[str, Any], resume_state: Optional[Mapping[str, Any]],
@@ -257,7 +296,7 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
                 run.stop(reason, model)
             if run.stopped_reason is not None or not run.epoch_complete:
                 break  # a stop inside the epoch: it is not a finished epoch
-            if dl_val is not None:
+            if dl_val is not None and epoch % run.config.validation_freq == 0:
                 logs.update(validate(model, dl_val, run, val_tracker))
             if log_lr:
                 logs.update(log_lr())

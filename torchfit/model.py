@@ -26,11 +26,13 @@ from .callbacks import Callback, CallbackList, History, ProgressPrinter
 from .callbacks.base import check_callbacks
 from .callbacks.history import StepHistory
 from .callbacks.history import frame as history_frame
+from .callbacks.liveplot import LivePlot
 from .callbacks.progress import ProgressBar, wants_bar
 from .callbacks.schedulers import from_fit_argument, learning_rates, lr_log_keys
 from .device import batch_mover, resolve_device
 from .errors import NotCompiledError
 from .fast_path import iter_batches
+from .formatting import Figures
 from .loop import Run, RunConfig, StepResult
 from .metrics import Tracker, resolve_metrics
 from .optim import ForeignOptimizerError, OptimizerStep, move_optimizer_state, resolve_optimizer
@@ -245,8 +247,14 @@ class Model(nn.Module):
         dl_val: Optional[Iterable] = None,
         log_step_freq: Optional[int] = None,
         callbacks: Optional[Sequence[Callback]] = None,
-        verbose: int = 1,
+        verbose: Union[int, str] = 1,
         *,
+        initial_epoch: Optional[int] = None,
+        steps_per_epoch: Optional[int] = None,
+        validation_steps: Optional[int] = None,
+        validation_freq: int = 1,
+        overfit_batches: Optional[int] = None,
+        plot: bool = False,
         grad_accum_steps: int = 1,
         grad_clip_norm: Optional[float] = None,
         grad_clip_value: Optional[float] = None,
@@ -296,7 +304,17 @@ class Model(nn.Module):
             [on_train_end]
 
         verbose: 0 silent, 1 step dicts (or a progress bar) and tables, 2 tables
-        only. ``log_step_freq`` defaults to about ten logging points per epoch.
+        only, ``"auto"`` (Keras) 1. ``log_step_freq`` defaults to about ten logging
+        points per epoch. Keras' words mean what they mean there:
+        ``initial_epoch=k`` numbers epochs from k + 1 and makes ``epochs`` the
+        number of the last one (``fit(10, dl, initial_epoch=5)`` runs epochs 6-10);
+        ``steps_per_epoch`` / ``validation_steps`` end an epoch (a validation pass)
+        after that many batches, starting the loader again if it runs out (so a
+        loader without ``len()`` can train in epochs); ``validation_freq=n``
+        validates every n-th epoch. ``overfit_batches=n`` trains and validates on
+        the same first n batches of ``dl_train`` every epoch (a debugging run a unit
+        test can assert on). ``plot=True`` adds a ``LivePlot`` (a history figure
+        redrawn each epoch in Jupyter, a PNG elsewhere).
         ``grad_accum_steps=k`` steps the optimizer every k batches (and at the end
         of the epoch) on the sample-weighted mean gradient of the window;
         ``grad_clip_norm`` / ``grad_clip_value`` clip before each optimizer step
@@ -317,7 +335,8 @@ class Model(nn.Module):
         self._require_compiled("fit")
         epochs = check_count("epochs", epochs, minimum=0)
         options = FitOptions.check(verbose, log_step_freq, grad_accum_steps, grad_clip_norm, grad_clip_value,
-                                   progress_bar, fast_path)
+                                   progress_bar, fast_path, steps_per_epoch, validation_steps, validation_freq)
+        first_epoch = self._first_epoch(initial_epoch, epochs, resume_from)
         dl_train, dl_val = inputs.fit_loaders(
             dl_train, dl_val, x=x, y=y, target=target, batch_size=batch_size, validation_split=validation_split,
             validation_data=validation_data, shuffle=shuffle, seed=seed, loss_fn=self.loss_fn, epoch=self.epoch)
@@ -327,12 +346,19 @@ class Model(nn.Module):
         if dl_val is not None:
             check_loader("dl_val", dl_val)
         user_callbacks = check_callbacks(callbacks)
+        if plot:
+            user_callbacks.append(LivePlot())
         if lr_scheduler is not None:
             user_callbacks.append(from_fit_argument(lr_scheduler, dl_val is not None))
+        if overfit_batches is not None:  # the same first n batches for training and validation, every epoch
+            dl_train = dl_val = loop.first_batches(dl_train, check_count("overfit_batches", overfit_batches, 1))
         resumed = None
-        if resume_from is not None:  # epochs becomes what is left of the saved run's total
+        if first_epoch is not None:  # Keras' initial_epoch: epochs is the number of the last epoch
+            epochs -= first_epoch
+        elif resume_from is not None:  # epochs becomes what is left of the saved run's total
             epochs, resumed = checkpoint.resume(self, resume_from, epochs)
-        run, (dl_train, dl_val), trackers, params = self._prepare_fit(options, epochs, dl_train, dl_val,
+        start = self.epoch if first_epoch is None else first_epoch
+        run, (dl_train, dl_val), trackers, params = self._prepare_fit(options, start, epochs, dl_train, dl_val,
                                                                       user_callbacks)
         say = announcer(run.config.callbacks)
         if resumed:
@@ -342,8 +368,8 @@ class Model(nn.Module):
             checkpoint.restore_loaders(resume_state, run.config.loaders)
         self._run = run
         try:
-            loop.fit_loop(self, run, range(self.epoch + 1, self.epoch + epochs + 1), dl_train, dl_val, trackers,
-                          params, resume_state, say)
+            loop.fit_loop(self, run, range(start + 1, start + epochs + 1), dl_train, dl_val, trackers, params,
+                          resume_state, say)
         except BaseException as exc:  # what the next save_checkpoint writes; never replaces the error
             self._fit_state = loop.call_quietly(checkpoint.training_state, exc, self, run)
             raise
@@ -353,7 +379,19 @@ class Model(nn.Module):
             self._run = None
         return self.history
 
-    def _prepare_fit(self, options: FitOptions, epochs: int, dl_train: Iterable, dl_val: Optional[Iterable],
+    def _first_epoch(self, initial_epoch: Any, epochs: int, resume_from: Any) -> Optional[int]:
+        if initial_epoch is None:
+            return None
+        initial_epoch = check_count("initial_epoch", initial_epoch, minimum=0)
+        if resume_from is not None:
+            raise ValueError("fit got both initial_epoch= and resume_from=; a resumed run continues from the "
+                             "checkpoint's epoch, so pass only resume_from")
+        if initial_epoch > epochs:
+            raise ValueError(f"initial_epoch={initial_epoch} is after epochs={epochs}: with initial_epoch, epochs is "
+                             "the number of the last epoch (Keras), e.g. fit(10, dl, initial_epoch=5) runs 6-10")
+        return initial_epoch
+
+    def _prepare_fit(self, options: FitOptions, start: int, epochs: int, dl_train: Iterable, dl_val: Optional[Iterable],
                      user_callbacks: List[Callback]) -> tuple:
         """The run of one fit: this rank's loaders, callbacks, trackers, the optimizer step, the params."""
         strategy = distributed.strategy(self.device)
@@ -373,12 +411,18 @@ class Model(nn.Module):
             accum_steps=options.grad_accum_steps, sum_reduction=getattr(self.loss_fn, "reduction", "mean") == "sum",
             clip_norm=options.grad_clip_norm, clip_value=options.grad_clip_value, scaler=self.precision.scaler,
             on_backward_end=cbs.on_backward_end, on_step=self._count_step, no_sync=no_sync)
+        loaders = {"dl_train": dl_train, "dl_val": dl_val}  # as given: their generators go into checkpoints
+        iterate = iter_batches if options.fast_path else iter
+        dl_train = loop.limit_steps(dl_train, options.steps_per_epoch, iterate)
+        if dl_val is not None:
+            dl_val = loop.limit_steps(dl_val, options.validation_steps, iterate)
         n_train = loop.loader_length(dl_train)
         config = self._run_config(cbs, strategy, options.fast_path, log_every=options.log_every(n_train),
-                                  train_net=train_net, optim=optim, loaders={"dl_train": dl_train, "dl_val": dl_val})
+                                  train_net=train_net, optim=optim, loaders=loaders,
+                                  validation_freq=options.validation_freq)
         log_lr = any(cb.changes_lr for cb in cbs)
         batch_size = getattr(dl_train, "batch_size", None)
-        params = {"epochs": self.epoch + epochs, "initial_epoch": self.epoch, "steps": n_train,
+        params = {"epochs": start + epochs, "initial_epoch": start, "steps": n_train,
                   "verbose": options.verbose, "log_keys": self._epoch_log_keys(dl_val is not None, log_lr),
                   "grad_accum_steps": options.grad_accum_steps,
                   "batch_size": batch_size if isinstance(batch_size, int) else None}
@@ -477,7 +521,7 @@ class Model(nn.Module):
         if strategy is not None:  # under torchrun: this rank's part, figures over the whole dataset
             dl, tracker = strategy.evaluate_loader(dl, tracker, self._recompute("eval_step"))
         with self._calling(run):
-            return loop.validate(self, dl, run, tracker)
+            return Figures(loop.validate(self, dl, run, tracker))
 
     def predict(self, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, *, x: Any = None,
                 target: Union[str, Sequence[str], None] = None, batch_size: Optional[int] = None,

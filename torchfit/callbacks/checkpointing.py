@@ -84,7 +84,7 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         if self.save_best_only:
-            current = logs.get(self.monitor)
+            current = logs.get(self.monitor)  # None on an epoch without validation: no improvement
             if is_improvement(current, self.best, self.mode):
                 self.best, self.best_epoch = current, epoch
                 self._write(self.path.format(**logs), f" ({self.monitor} improved to {current:.6g})")

@@ -76,4 +76,4 @@ def check_nonnegative(name: str, value: Any, integral: bool = False) -> None:
 def main_process(model: Any) -> bool:
     """Whether this process prints (rank 0 under torchrun; always outside a fit)."""
     run = getattr(model, "_run", None)
-    return getattr(run, "is_main_process", True)
+    return True if run is None else run.config.is_main_process

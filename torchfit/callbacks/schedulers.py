@@ -253,6 +253,8 @@ class LearningRateScheduler(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         if self.monitor is not None:
+            if logs.get(self.monitor) is None:
+                return  # an epoch without validation (fit(validation_freq=...))
             self.scheduler.step(logs[self.monitor])
         else:
             self.scheduler.step()
@@ -321,6 +323,8 @@ class ReduceLROnPlateau(Callback):
         )
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        if logs.get(self.monitor) is None:
+            return  # an epoch without validation (fit(validation_freq=...)): nothing to judge
         before = [g["lr"] for g in self.model.optimizer.param_groups]
         self.scheduler.step(logs[self.monitor])
         after = [g["lr"] for g in self.model.optimizer.param_groups]

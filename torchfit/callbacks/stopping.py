@@ -72,6 +72,8 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         current = logs.get(self.monitor)
+        if current is None:
+            return  # an epoch without validation (fit(validation_freq=...)): nothing to judge, as in Keras
         if is_improvement(current, self.best, self.mode, self.min_delta):
             self.best, self.best_epoch, self.wait = current, epoch, 0
             if self.restore_best_weights:
