@@ -61,7 +61,9 @@ def test_printer_sink_receives_the_text():
 
 
 def test_figures_rendering():
-    assert format_step({"step": 3, "loss": 0.97612, "acc": 1.0}) == "{'step': 3, 'loss': 0.976, 'acc': 1.0}"
-    assert round_figure(0.000023456) == pytest.approx(2.35e-05)  # tiny values keep 3 significant digits
+    # fixed decimals, trailing zeros kept: still a Python literal, as torchkeras' dicts are
+    assert format_step({"step": 3, "loss": 0.97612, "acc": 1.0}) == "{'step': 3, 'loss': 0.976, 'acc': 1.000}"
+    assert ast.literal_eval(format_step({"step": 3, "loss": 2.1})) == {"step": 3, "loss": 2.1}
+    assert round_figure(0.000023456) == pytest.approx(2.35e-05)  # the old helper keeps working for callers
     table = epoch_table([{"epoch": 1, "loss": 0.37123, "val_loss": 0.08}])
     assert "| epoch |  loss | val_loss |" in table and "0.371" in table

@@ -22,6 +22,7 @@ HOOKS = (
     "on_test_batch_begin", "on_test_batch_end",
     "on_predict_begin", "on_predict_end",
     "on_predict_batch_begin", "on_predict_batch_end",
+    "on_exception",
 )
 
 
@@ -93,6 +94,10 @@ class Callback:
     def on_predict_end(self, logs: dict) -> None: ...
     def on_predict_batch_begin(self, batch: int, logs: dict) -> None: ...
     def on_predict_batch_end(self, batch: int, logs: dict) -> None: ...
+
+    def on_exception(self, exc: BaseException) -> None:
+        """fit calls this for any exception or KeyboardInterrupt leaving the epoch loop, before it
+        prints "Training interrupted" or re-raises (Lightning's name): close bars, flush files."""
 
 
 class LambdaCallback(Callback):
