@@ -28,6 +28,8 @@ __all__ = ["format_figure", "is_rate", "Figures", "figure_widths"]
 PLACES = 3
 # Keys that count things: shown as integers even when they arrive as floats.
 COUNT_KEYS = frozenset({"epoch", "step", "global_step", "batch", "steps"})
+# The widest text of a rate with 4 significant digits: 0.0009877, 9.877e-05.
+RATE_WIDTH = 9
 
 
 def is_rate(key: Optional[str]) -> bool:
@@ -100,7 +102,9 @@ def figure_widths(rows: Iterable[Mapping[str, Any]], widths: Optional[Dict[str, 
     out = dict(widths or {})
     for row in rows:
         for key, value in row.items():
-            out[key] = max(out.get(key, 0), len(str(key)), len(format_figure(value, key)))
+            # a schedule moves a rate across orders of magnitude: its column gets the widest 4 digits at once
+            least = RATE_WIDTH if is_rate(key) else 0
+            out[key] = max(out.get(key, 0), least, len(str(key)), len(format_figure(value, key)))
     return out
 
 
