@@ -164,3 +164,51 @@ def test_ctrl_c_leaves_a_closed_bar_and_its_message_on_a_line_of_its_own():
     assert match and match.group(1) == "2" and match.group(4) == "5", screen
     assert not any(line.startswith("Epoch 2/2") for line in lines[i + 1:]), screen  # not redrawn below
     assert lines[-1] == "DONE"
+
+
+# ------------------------------------------------------------------ the hook itself, no pty needed
+def test_on_exception_closes_the_text_bar_on_a_line_of_its_own():
+    import io
+
+    from torchfit.callbacks import Callback, ProgressBar
+
+    assert "on_exception" in __import__("torchfit.callbacks", fromlist=["HOOKS"]).HOOKS
+    assert Callback().on_exception(KeyboardInterrupt()) is None  # the base class: a no-op
+    out = io.StringIO()
+    bar = ProgressBar(file=out, mininterval=0.0)
+    bar.set_params({"epochs": 3, "steps": 10})
+    bar.on_train_begin({})
+    bar.on_epoch_begin(2, {})
+    for step in range(1, 5):
+        bar.on_train_batch_end(step, {"step": step, "loss": 0.5} if step == 4 else {})
+    bar.on_exception(KeyboardInterrupt())
+    text = out.getvalue()
+    assert bar._bar is None and text.endswith("\n")  # closed, the cursor on a fresh line
+    last = text.rstrip("\n").split("\r")[-1]
+    assert last.startswith("Epoch 2/3:  40%") and "4/10" in last and "loss=0.500" in last
+    bar.on_train_end({})  # fit's later on_train_end draws nothing more
+    assert out.getvalue() == text
+
+
+def test_on_exception_leaves_the_jupyter_widget_where_it_stopped():
+    import types
+
+    from torchfit.callbacks import ProgressBar
+    from torchfit.callbacks.printing import NotebookDisplay
+
+    outputs = []
+
+    def display(bundle, raw, display_id):
+        history = [bundle]
+        outputs.append(history)
+        return types.SimpleNamespace(update=lambda b, raw: history.append(b))
+
+    bar = ProgressBar(notebook=NotebookDisplay(display))
+    bar.set_params({"epochs": 2, "steps": 10})
+    bar.on_train_begin({})
+    bar.on_epoch_begin(1, {})
+    for step in range(1, 4):
+        bar.on_train_batch_end(step, {})
+    bar.on_exception(RuntimeError("boom"))
+    assert bar._bar is None and len(outputs) == 1
+    assert outputs[0][-1]["text/plain"].startswith("Epoch 1/2:  30%")  # not 0%, not a live bar left open
