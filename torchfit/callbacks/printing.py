@@ -172,10 +172,12 @@ class ProgressPrinter(Callback):
         self._widths: Dict[str, int] = {}
         self._epoch = 0
         self._epoch_start = 0.0
+        self._last_step: Optional[tuple] = None
 
     def on_train_begin(self, logs: dict) -> None:
         self._rows = []
         self._widths = {}
+        self._last_step = None
         self._display = choose_display(self.notebook, default_output=self.sink is print)
         if self.verbose == 1:
             self.sink("Start Training ...")
@@ -191,16 +193,26 @@ class ProgressPrinter(Callback):
             if self._display is None:
                 self.sink(format_step(logs))
             else:
-                line = self.step_line(batch, logs, time.monotonic() - self._epoch_start)
-                self._display.show("step", line, f"<pre>{html.escape(line)}</pre>")
+                self._last_step = (batch, dict(logs))
+                self._show_step(time.monotonic() - self._epoch_start)
 
-    def step_line(self, batch: int, logs: Mapping[str, float], elapsed: float) -> str:
-        """``Epoch 2/5  step 30/45  [00:03<00:01]  loss=0.512, accuracy=0.800`` (notebook step line)."""
+    def _show_step(self, elapsed: Optional[float]) -> None:
+        assert self._display is not None and self._last_step is not None
+        line = self.step_line(*self._last_step, elapsed)
+        self._display.show("step", line, f"<pre>{html.escape(line)}</pre>")
+
+    def step_line(self, batch: int, logs: Mapping[str, float], elapsed: Optional[float]) -> str:
+        """``Epoch 2/5  step 30/45  [00:03<00:01]  loss=0.512, accuracy=0.800`` (notebook step line).
+
+        ``elapsed=None`` leaves the times out (the line a finished fit leaves in a stored notebook).
+        """
         last = self.params.get("epochs")
         total = self.params.get("steps")
         step = int(logs.get("step", batch))
         head = f"Epoch {self._epoch}" + (f"/{last}" if last else "")
-        if total:
+        if elapsed is None:
+            where = f"step {step}/{total}" if total else f"step {step}"
+        elif total:
             eta = elapsed / step * (total - step) if step else 0.0
             where = f"step {step}/{total}  [{clock(elapsed)}<{clock(eta)}]"
         else:  # a loader without len(): no total, no ETA
@@ -219,5 +231,9 @@ class ProgressPrinter(Callback):
             self.sink(time_bar())
 
     def on_train_end(self, logs: dict) -> None:
+        if self._display is not None and self._last_step is not None:
+            # the times go once training ends: they differ on every run, and a stored notebook
+            # re-executed with the same figures should not change
+            self._show_step(None)
         if self.verbose == 1:
             self.sink("Finished Training...")
