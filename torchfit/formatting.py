@@ -71,6 +71,8 @@ def format_figure(value: Any, key: Optional[str] = None, places: int = PLACES) -
         return "nan"
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
+    if value == 0.0:
+        value = 0.0  # -0.0 (a negated zero loss term) reads as 0.000, not -0.000
     if key in COUNT_KEYS and value.is_integer():
         return str(int(value))
     if is_rate(key):
