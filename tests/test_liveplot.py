@@ -130,6 +130,22 @@ def test_bad_arguments_fail_before_training(tmp_path):
         LivePlot(columns=0)
 
 
+def test_without_matplotlib_fit_fails_before_training_naming_the_fix(tmp_path, monkeypatch):
+    import torchfit.plot
+
+    def missing():
+        raise ImportError("torchfit.plot_history needs matplotlib, which is an optional extra: "
+                          "pip install torchfit[plot]")
+
+    monkeypatch.setattr(torchfit.plot, "_import_matplotlib", missing)
+    model = compiled()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ImportError, match=r"pip install torchfit\[plot\]"):
+        model.fit(1, loader(blobs(40), 20), verbose=0, callbacks=[LivePlot(tmp_path / "h.png")])
+    assert model.global_step == 0 and all(p.equal(b) for p, b in zip(model.parameters(), before))
+    assert os.listdir(tmp_path) == []
+
+
 def test_only_rank_zero_draws():
     assert LivePlot.rank_zero_only is True
     hooks = [h for h in ("on_train_batch_end", "on_train_batch_begin", "on_test_batch_end") if LivePlot().implements(h)]

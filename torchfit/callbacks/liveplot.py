@@ -60,27 +60,29 @@ class LivePlot(Callback):
         self._rows: List[Dict[str, Any]] = []
 
     def set_params(self, params: dict) -> None:
+        """Checks everything before training starts (fit calls this first): matplotlib, the panels, the folder."""
         super().set_params(params)
+        from ..plot import _import_matplotlib
+
+        _import_matplotlib()  # missing matplotlib fails here, naming the fix, before any weight changes
         keys = params.get("log_keys")
-        if self.metrics is not None and keys is not None:  # a typo fails before training, not at epoch 1's end
+        if self.metrics is not None and keys is not None:  # a typo fails now, not at epoch 1's end
             unknown = [m for m in self.metrics if m not in keys and "val_" + m not in keys]
             if unknown:
                 quantities = [k for k in keys if k != "epoch" and not k.startswith("val_")]
                 raise ValueError(f"LivePlot(metrics=...): {unknown} not logged by this fit; it logs {quantities} "
                                  "(name quantities without the val_ prefix)")
+        if self.path is not None:
+            folder = os.path.dirname(os.path.abspath(os.fspath(self.path)))
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f"LivePlot(path={os.fspath(self.path)!r}): the folder {folder} does not "
+                                        "exist; create it or pass another path")
 
     def on_train_begin(self, logs: dict) -> None:
-        from ..plot import _import_matplotlib
-
-        _import_matplotlib()  # missing matplotlib fails now, before any weight changes
         self._display = choose_display(self.notebook, default_output=self.path is None)
         self._file = None
         if self._display is None:
             self._file = os.path.abspath(os.fspath(self.path if self.path is not None else DEFAULT_PATH))
-            folder = os.path.dirname(self._file)
-            if not os.path.isdir(folder):
-                raise FileNotFoundError(f"LivePlot(path={os.fspath(self.path)!r}): the folder {folder} does not "
-                                        "exist; create it or pass another path")
             if self.params.get("verbose"):
                 print(f"LivePlot: the history plot is rewritten at each epoch end in {self._file}")
         # earlier fits of the same model continue the curves, as their epochs continue
