@@ -3,7 +3,9 @@
 The figures arrive as data (dicts of floats); this module only renders them and
 hands the text to ``sink`` (``print`` by default), which tests swap for a list.
 In a Jupyter kernel the same data renders as two outputs updated in place (the
-latest step dict and one table growing by a row per epoch), see ``NotebookDisplay``.
+latest step line and one table growing by a row per epoch), see ``NotebookDisplay``.
+The text of each figure is ``torchfit.formatting``'s (3 fixed decimals, significant
+digits for rates); this module lays the figures out.
 """
 from __future__ import annotations
 

@@ -142,6 +142,13 @@ class ProgressBar(Callback):
     remains, live and in the stored notebook; a fit stopped mid-epoch (Ctrl-C)
     leaves the bar where it stopped, as text.
 
+    In a terminal the line fits the terminal's width: the bar keeps at least
+    ``MIN_BAR`` characters, and when space is short the rate goes first, then the
+    figures from the last one, each dropped whole (never cut mid-number); figures
+    are formatted by ``torchfit.formatting`` like the tables. On Ctrl-C or an error
+    (``on_exception``) the bar closes where it stopped and ends its line, so fit's
+    message starts a line of its own.
+
     The bar redraws at most once every ``mininterval`` seconds (tqdm's rate limit),
     however short the steps and however often fit logs: new figures show at the
     next redraw, and each epoch's last figures when its bar closes. Pass your own
