@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import torchfit
+from torchfit.formatting import format_figure
 from torchfit.callbacks import (Callback, CSVLogger, EarlyStopping, LambdaCallback, LearningRateScheduler,
                                 ModelCheckpoint, ProgressBar, ReduceLROnPlateau, TensorBoard, TerminateOnNaN)
 from torchfit.callbacks import progress
@@ -343,7 +344,7 @@ def test_bar_redraws_are_rate_limited_not_per_step_and_show_the_last_figures():
     frames, model = draws(1e9)
     assert len(frames) <= 3  # opened, closed (and tqdm's own first draw)
     last = frames[-1]
-    assert "25/25" in last and f"loss={round(model.step_history['loss'].iloc[-1], 3)}" in last
+    assert "25/25" in last and f"loss={format_figure(model.step_history['loss'].iloc[-1])}" in last
 
 
 def test_a_progress_bar_passed_in_callbacks_is_the_only_bar(monkeypatch, capsys):

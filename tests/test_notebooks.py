@@ -14,6 +14,7 @@ from torch import nn
 import torchfit
 from torchfit.callbacks import LambdaCallback, ProgressBar, ProgressPrinter, progress
 from torchfit.callbacks.printing import NotebookDisplay, epoch_table, in_notebook
+from torchfit.formatting import format_figure
 from conftest import blobs, loader, mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,15 +50,20 @@ def test_notebook_mode_updates_one_step_line_and_one_growing_table():
     model, outputs, lines = fit_in_notebook(verbose=1)
     assert lines == ["Start Training ...", "Finished Training..."]  # no time bars, no per-epoch tables
     step, table = outputs
-    assert len(step) == 6  # 2 logging points x 3 epochs, shown once then updated in place
-    assert step[-1]["text/plain"].startswith("epoch 3 {'step': 10, 'loss': ")
+    assert len(step) == 7  # 2 logging points x 3 epochs, shown once then updated in place; + the final line
+    # like a bar's text: where the epoch is, its total and an ETA, even without ipywidgets
+    assert re.fullmatch(r"Epoch 3/3  step 10/10  \[\d\d:\d\d<00:00\]  loss=\d\.\d{3}, accuracy=\d\.\d{3}",
+                        step[-2]["text/plain"]), step[-2]["text/plain"]
+    # once training ends the times go (a re-executed notebook with the same figures stays the same)
+    assert step[-1]["text/plain"] == re.sub(r"  \[.*?\]", "", step[-2]["text/plain"])
+    assert re.match(r"Epoch 1/3  step 5/10  \[\d\d:\d\d<\d\d:\d\d\]  ", step[0]["text/plain"])
     assert len(table) == 3
     rows = model.history.to_dict("records")
     for n, bundle in enumerate(table, 1):  # after epoch n the table holds epochs 1..n
         assert bundle["text/plain"] == epoch_table(rows[:n])
         assert bundle["text/html"].count("<tr>") == n + 1
     assert "<th>val_accuracy</th>" in table[-1]["text/html"]
-    assert f"<td>{round(rows[-1]['loss'], 3)}</td>" in table[-1]["text/html"]
+    assert f"<td>{format_figure(rows[-1]['loss'])}</td>" in table[-1]["text/html"]
 
 
 def test_notebook_mode_verbose_2_shows_only_the_table():
@@ -233,8 +239,8 @@ def test_notebook_runs_in_a_venv_kernel_without_errors(path, tmp_path, capsys):
     assert tables and not any("| epoch |" in o.get("text", "") for o in outputs)
     # progress bars were live widgets; the stored notebook keeps neither them nor their text
     assert not stale_bar_outputs(done) and "widgets" not in done.metadata
-    # each plotting cell shows its figure exactly once
-    plotting = sum("plot_history(" in c.source or "plt.show()" in c.source for c in code)
+    # each plotting cell shows its figure exactly once (a live plot too: one display updated in place)
+    plotting = sum(any(p in c.source for p in ("plot_history(", "plt.show()", "LivePlot(", "plot=True")) for c in code)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == plotting
 
 @pytest.mark.parametrize("doc", ["docs/notebooks.md", "docs/api.md"])

@@ -61,7 +61,21 @@ def test_printer_sink_receives_the_text():
 
 
 def test_figures_rendering():
-    assert format_step({"step": 3, "loss": 0.97612, "acc": 1.0}) == "{'step': 3, 'loss': 0.976, 'acc': 1.0}"
-    assert round_figure(0.000023456) == pytest.approx(2.35e-05)  # tiny values keep 3 significant digits
+    # fixed decimals, trailing zeros kept: still a Python literal, as torchkeras' dicts are
+    assert format_step({"step": 3, "loss": 0.97612, "acc": 1.0}) == "{'step': 3, 'loss': 0.976, 'acc': 1.000}"
+    assert ast.literal_eval(format_step({"step": 3, "loss": 2.1})) == {"step": 3, "loss": 2.1}
+    assert round_figure(0.000023456) == pytest.approx(2.35e-05)  # the old helper keeps working for callers
     table = epoch_table([{"epoch": 1, "loss": 0.37123, "val_loss": 0.08}])
     assert "| epoch |  loss | val_loss |" in table and "0.371" in table
+
+
+def test_notebook_step_line_shows_step_total_and_eta_or_what_is_known():
+    printer = ProgressPrinter()
+    printer.on_epoch_begin(2, {})
+    printer.set_params({"epochs": 5, "steps": 40})
+    logs = {"step": 10, "loss": 2.1, "accuracy": 0.5, "lr": 0.0025}
+    # 10 of 40 steps in 30 s: 90 s to go
+    assert printer.step_line(10, logs, 30.0) == "Epoch 2/5  step 10/40  [00:30<01:30]  loss=2.100, accuracy=0.500, lr=0.0025"
+    printer.set_params({"epochs": 5, "steps": None})  # a loader without len(): no total, no ETA
+    assert printer.step_line(10, logs, 3725.0) == "Epoch 2/5  step 10  [1:02:05]  loss=2.100, accuracy=0.500, lr=0.0025"
+    assert printer.step_line(10, logs, None) == "Epoch 2/5  step 10  loss=2.100, accuracy=0.500, lr=0.0025"

@@ -3,7 +3,9 @@
 The figures arrive as data (dicts of floats); this module only renders them and
 hands the text to ``sink`` (``print`` by default), which tests swap for a list.
 In a Jupyter kernel the same data renders as two outputs updated in place (the
-latest step dict and one table growing by a row per epoch), see ``NotebookDisplay``.
+latest step line and one table growing by a row per epoch), see ``NotebookDisplay``.
+The text of each figure is ``torchfit.formatting``'s (3 fixed decimals, significant
+digits for rates); this module lays the figures out.
 """
 from __future__ import annotations
 
@@ -11,17 +13,17 @@ import datetime
 import html
 import math
 import sys
+import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 from prettytable import PrettyTable
 
+from .. import formatting
 from .base import Callback
 
 
 def round_figure(value: float, places: int = 3) -> float:
-    """Round for display: ``places`` decimals, but keep 3 significant digits for tiny values.
-
-    A loss of 0.00002 should not read as 0.0.
+    """Round for display (kept for callers of torchfit < 0.x; printing uses ``torchfit.formatting``).
 
     >>> round_figure(0.97612), round_figure(2.345e-05)
     (0.976, 2.35e-05)
@@ -34,34 +36,40 @@ def round_figure(value: float, places: int = 3) -> float:
 
 
 def format_step(logs: Mapping[str, float]) -> str:
-    """``{'step': 100, 'loss': 0.976, 'accuracy': 0.664}``"""
-    return str({k: round_figure(v) for k, v in logs.items()})
+    """``{'step': 100, 'loss': 0.976, 'accuracy': 0.660}``: figures by ``torchfit.formatting``."""
+    return formatting.format_step(logs)
 
 
-def epoch_table(rows: Iterable[Mapping[str, float]]) -> str:
-    """A prettytable with one row per epoch dict; columns in the first row's key order."""
+def epoch_table(rows: Iterable[Mapping[str, float]], widths: Optional[Dict[str, int]] = None) -> str:
+    """A prettytable with one row per epoch dict; columns in the first row's key order.
+
+    ``widths`` (column -> characters, from ``formatting.figure_widths``) are minimum widths:
+    a printer passes the widths of the tables before, so that the columns line up.
+    """
     rows = list(rows)
-    columns: List[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
+    columns = formatting.columns_of(rows)
     table = PrettyTable(columns)
+    if widths:
+        table.min_width = {c: widths[c] for c in columns if c in widths}
     for row in rows:
-        table.add_row([_cell(row.get(c)) for c in columns])
+        table.add_row([formatting.format_figure(row.get(c), c) for c in columns])
     return table.get_string()
 
 
 def epoch_table_html(rows: Iterable[Mapping[str, float]]) -> str:
-    """The same table as ``epoch_table`` as an HTML ``<table>`` (figures rounded alike)."""
+    """The same table as ``epoch_table`` as an HTML ``<table>`` (figures formatted alike)."""
     rows = list(rows)
-    columns: List[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
+    columns = formatting.columns_of(rows)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(_cell(row.get(c))))}</td>" for c in columns) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(formatting.format_figure(row.get(c), c))}</td>" for c in columns)
+        + "</tr>"
         for row in rows
     )
-    return f'<table class="torchfit-epochs"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    # right-aligned, tabular digits: the fixed decimals of a column line up in the browser too
+    style = "text-align:right;font-variant-numeric:tabular-nums"
+    return (f'<table class="torchfit-epochs" style="{style}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table>")
 
 
 def in_notebook() -> bool:
@@ -118,12 +126,15 @@ def choose_display(notebook: Union[bool, None, NotebookDisplay], default_output:
     return None
 
 
-def _cell(value):
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return round_figure(value)
-    return value
+def clock(seconds: float) -> str:
+    """``mm:ss`` (``h:mm:ss`` past an hour), as tqdm writes elapsed time and ETA.
+
+    >>> clock(75.4), clock(3725)
+    ('01:15', '1:02:05')
+    """
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 def time_bar() -> str:
@@ -140,7 +151,13 @@ class ProgressPrinter(Callback):
     with the default ``sink=print``; ``False`` always prints text; ``True`` forces
     the notebook rendering; a ``NotebookDisplay`` is used as given. In a notebook
     the step dict (with its epoch) and one table of all epochs so far are each a
-    single output updated in place, instead of a new table per epoch.
+    single output updated in place, instead of a new table per epoch; the step line
+    then reads like a bar's text (``Epoch 2/5  step 30/45  [00:03<00:01]  loss=0.512``),
+    so that a kernel without ipywidgets still shows how far the epoch is and an ETA.
+
+    Figures go through ``torchfit.formatting`` (3 fixed decimals, significant digits for
+    learning rates); each epoch's table is at least as wide, column by column, as the
+    tables before it, so the columns line up down the screen.
 
     >>> # model.fit(5, dl_train, callbacks=[ProgressPrinter(2, sink=my_log.write)], verbose=0)
     """
@@ -154,10 +171,15 @@ class ProgressPrinter(Callback):
         self.notebook = notebook
         self._display: Optional[NotebookDisplay] = None
         self._rows: List[Mapping[str, float]] = []
+        self._widths: Dict[str, int] = {}
         self._epoch = 0
+        self._epoch_start = 0.0
+        self._last_step: Optional[tuple] = None
 
     def on_train_begin(self, logs: dict) -> None:
         self._rows = []
+        self._widths = {}
+        self._last_step = None
         self._display = choose_display(self.notebook, default_output=self.sink is print)
         if self.verbose == 1:
             self.sink("Start Training ...")
@@ -166,24 +188,54 @@ class ProgressPrinter(Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
         self._epoch = epoch
+        self._epoch_start = time.monotonic()
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
         if logs and self.verbose == 1:
             if self._display is None:
                 self.sink(format_step(logs))
             else:
-                line = f"epoch {self._epoch} " + format_step(logs)
-                self._display.show("step", line, f"<pre>{html.escape(line)}</pre>")
+                self._last_step = (batch, dict(logs))
+                self._show_step(time.monotonic() - self._epoch_start)
+
+    def _show_step(self, elapsed: Optional[float]) -> None:
+        assert self._display is not None and self._last_step is not None
+        line = self.step_line(*self._last_step, elapsed)
+        self._display.show("step", line, f"<pre>{html.escape(line)}</pre>")
+
+    def step_line(self, batch: int, logs: Mapping[str, float], elapsed: Optional[float]) -> str:
+        """``Epoch 2/5  step 30/45  [00:03<00:01]  loss=0.512, accuracy=0.800`` (notebook step line).
+
+        ``elapsed=None`` leaves the times out (the line a finished fit leaves in a stored notebook).
+        """
+        last = self.params.get("epochs")
+        total = self.params.get("steps")
+        step = int(logs.get("step", batch))
+        head = f"Epoch {self._epoch}" + (f"/{last}" if last else "")
+        if elapsed is None:
+            where = f"step {step}/{total}" if total else f"step {step}"
+        elif total:
+            eta = elapsed / step * (total - step) if step else 0.0
+            where = f"step {step}/{total}  [{clock(elapsed)}<{clock(eta)}]"
+        else:  # a loader without len(): no total, no ETA
+            where = f"step {step}  [{clock(elapsed)}]"
+        figures = ", ".join(f"{k}={formatting.format_figure(v, k)}" for k, v in logs.items() if k != "step")
+        return f"{head}  {where}  {figures}"
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         if self._display is not None:
             self._rows.append(dict(logs))
             self._display.show("epochs", epoch_table(self._rows), epoch_table_html(self._rows))
             return
-        self.sink("\n " + epoch_table([logs]))
+        self._widths = formatting.figure_widths([logs], self._widths)
+        self.sink("\n " + epoch_table([logs], self._widths))
         if self.verbose == 1:
             self.sink(time_bar())
 
     def on_train_end(self, logs: dict) -> None:
+        if self._display is not None and self._last_step is not None:
+            # the times go once training ends: they differ on every run, and a stored notebook
+            # re-executed with the same figures should not change
+            self._show_step(None)
         if self.verbose == 1:
             self.sink("Finished Training...")

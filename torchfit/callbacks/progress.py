@@ -15,10 +15,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
+from .. import formatting
 from .base import Callback
-from .printing import NotebookDisplay, choose_display, in_notebook, round_figure
+from .printing import NotebookDisplay, choose_display, in_notebook
 
 
 def output_is_interactive(stream: Any = None) -> bool:
@@ -69,10 +70,54 @@ def wants_bar(progress_bar: Optional[bool], verbose: int) -> bool:
     return progress_bar
 
 
-def make_bar(**kwargs: Any) -> Any:
-    from tqdm.auto import tqdm  # imported when a bar is shown: tqdm.auto probes for Jupyter
+# The bar itself never gets narrower than this; figures that would squeeze it are left out.
+MIN_BAR = 10
+# tqdm's default line without the rate (``12.3step/s``), the first thing to go when space is short.
+NO_RATE_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
 
-    return tqdm(**kwargs)
+
+def fitted_meter(format_meter: Callable[..., str], n: Any, total: Any, elapsed: float,
+                 ncols: Optional[int] = None, postfix: Optional[str] = None, **kwargs: Any) -> str:
+    """tqdm's line, laid out for ``ncols`` columns without ever cutting a figure.
+
+    ``postfix`` holds the figures as tqdm joins them (``loss=2.100, accuracy=0.805``).
+    In order, until the line fits with a bar of at least ``MIN_BAR`` characters: the
+    rate is left out, then the figures from the last one, each dropped whole. Without
+    ``ncols`` (a file, a pipe) the line is tqdm's own.
+    """
+    if not ncols:
+        return format_meter(n, total, elapsed, ncols=ncols, postfix=postfix, **kwargs)
+    from tqdm.utils import disp_len
+
+    figures = postfix.split(", ") if postfix else []
+    layouts = [kwargs.get("bar_format")]
+    if total and kwargs.get("bar_format") is None:
+        layouts.append(NO_RATE_FORMAT)
+    for bar_format in layouts:
+        fitting = list(figures)
+        while True:
+            # ncols=None draws a bar of exactly MIN_BAR (tqdm's 10): the line fits if this one does
+            trial = format_meter(n, total, elapsed, ncols=None, postfix=", ".join(fitting) or None,
+                                 **{**kwargs, "bar_format": bar_format})
+            if disp_len(trial) <= ncols or not fitting:
+                break
+            fitting.pop()
+        if fitting == figures or bar_format is layouts[-1]:
+            break
+    return format_meter(n, total, elapsed, ncols=ncols, postfix=", ".join(fitting) or None,
+                        **{**kwargs, "bar_format": bar_format})
+
+
+def make_bar(**kwargs: Any) -> Any:
+    """A text bar (``tqdm.std``) whose line fits the terminal: figures whole or not at all."""
+    from tqdm.std import tqdm  # imported when a bar is shown
+
+    class FittedBar(tqdm):
+        @staticmethod
+        def format_meter(*args: Any, **kw: Any) -> str:
+            return fitted_meter(tqdm.format_meter, *args, **kw)
+
+    return FittedBar(**kwargs)
 
 
 def make_widget_bar(**kwargs: Any) -> Any:
@@ -96,6 +141,13 @@ class ProgressBar(Callback):
     table serves every epoch and is removed when training ends, so only the table
     remains, live and in the stored notebook; a fit stopped mid-epoch (Ctrl-C)
     leaves the bar where it stopped, as text.
+
+    In a terminal the line fits the terminal's width: the bar keeps at least
+    ``MIN_BAR`` characters, and when space is short the rate goes first, then the
+    figures from the last one, each dropped whole (never cut mid-number); figures
+    are formatted by ``torchfit.formatting`` like the tables. On Ctrl-C or an error
+    (``on_exception``) the bar closes where it stopped and ends its line, so fit's
+    message starts a line of its own.
 
     The bar redraws at most once every ``mininterval`` seconds (tqdm's rate limit),
     however short the steps and however often fit logs: new figures show at the
@@ -141,7 +193,8 @@ class ProgressBar(Callback):
         if bar is None:
             return
         if logs:  # drawn by the update below when tqdm's rate limit allows: no redraw per step
-            bar.set_postfix({k: round_figure(v) for k, v in logs.items() if k != "step"}, refresh=False)
+            bar.set_postfix({k: formatting.format_figure(v, k) for k, v in logs.items() if k != "step"},
+                            refresh=False)
         bar.update(1)
         if batch == self.params.get("steps"):
             self._finish_epoch()
@@ -158,6 +211,10 @@ class ProgressBar(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         self._finish_epoch()  # also for a loader without len(), whose last batch is not known in advance
+
+    def on_exception(self, exc: BaseException) -> None:
+        """Close the bar where it stopped, ending its line, so what fit prints next starts a line of its own."""
+        self.on_train_end({})
 
     def on_train_end(self, logs: dict) -> None:
         bar = self._bar
