@@ -1,5 +1,5 @@
 """torchfit: Keras' compile / fit / evaluate / predict for any PyTorch ``nn.Module``."""
-from . import callbacks, distributed, evaluation, inputs, metrics
+from . import callbacks, distributed, evaluation, formatting, inputs, metrics
 from .callbacks import Callback, LambdaCallback
 from .loop import StepResult
 from .lr_finder import lr_find, plot_lr_find
@@ -11,5 +11,5 @@ from .summary import summary
 __version__ = "0.1.0"
 
 __all__ = ["Model", "summary", "Callback", "LambdaCallback", "StepResult", "plot_history", "lr_find",
-           "plot_lr_find", "seed_everything", "callbacks", "distributed", "evaluation", "inputs", "metrics",
+           "plot_lr_find", "seed_everything", "callbacks", "distributed", "evaluation", "formatting", "inputs", "metrics",
            "__version__"]

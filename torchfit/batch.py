@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from .errors import BatchFormatError
@@ -73,6 +74,25 @@ def batch_size_of(*objs: Any) -> int:
         if t is not None:
             return int(t.shape[0]) if t.dim() > 0 else 1
     raise ValueError("could not find a tensor in the batch to count its samples")
+
+
+def as_tensors(obj: Any) -> Any:
+    """Numpy arrays inside ``obj`` as tensors (floating ones in torch's default dtype, as Keras casts
+    to floatx); everything else as is.
+
+    >>> as_tensors({"x": np.zeros(2)})["x"].dtype
+    torch.float32
+    """
+    if isinstance(obj, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(obj))
+        return t.to(torch.get_default_dtype()) if t.is_floating_point() else t
+    if isinstance(obj, dict):
+        return type(obj)((k, as_tensors(v)) for k, v in obj.items())
+    if _is_namedtuple(obj):
+        return type(obj)(*(as_tensors(v) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(as_tensors(v) for v in obj)
+    return obj
 
 
 def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -155,6 +175,6 @@ def call_net(net: Callable, x: Any) -> Any:
 
 
 __all__: List[str] = [
-    "batch_size_of", "call_net", "concat", "describe", "detach", "first_tensor", "map_tensors",
+    "as_tensors", "batch_size_of", "call_net", "concat", "describe", "detach", "first_tensor", "map_tensors",
     "predict_inputs", "split_batch", "take_rows", "tensors", "to_device",
 ]

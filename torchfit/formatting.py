@@ -114,7 +114,7 @@ class Figures(dict):
     """A plain ``dict`` of exact floats that displays its figures formatted.
 
     ``evaluate()`` returns one: ``figures["val_loss"]`` is the exact float and the dict
-    compares equal to (and pickles like) a plain dict; only its display (``repr``, IPython's
+    compares equal to a plain dict (``dict(figures)`` is one, e.g. for ``torch.save``); only its display (``repr``, IPython's
     pretty printer, Jupyter's HTML) goes through ``format_figure``.
 
     >>> f = Figures({"val_loss": 0.31234567, "val_accuracy": 0.9})
@@ -138,7 +138,9 @@ class Figures(dict):
         return f'<table class="torchfit-figures"><thead><tr>{head}</tr></thead><tbody><tr>{cells}</tr></tbody></table>'
 
     def __reduce__(self) -> Any:
-        # a plain pickle of the class and the items: loadable wherever torchfit is importable
+        # A plain pickle of the class and the items, loadable wherever torchfit is importable.
+        # torch.load(weights_only=True) refuses every class outside torch's allow-list: save
+        # dict(figures) to a file that must load that way.
         return (Figures, (dict(self),))
 
 

@@ -320,11 +320,11 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
         raise
     finally:
         restore_modes(modes)
+    cbs.on_train_end({})  # bars close here: the line below must not land on one
     if run.stopped_reason is not None and run.config.is_main_process:
         say(f"Stopped training: {run.stopped_reason}. model.history holds the {len(model.history)} finished "
             "epoch(s). Lower the learning rate, clip gradients (grad_clip_norm=1.0) or check the data for NaN/inf",
             warn=True)
-    cbs.on_train_end({})
 
 
 def call_quietly(fn: Callable[..., Any], exc: BaseException, *args: Any) -> Any:

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import checkpoint, distributed, inputs, loop
 from .arguments import FitOptions, announcer, check_count, check_loader
-from .batch import batch_size_of, call_net, detach, predict_inputs, split_batch
+from .batch import as_tensors, batch_size_of, call_net, detach, predict_inputs, split_batch, to_device
 from .callbacks import Callback, CallbackList, History, ProgressPrinter
 from .callbacks.base import check_callbacks
 from .callbacks.history import StepHistory
@@ -105,6 +105,13 @@ class Model(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._modules["net"](*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._run is None and self.device is not None:
+            # A user's own call (Keras' model(x)): numpy arrays and tensors on another device are
+            # brought to the model. Steps (self._run is set) call the net directly and pay nothing.
+            args, kwargs = to_device(as_tensors((args, kwargs)), self.device)
+        return super().__call__(*args, **kwargs)
 
     def __repr__(self) -> str:
         if self.net is self:

@@ -136,7 +136,7 @@ def main(out_dir: str) -> None:
     res["uneven"] = {
         "history": records(h),
         "state": net.state_dict(),
-        "evaluate": model.evaluate(DataLoader(data(23, 4), batch_size=5)),
+        "evaluate": dict(model.evaluate(DataLoader(data(23, 4), batch_size=5))),
         "predict": model.predict(DataLoader(data(23, 4), batch_size=5)),
         "predict_x": model.predict(DataLoader(TensorDataset(data(23, 4).tensors[0]), batch_size=3)),
     }

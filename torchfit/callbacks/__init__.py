@@ -4,6 +4,7 @@ from .averaging import EMA, SWA
 from .base import HOOKS, Callback, CallbackList, LambdaCallback
 from .checkpointing import ModelCheckpoint
 from .history import History
+from .liveplot import LivePlot
 from .loggers import CSVLogger, TensorBoard
 from .printing import ProgressPrinter
 from .progress import ProgressBar
@@ -15,5 +16,5 @@ __all__ = [
     "HOOKS", "Callback", "CallbackList", "LambdaCallback", "History", "ProgressPrinter", "ProgressBar",
     "EarlyStopping", "TerminateOnNaN", "ModelCheckpoint", "CSVLogger", "TensorBoard",
     "LearningRateScheduler", "ReduceLROnPlateau", "run_steps_per_epoch", "run_total_steps", "warmup_cosine",
-    "EMA", "SWA", "MLflowLogger", "WandbLogger",
+    "EMA", "SWA", "MLflowLogger", "WandbLogger", "LivePlot",
 ]

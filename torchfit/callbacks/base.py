@@ -95,9 +95,6 @@ class Callback:
     def on_predict_batch_begin(self, batch: int, logs: dict) -> None: ...
     def on_predict_batch_end(self, batch: int, logs: dict) -> None: ...
     def on_exception(self, exception: BaseException) -> None:
-        """An exception or Ctrl-C is ending the fit (before fit's own message; close bars here)."""
-
-    def on_exception(self, exc: BaseException) -> None:
         """fit calls this for any exception or KeyboardInterrupt leaving the epoch loop, before it
         prints "Training interrupted" or re-raises (Lightning's name): close bars, flush files."""
 
