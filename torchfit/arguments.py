@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import warnings
+from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 import torch
@@ -83,6 +84,21 @@ def check_count(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
     return int(value)
+
+
+def check_reiterable(epochs: int, dl_train: Any, dl_val: Any, steps_per_epoch: Optional[int]) -> None:
+    """Refuse one-shot iterators (generators) that a fit would need to iterate again."""
+    if epochs > 1 and steps_per_epoch is None and isinstance(dl_train, Iterator):
+        raise ValueError(
+            f"dl_train is an iterator ({type(dl_train).__name__}), which runs out after one pass: epoch 2 would "
+            "find it empty. Pass something that can be iterated again (a DataLoader, a list of batches), or an "
+            "endless generator with steps_per_epoch=N"
+        )
+    if epochs > 1 and isinstance(dl_val, Iterator):
+        raise ValueError(
+            f"dl_val is an iterator ({type(dl_val).__name__}), which runs out after one pass, and validation runs "
+            "every epoch. Pass a DataLoader or a list of batches"
+        )
 
 
 def check_loader(name: str, loader: Any) -> None:

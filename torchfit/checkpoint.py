@@ -26,10 +26,11 @@ runs last), and as of the end of the last fit when saving outside one.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import warnings
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -173,6 +174,46 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     # A CUDA checkpoint on a CPU-only machine: there is no CUDA generator to restore.
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+@contextlib.contextmanager
+def preserved_rng(loaders: Iterable[Any] = ()) -> Iterator[None]:
+    """Run the body, then put the RNG states and ``loaders``' generators back as they were.
+
+    >>> # with preserved_rng([dl_train]):
+    >>> #     torch.optim.swa_utils.update_bn(dl_train, net)   # draws shuffles, yet changes no RNG
+
+    Covers torch's CPU generator, CUDA's (when initialised), numpy's global and
+    Python's ``random``, and each loader's own generators (``DataLoader(generator=...)``
+    and its sampler's).
+    """
+    gens = [g for dl in loaders if dl is not None for g in _generators(dl)]
+    saved_gens = [g.get_state() for g in gens]
+    rng = _rng_snapshot()
+    try:
+        yield
+    finally:
+        for g, s in zip(gens, saved_gens):
+            g.set_state(s)
+        _rng_restore(rng)
+
+
+def _rng_snapshot() -> Dict[str, Any]:
+    state: Dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                             "python": random.getstate()}
+    # Reading CUDA's generators would initialise CUDA: only when something already did.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _rng_restore(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
 
 
 # ------------------------------------------------------------------ reading

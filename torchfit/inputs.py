@@ -173,7 +173,7 @@ def predict_loader(dl: Any, *, x: Any = None, target: Target = None, batch_size:
         data = data.drop(columns=[n for n in names if n in data.columns])
     elif target is not None:
         raise TypeError(f"target= names a DataFrame column; predict got {type(data).__name__}")
-    return _loader(TensorDataset(_tensor(data, "x")), batch_size, shuffle=False)
+    return _loader(TensorDataset(_tensor(data, "x", features=True)), batch_size, shuffle=False)
 
 
 # ------------------------------------------------------------------ helpers
@@ -207,6 +207,8 @@ def _reject_loader_options(verb: str, **given: Any) -> None:
 def _check_seed(seed: Any) -> None:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int (it fixes the validation split and the shuffling); got {seed!r}")
+    if not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed must lie in [0, 2**64 - 1] (what a torch.Generator takes); got {seed!r}")
 
 
 def _check_batch_size(batch_size: Any) -> Optional[int]:
@@ -222,7 +224,8 @@ def _loader(ds: Dataset, batch_size: Optional[int], shuffle: bool, seed: int = 0
     return DataLoader(ds, batch_size=batch_size or DEFAULT_BATCH_SIZE, shuffle=shuffle, generator=generator)
 
 
-def _dataset(verb: str, data: Any, y: Any, target: Target, loss_fn: Any, name: str) -> Dataset:
+def _dataset(verb: str, data: Any, y: Any, target: Target, loss_fn: Any, name: str,
+             y_label: str = "y") -> Dataset:
     """A Dataset of (x, y) pairs from a Dataset, a DataFrame (+ target) or arrays (+ y)."""
     if isinstance(data, Dataset):
         if y is not None or target is not None:
@@ -250,21 +253,22 @@ def _dataset(verb: str, data: Any, y: Any, target: Target, loss_fn: Any, name: s
         if y is None:
             raise TypeError(f"{verb} got {name} as a {type(data).__name__} without targets: pass y= (one "
                             f"target per row), or a loader such as DataLoader(TensorDataset(X, y), batch_size=32)")
-        y_name = "y"
+        y_name = y_label
     if not _is_array(data):
         raise TypeError(f"{verb}: {name} must be a DataLoader, a Dataset, a DataFrame, a tensor or a numpy "
                         f"array; got {type(data).__name__}")
-    X = _tensor(data, "x")
+    X = _tensor(data, name, features=True)
     Y = _tensor(y, y_name, bce=_is_bce(loss_fn) and not isinstance(y, torch.Tensor))
     if len(X) != len(Y):
-        raise ValueError(f"{verb}: x has {len(X)} rows but {y_name} has {len(Y)}; they need one target per "
+        raise ValueError(f"{verb}: {name} has {len(X)} rows but {y_name} has {len(Y)}; they need one target per "
                          "sample (same first dimension)")
     return TensorDataset(X, Y)
 
 
 def _val_loader(source: Any, target: Target, batch_size: Optional[int], loss_fn: Any, name: str) -> Iterable:
     if isinstance(source, (tuple, list)) and len(source) == 2 and all(_is_array(s) for s in source):
-        return _loader(_dataset("fit", source[0], source[1], None, loss_fn, name), batch_size, shuffle=False)
+        return _loader(_dataset("fit", source[0], source[1], None, loss_fn, f"{name}[0]", y_label=f"{name}[1]"),
+                       batch_size, shuffle=False)
     if name == "validation_data" and isinstance(source, tuple):
         raise TypeError(f"validation_data as a tuple must be (X_val, Y_val), two arrays or tensors; got a tuple "
                         f"of {len(source)} ({', '.join(type(v).__name__ for v in source)})")
@@ -312,7 +316,7 @@ def _is_bce(loss_fn: Any) -> bool:
     return isinstance(loss_fn, _BCE) or loss_fn in _BCE_FUNCTIONS
 
 
-def _tensor(data: Any, name: str, bce: bool = False) -> torch.Tensor:
+def _tensor(data: Any, name: str, bce: bool = False, features: bool = False) -> torch.Tensor:
     """One tensor from a tensor, numpy array, list or pandas object, by the module's dtype rules."""
     if isinstance(data, torch.Tensor):
         t = data
@@ -323,7 +327,7 @@ def _tensor(data: Any, name: str, bce: bool = False) -> torch.Tensor:
             if bad:
                 raise TypeError(f"{name}: column(s) {bad} are not numeric; encode them as numbers first, e.g. "
                                 f"pd.get_dummies(df, columns={bad}) or df[col].astype('category').cat.codes")
-            array = data.to_numpy(dtype=np.float32) if name == "x" else data.to_numpy()
+            array = data.to_numpy(dtype=np.float32) if features else data.to_numpy()
         elif isinstance(data, pd.Series):
             if not (pd.api.types.is_numeric_dtype(data.dtype) or pd.api.types.is_bool_dtype(data.dtype)):
                 raise TypeError(f"{name} has dtype {data.dtype}, not numbers; encode it first, e.g. "

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .batch import describe, to_device
+from .diagnose import LossError, step_failure
 from .errors import MetricError, StepError
 from .fast_path import iter_batches
 
@@ -164,11 +165,11 @@ def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: 
             except (StepError, MetricError, KeyboardInterrupt):
                 raise
             except Exception as exc:
-                raise StepError(
-                    f"{phase.name} step failed at " + (f"epoch {run.epoch}, " if phase is not PREDICT else "")
-                    + f"batch {step}{f' of {n_batches}' if n_batches else ''} (batch shapes {describe(batch)}): "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+                where = (f"{phase.name} step failed at " + (f"epoch {run.epoch}, " if phase is not PREDICT else "")
+                         + f"batch {step}{f' of {n_batches}' if n_batches else ''}")
+                # the loss's own error stays the cause: LossError only carries the diagnosis
+                cause = exc.__cause__ if isinstance(exc, LossError) and exc.__cause__ is not None else exc
+                raise StepError(f"{where}: {step_failure(model, exc)} (batch shapes {describe(batch)})") from cause
             run.last_result = out
             consume(out)
             if log_every is not None and step % log_every == 0:

@@ -23,17 +23,17 @@ import contextlib
 import copy
 import math
 import numbers
-import random
 import warnings
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Iterable, Iterator, List, Optional
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .callbacks.base import Callback
+from .checkpoint import preserved_rng
 
-__all__ = ["lr_find", "plot_lr_find", "preserved_rng", "preserved_training_state"]
+__all__ = ["lr_find", "plot_lr_find", "preserved_training_state"]
 
 _MODES = ("exponential", "linear")
 
@@ -65,53 +65,8 @@ def _in_fit(model: Any) -> bool:
 
 
 # --------------------------------------------------------------- snapshot and restore
-def _rng_snapshot() -> Dict[str, Any]:
-    state: Dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                             "python": random.getstate()}
-    # Reading CUDA's generators would initialise CUDA: only when something already did.
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _rng_restore(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _loader_generators(loader: Any) -> List[torch.Generator]:
-    from .checkpoint import _generators  # lazily: the owner of "which generators a loader draws from"
-
-    return _generators(loader) if loader is not None else []
-
-
 def _clone(value: Any) -> Any:
     return value.detach().clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
-
-
-@contextlib.contextmanager
-def preserved_rng(loaders: Iterable[Any] = ()) -> Iterator[None]:
-    """Run the body, then put the RNG states and ``loaders``' generators back as they were.
-
-    >>> # with preserved_rng([dl_train]):
-    >>> #     torch.optim.swa_utils.update_bn(dl_train, net)   # draws shuffles, yet changes no RNG
-
-    Covers torch's CPU generator, CUDA's (when initialised), numpy's global and
-    Python's ``random``, and each loader's own generators (``DataLoader(generator=...)``
-    and its sampler's).
-    """
-    gens = [g for dl in loaders for g in _loader_generators(dl)]
-    saved_gens = [g.get_state() for g in gens]
-    rng = _rng_snapshot()
-    try:
-        yield
-    finally:
-        for g, s in zip(gens, saved_gens):
-            g.set_state(s)
-        _rng_restore(rng)
 
 
 @contextlib.contextmanager

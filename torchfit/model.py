@@ -11,7 +11,7 @@ batches in ``batch``, devices in ``device``, autocast and the grad scaler in
 from __future__ import annotations
 
 import contextlib
-import copy
+import functools
 import os
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from . import checkpoint, distributed, inputs, loop
-from .arguments import FitOptions, announcer, check_count, check_loader
-from .batch import as_tensors, batch_size_of, call_net, detach, predict_inputs, split_batch, to_device
+from .arguments import FitOptions, announcer, check_count, check_loader, check_reiterable
+from .batch import as_tensors, batch_size_of, call_net, describe, detach, predict_inputs, split_batch, to_device
 from .callbacks import Callback, CallbackList, History, ProgressPrinter
 from .callbacks.base import check_callbacks
 from .callbacks.history import StepHistory
@@ -30,13 +30,29 @@ from .callbacks.liveplot import LivePlot
 from .callbacks.progress import ProgressBar, wants_bar
 from .callbacks.schedulers import from_fit_argument, learning_rates, lr_log_keys
 from .device import batch_mover, resolve_device
-from .errors import NotCompiledError
+from .diagnose import LossError, loss_failure, step_failure, trim_traceback
+from .errors import MetricError, NotCompiledError, StepError
 from .fast_path import iter_batches
 from .formatting import Figures
 from .loop import Run, RunConfig, StepResult
-from .metrics import Tracker, resolve_metrics
+from .metrics import Tracker, copy_metrics, resolve_metrics
 from .optim import ForeignOptimizerError, OptimizerStep, move_optimizer_state, resolve_optimizer
 from .precision import PrecisionPolicy
+
+
+def _user_traceback(verb: Callable) -> Callable:
+    """A failed step's traceback without torch's module-call frames and torchfit's loop: the user's
+    call, their code (net, loss, overridden step) and the line that raised."""
+
+    @functools.wraps(verb)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return verb(*args, **kwargs)
+        except (StepError, MetricError) as exc:
+            trim_traceback(exc)
+            raise
+
+    return call
 
 
 class Model(nn.Module):
@@ -235,6 +251,12 @@ class Model(nn.Module):
                 f"(or override {overridden} to compute your own)"
             )
         if verb == "fit":
+            if self._default_step("train_step") and not any(p.requires_grad for p in self.net.parameters()):
+                raise ValueError(
+                    "fit has nothing to train: every parameter of the net has requires_grad=False (frozen). "
+                    "Unfreeze what should learn, e.g. for p in model.net.head.parameters(): p.requires_grad_(True), "
+                    "then compile again; evaluate and predict work on a frozen net as it is"
+                )
             if self._foreign_optimizer is not None:
                 raise ValueError(f"fit cannot train with the compiled optimizer: {self._foreign_optimizer}")
             if self._run is not None:
@@ -247,6 +269,7 @@ class Model(nn.Module):
     def _default_step(self, name: str) -> bool:
         """Whether ``train_step``/``eval_step`` is torchfit's own (not overridden by a subclass)."""
         return getattr(type(self), name) is getattr(Model, name)
+    @_user_traceback
     def fit(
         self,
         epochs: int = 1,
@@ -356,7 +379,7 @@ class Model(nn.Module):
         if plot:
             user_callbacks.append(LivePlot())
         if lr_scheduler is not None:
-            user_callbacks.append(from_fit_argument(lr_scheduler, dl_val is not None))
+            user_callbacks.append(from_fit_argument(lr_scheduler, dl_val is not None, self.optimizer))
         if overfit_batches is not None:  # the same first n batches for training and validation, every epoch
             dl_train = dl_val = loop.first_batches(dl_train, check_count("overfit_batches", overfit_batches, 1))
         resumed = None
@@ -365,8 +388,11 @@ class Model(nn.Module):
         elif resume_from is not None:  # epochs becomes what is left of the saved run's total
             epochs, resumed = checkpoint.resume(self, resume_from, epochs)
         start = self.epoch if first_epoch is None else first_epoch
+        check_reiterable(epochs, dl_train, dl_val, options.steps_per_epoch)
         run, (dl_train, dl_val), trackers, params = self._prepare_fit(options, start, epochs, dl_train, dl_val,
                                                                       user_callbacks)
+        if dl_val is not None and epochs:
+            self._check_first_batch(dl_val, run)  # a validation loader that cannot work fails now, not after epoch 1
         say = announcer(run.config.callbacks)
         if resumed:
             say(resumed)
@@ -406,7 +432,7 @@ class Model(nn.Module):
             dl_train, dl_val = strategy.fit_loaders(dl_train, dl_val)
         callbacks = self._default_callbacks(options, user_callbacks) + user_callbacks
         train_net, no_sync = self._training_net(), None
-        trackers = (Tracker(copy.deepcopy(self.metrics)), Tracker(copy.deepcopy(self.metrics), prefix="val_"))
+        trackers = (Tracker(copy_metrics(self.metrics)), Tracker(copy_metrics(self.metrics), prefix="val_"))
         if strategy is not None:
             plan = strategy.prepare_fit(self.net, train_net, self.device, options.grad_accum_steps, dl_train, dl_val,
                                         *trackers, self._recompute("train_step"), self._recompute("eval_step"))
@@ -436,6 +462,31 @@ class Model(nn.Module):
         cbs.set_params(params)  # a callback monitoring a key this run never produces raises here
         params = {**params, "log_lr": (lambda: learning_rates(self.optimizer)) if log_lr else None}
         return Run(config, preflight=bool(self.metrics)), (dl_train, dl_val), trackers, params
+
+    def _check_first_batch(self, dl_val: Iterable, run: Run) -> None:
+        """``eval_step`` and the metrics on ``dl_val``'s first batch, before training: weights, BatchNorm
+        statistics, train/eval modes and every RNG (loaders' generators included) are left as found.
+        Only loaders that can be iterated again are checked (a DataLoader without workers, a list)."""
+        source = getattr(dl_val, "loader", dl_val)  # through a validation_steps limit
+        if not (isinstance(source, (list, tuple)) or (isinstance(source, torch.utils.data.DataLoader)
+                                                      and source.num_workers == 0)):
+            return
+        with checkpoint.preserved_rng([source]), self._calling(run), torch.no_grad():
+            self.net.eval()
+            batch = next(iter(run.config.iterate(source)), None)
+            if batch is None:
+                return  # an empty loader is reported where it is iterated
+            batch = run.config.move(batch)
+            try:
+                out = self.eval_step(batch)
+            except Exception as exc:
+                cause = exc.__cause__ if isinstance(exc, LossError) and exc.__cause__ is not None else exc
+                raise StepError(f"validation step failed on dl_val's first batch, checked before training (nothing "
+                                f"has changed): {step_failure(self, exc)} (batch shapes {describe(batch)})") from cause
+            probe = Tracker(copy_metrics(self.metrics), prefix="val_")
+            probe.reset()
+            probe.update(out)
+            probe.compute()
 
     def _default_callbacks(self, options: FitOptions, user_callbacks: Sequence[Callback]) -> List[Callback]:
         callbacks: List[Callback] = [History(), StepHistory()]
@@ -512,6 +563,7 @@ class Model(nn.Module):
         return self
 
     # ------------------------------------------------------- evaluate, predict
+    @_user_traceback
     def evaluate(self, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, *, x: Any = None,
                  y: Any = None, target: Union[str, Sequence[str], None] = None,
                  batch_size: Optional[int] = None, fast_path: bool = True) -> Dict[str, float]:
@@ -524,12 +576,13 @@ class Model(nn.Module):
         dl = inputs.eval_loader(dl, x=x, y=y, target=target, batch_size=batch_size, loss_fn=self.loss_fn)
         check_loader("dl", dl)
         run, strategy = self._eval_run(callbacks, fast_path)
-        tracker = Tracker(copy.deepcopy(self.metrics), prefix="val_")
+        tracker = Tracker(copy_metrics(self.metrics), prefix="val_")
         if strategy is not None:  # under torchrun: this rank's part, figures over the whole dataset
             dl, tracker = strategy.evaluate_loader(dl, tracker, self._recompute("eval_step"))
         with self._calling(run):
             return Figures(loop.validate(self, dl, run, tracker))
 
+    @_user_traceback
     def predict(self, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, *, x: Any = None,
                 target: Union[str, Sequence[str], None] = None, batch_size: Optional[int] = None,
                 fast_path: bool = True) -> Any:
@@ -655,7 +708,11 @@ class Model(nn.Module):
             return call_net(self.net, predict_inputs(batch))
 
     def compute_loss(self, preds: Any, targets: Any) -> torch.Tensor:
-        loss = self.loss_fn(preds, targets)
+        """``loss_fn(preds, targets)``, checked to be a scalar; a failing loss says what it got and expects."""
+        try:
+            loss = self.loss_fn(preds, targets)
+        except Exception as exc:
+            raise LossError(loss_failure(self.loss_fn, preds, targets, exc)) from exc
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise ValueError(
@@ -676,6 +733,7 @@ class Model(nn.Module):
         # Runs once per fit, before the first optimizer step, on throwaway copies:
         # a metric that cannot handle the net's outputs fails before weights change.
         self._run.preflight = False
-        probe = Tracker(copy.deepcopy(self.metrics))
+        probe = Tracker(copy_metrics(self.metrics))
+        probe.reset()  # a metric may set its state up in reset(), as the Metric docstring shows
         probe.update(StepResult(None, preds, targets, n))
         probe.compute()

@@ -306,7 +306,7 @@ class SWA(_WeightAverage):
             self._recompute_batchnorm(self._loader)
 
     def _recompute_batchnorm(self, loader: Iterable) -> None:
-        from ..lr_finder import preserved_rng  # lazily: it owns RNG/generator snapshots
+        from ..checkpoint import preserved_rng  # lazily: it owns RNG/generator snapshots
 
         net = self.model.net
         device = next(iter(net.parameters())).device

@@ -348,16 +348,31 @@ def _check_optimizer(scheduler: Any, model: Any) -> None:
         )
 
 
-def from_fit_argument(lr_scheduler: Any, has_val: bool) -> Callback:
+def from_fit_argument(lr_scheduler: Any, has_val: bool, optimizer: Any = None) -> Callback:
     """The callback behind ``fit(lr_scheduler=...)``: a scheduler stepped per epoch.
 
     A torch ``ReduceLROnPlateau`` watches ``val_loss`` (``loss`` without a validation loader).
+    Anything but a scheduler instance on ``optimizer`` (the model's) is refused before training.
     """
     if isinstance(lr_scheduler, Callback):
         raise TypeError(
             f"fit(lr_scheduler=...) takes a torch LR scheduler; {type(lr_scheduler).__name__} is a callback: "
             "pass it in callbacks=[...]"
         )
+    example = "e.g. fit(..., lr_scheduler=torch.optim.lr_scheduler.StepLR(model.optimizer, step_size=10))"
+    if isinstance(lr_scheduler, type):
+        raise TypeError(f"fit(lr_scheduler=...) got the class {lr_scheduler.__name__}; pass an instance built on "
+                        f"model.optimizer, {example}")
+    if isinstance(lr_scheduler, torch.optim.Optimizer):
+        raise TypeError(f"fit(lr_scheduler=...) got an optimizer ({type(lr_scheduler).__name__}), not a scheduler; "
+                        f"it would take an extra optimizer step every epoch. Pass a scheduler, {example}")
+    if not isinstance(lr_scheduler, (torch.optim.lr_scheduler.LRScheduler, _Plateau)):
+        raise TypeError(f"fit(lr_scheduler=...) takes a torch LR scheduler; got {type(lr_scheduler).__name__}. "
+                        f"Pass one, {example}, or a LearningRateScheduler callback in callbacks=[...]")
+    if optimizer is not None and getattr(lr_scheduler, "optimizer", None) is not optimizer:
+        raise ValueError(f"fit(lr_scheduler=...): the {type(lr_scheduler).__name__} was built on another optimizer "
+                         "than model.optimizer, so it would change nothing this fit trains with. Build it on "
+                         f"model.optimizer, {example}")
     if isinstance(lr_scheduler, _Plateau):
         return LearningRateScheduler(lr_scheduler, monitor="val_loss" if has_val else "loss")
     return LearningRateScheduler(lr_scheduler)

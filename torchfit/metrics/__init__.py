@@ -82,7 +82,7 @@ from .base import BatchMetric, Mean, Metric, Reducer
 from .classification import AUC, F1, Accuracy, Precision, Recall
 from .regression import MAE, MSE, R2
 from .registry import KNOWN_METRICS, UnknownMetricError, get_metric, resolve_metrics
-from .tracker import Tracker
+from .tracker import Tracker, copy_metrics
 
 __all__ = [
     "KNOWN_METRICS",

@@ -7,6 +7,7 @@ processes is the reducer's (``sync``).
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, Mapping
 
 import torch
@@ -36,8 +37,12 @@ class Tracker:
     def reset(self) -> None:
         self.loss_seen = False
         self.loss.reset()
-        for m in self.metrics.values():
-            m.reset()
+        for name, m in self.metrics.items():
+            try:
+                m.reset()
+            except Exception as exc:
+                raise MetricError(f"metric {self.prefix + name!r} raised {type(exc).__name__} in reset(): {exc}. "
+                                  "reset() must clear the metric's state without arguments") from exc
         for m in self.extra.values():
             m.reset()
 
@@ -85,6 +90,27 @@ class Tracker:
         for name, mean in self.extra.items():
             logs[p + name] = mean.compute()
         return logs
+
+
+def copy_metrics(metrics: Mapping[str, Metric]) -> Dict[str, Metric]:
+    """Independent copies of ``metrics`` (each phase keeps its own state); a metric that cannot be
+    copied is named.
+
+    >>> from torchfit.metrics import Accuracy
+    >>> copy_metrics({"acc": Accuracy()})["acc"] is not None
+    True
+    """
+    copies: Dict[str, Metric] = {}
+    for name, metric in metrics.items():
+        try:
+            copies[name] = copy.deepcopy(metric)
+        except Exception as exc:
+            raise MetricError(
+                f"metric {name!r} ({type(metric).__name__}) cannot be copied with copy.deepcopy "
+                f"({type(exc).__name__}: {exc}); torchfit keeps a copy per phase (training, validation). "
+                "Keep the metric's state in tensors and plain Python values, or create resources in reset()"
+            ) from exc
+    return copies
 
 
 def _to_float(value: Any) -> float:
