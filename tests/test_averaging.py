@@ -265,9 +265,13 @@ def test_an_error_during_validation_leaves_the_raw_weights_recoverable():
     model, dl, dl_val = setup()
     ema = EMA(decay=0.5)
 
+    calls = {"val": 0}
+
     def loss_failing_in_validation(preds, y):
         if not torch.is_grad_enabled():
-            raise RuntimeError("val batch broken")
+            calls["val"] += 1
+            if calls["val"] > 1:  # the check of dl_val's first batch before training passes
+                raise RuntimeError("val batch broken")
         return nn.functional.cross_entropy(preds, y)
 
     object.__setattr__(model, "loss_fn", loss_failing_in_validation)

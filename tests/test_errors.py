@@ -92,7 +92,7 @@ def test_batch_that_is_not_a_pair():
 def test_shape_mismatch_names_step_and_batch_and_chains():
     X = torch.randn(20, 5)  # the net wants 4 features
     model = compiled()
-    with pytest.raises(StepError, match=r"train step failed at epoch 1, batch 1 of 4 .*\[5, 5\]") as info:
+    with pytest.raises(StepError, match=r"train step failed at epoch 1, batch 1 of 4: layer '0' .*\[5, 5\]") as info:
         model.fit(1, DataLoader(TensorDataset(X, torch.zeros(20, dtype=torch.long)), batch_size=5), verbose=0)
     assert isinstance(info.value.__cause__, RuntimeError)
     assert "mat1 and mat2" in str(info.value.__cause__)

@@ -142,7 +142,8 @@ def test_train_mode_for_training_eval_and_no_grad_for_validation():
     model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), device="cpu")
     net.eval()  # fit must still train in train mode, and hand the net back in eval mode
     model.fit(1, loader(ds, 32), loader(ds, 16), verbose=0)
-    assert net.calls == [(True, True)] * 2 + [(False, False)] * 4
+    # dl_val's first batch is checked in eval mode before training, then 2 training and 4 validation steps
+    assert net.calls == [(False, False)] + [(True, True)] * 2 + [(False, False)] * 4
     assert not net.training and not net.bn.training
 
 
