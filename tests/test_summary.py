@@ -474,3 +474,8 @@ def test_input_dtype_errors_name_the_argument():
         summary(embedding_net(), input_data=torch.zeros(2, 6, dtype=torch.long), input_dtype=torch.long)
     with pytest.raises(TypeError, match="batch_size"):
         summary(embedding_net(), (6,), torch.LongTensor, 0)
+
+
+def test_data_parallel_wrapper_gets_no_row():
+    net = nn.DataParallel(seed_cnn())  # without CUDA it runs the module as it is
+    assert rows_of(quiet(net, (1, 28, 28))) == CNN_ROWS

@@ -26,6 +26,8 @@ __all__ = ["LayerRow", "collect_rows", "render", "summary"]
 
 # Containers only route calls to their children; a row for them would repeat the children's rows.
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+# Wrappers that only route a batch to the net they hold: the summary is the held net's.
+_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 # Two samples, not one, so that layers which squeeze or special-case a batch of one
 # (BatchNorm in training code, `x.squeeze()`) still see an ordinary batch.
 _DUMMY_BATCH = 2
@@ -146,6 +148,7 @@ def collect_rows(net: nn.Module, inputs: Any, *, batch_size: int = -1) -> list[L
     ``inputs`` is a real batch: a tensor, a tuple/list of tensors (``net(*inputs)``) or a dict
     (``net(**inputs)``), already on the net's device. Rows are in the order the layers were
     called; the root and pure containers get no row (a root without children gets one).
+    A ``DataParallel``/DDP wrapper is looked through: the rows are the held net's.
     A layer's ``params`` are its own plus those of descendants that were never called, so no
     parameter is counted in two rows unless a layer is called twice. Errors from the forward
     propagate unchanged, after the net has been restored.
@@ -155,6 +158,8 @@ def collect_rows(net: nn.Module, inputs: Any, *, batch_size: int = -1) -> list[L
         >>> [(r.name, r.shape_text, r.params) for r in rows]
         [('Linear-1', '[-1, 2]', 10), ('ReLU-2', '[-1, 2]', 0)]
     """
+    while isinstance(net, _WRAPPERS):
+        net = net.module
     args, kwargs = _split_inputs(inputs)
     n = _batch_len(inputs)
     layers = [m for m in net.modules() if m is not net and not isinstance(m, _CONTAINERS)]
