@@ -126,6 +126,6 @@ def imdb_loaders():
         ids[:, 150:] = 1  # the tail is padding, as after pad_sequence to MAX_LEN
         return torch.utils.data.TensorDataset(ids, labels)
 
-    dl_train = torch.utils.data.DataLoader(dataset(256), batch_size=20, shuffle=True, generator=g)
-    dl_test = torch.utils.data.DataLoader(dataset(100), batch_size=20)
+    dl_train = torch.utils.data.DataLoader(dataset(120), batch_size=20, shuffle=True, generator=g)
+    dl_test = torch.utils.data.DataLoader(dataset(60), batch_size=20)
     return dl_train, dl_test
