@@ -354,3 +354,54 @@ def test_own_losses_reduce_like_torch_losses():
     assert torch.allclose(losses.get("log_cosh", reduction="sum")(REG_PREDS, REG_TARGETS), per.sum())
     big = torch.tensor([[100.0]])
     assert losses.get("log_cosh")(big, torch.zeros(1, 1)).item() == pytest.approx(100 - math.log(2))
+
+
+# ------------------------------------------------- end to end, wired as the lead will wire it
+def wired_model(net):
+    """torchfit.Model with the wiring the lead adds to the steps, done here through the
+    compute_loss seam: check the first batch once, adapt every batch."""
+    import torchfit
+
+    class Wired(torchfit.Model):
+        checked = False
+
+        def compute_loss(self, preds, targets):
+            if not self.checked:
+                losses.check_targets(self.loss_fn, preds, targets)
+                self.checked = True
+            return super().compute_loss(preds, losses.adapt_targets(self.loss_fn, preds, targets))
+
+    return Wired(net)
+
+
+def _digits_like(labels):
+    torch.manual_seed(0)
+    x = torch.randn(len(labels), 4) + labels.reshape(len(labels), -1)[:, :1].float()
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, labels), batch_size=16)
+
+
+def test_keras_float_labels_train_like_integer_labels():
+    labels = torch.randint(0, 3, (64,))
+    results = []
+    for targets in (labels, labels.float(), labels.float()[:, None]):
+        torch.manual_seed(1)
+        model = wired_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))
+        model.compile(loss=losses.get("sparse_categorical_crossentropy", from_logits=True), device="cpu")
+        model.fit(2, _digits_like(targets), verbose=0)
+        results.append(model.net.state_dict())
+    for other in results[1:]:
+        for key in results[0]:
+            assert torch.equal(results[0][key], other[key]), key
+
+
+def test_fractional_labels_are_refused_before_any_weight_changes():
+    labels = torch.tensor([0.0, 0.5, 1.0, 2.0] * 16)
+    torch.manual_seed(1)
+    model = wired_model(nn.Sequential(nn.Linear(4, 3)))
+    model.compile(loss=nn.CrossEntropyLoss(), device="cpu")
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    with pytest.raises(Exception) as info:
+        model.fit(1, _digits_like(labels), verbose=0)
+    chain = [info.value, info.value.__cause__]
+    assert any(isinstance(e, losses.TargetError) and "not whole numbers" in str(e) for e in chain)
+    assert all(torch.equal(before[k], v) for k, v in model.net.state_dict().items())

@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "get", "names", "adapt_targets", "check_targets", "per_sample", "weighted_mean",
+    "TargetError", "get", "names", "adapt_targets", "check_targets", "per_sample", "weighted_mean",
     "class_weight_to_sample_weight",
     "CrossEntropyFromProbabilities", "BCEFromProbabilities", "MeanAbsolutePercentageError",
     "MeanSquaredLogarithmicError", "LogCosh", "KLDivergence", "Hinge", "SquaredHinge",
@@ -76,6 +76,10 @@ __all__ = [
 ]
 
 EPSILON = 1e-7  # Keras' backend.epsilon(): the clip for probabilities and divisors
+
+
+class TargetError(ValueError):
+    """Targets (labels) that the loss cannot mean, found by :func:`check_targets` before training."""
 
 # Keras' reduction names -> torch's.
 _REDUCTIONS = {"sum_over_batch_size": "mean", "mean": "mean", "sum": "sum", "none": "none", None: "none"}
@@ -549,13 +553,14 @@ def check_targets(loss_fn: Any, preds: Any, targets: Any) -> None:
     probabilities, and a logits loss warns on outputs that look like probabilities. Binary
     cross-entropy: targets in ``[0, 1]`` of the outputs' shape (``nn.BCELoss``: outputs too).
     Regression: the targets' shape must equal the outputs' (no silent broadcast), no NaN.
-    Raises ``ValueError`` naming the loss, the problem, the values seen and the fix.
+    Raises :class:`TargetError` (a ``ValueError``) naming the loss, the problem, the values
+    seen and the fix.
 
     >>> check_targets(nn.CrossEntropyLoss(), torch.zeros(2, 3), torch.tensor([0.0, 2.0]))
     >>> check_targets(nn.CrossEntropyLoss(), torch.zeros(2, 3), torch.tensor([0.5, 2.0]))
     Traceback (most recent call last):
     ...
-    ValueError: CrossEntropyLoss() needs class indices 0..2 as targets (the net outputs 3 classes), but the first batch's labels include 0.5 (not whole numbers). ...
+    torchfit.losses.TargetError: CrossEntropyLoss() needs class indices 0..2 as targets (the net outputs 3 classes), but the first batch's labels include 0.5 (not whole numbers). ...
     """
     if not isinstance(targets, torch.Tensor) or not isinstance(preds, torch.Tensor):
         return
@@ -572,7 +577,7 @@ def check_targets(loss_fn: Any, preds: Any, targets: Any) -> None:
         values = targets.detach().double()
         bad = values[~((values >= 0) & (values <= 1))]  # NaN fails both comparisons
         if bad.numel():
-            raise ValueError(
+            raise TargetError(
                 f"{name} needs targets in [0, 1] (0/1 labels or probabilities), but the first batch's labels "
                 f"include {_examples(bad)}. For more than two classes give the net C outputs and use "
                 "'sparse_categorical_crossentropy' (from_logits=True) or nn.CrossEntropyLoss(); NaN labels "
@@ -582,7 +587,7 @@ def check_targets(loss_fn: Any, preds: Any, targets: Any) -> None:
             out = preds.detach().double()
             outside = out[~((out >= 0) & (out <= 1))]
             if outside.numel():
-                raise ValueError(
+                raise TargetError(
                     f"{name} takes probabilities, but the net's outputs include {_examples(outside)}: they look "
                     "like logits. End the net with nn.Sigmoid(), or use nn.BCEWithLogitsLoss() "
                     "(losses.get('binary_crossentropy', from_logits=True))"
@@ -592,12 +597,12 @@ def check_targets(loss_fn: Any, preds: Any, targets: Any) -> None:
                       "give targets one value per output: (N,) or (N, 1) for one output, (N, K) for K outputs")
         values = targets.detach()
         if values.is_floating_point() and bool(torch.isnan(values).any()):
-            raise ValueError(f"{name}: the first batch's targets contain NaN; drop or fill those rows before fit")
+            raise TargetError(f"{name}: the first batch's targets contain NaN; drop or fill those rows before fit")
 
 
 def _check_shapes(name: str, preds: torch.Tensor, targets: torch.Tensor, adapted: torch.Tensor, fix: str) -> None:
     if adapted.shape != preds.shape:
-        raise ValueError(
+        raise TargetError(
             f"{name}: targets of shape {tuple(targets.shape)} do not match the net's outputs of shape "
             f"{tuple(preds.shape)} (torch would broadcast them and compute a wrong loss). Fix: {fix}"
         )
@@ -609,20 +614,20 @@ def _check_index_targets(loss_fn: Any, name: str, preds: torch.Tensor, targets: 
     if targets.shape == preds.shape:  # one-hot / soft rows
         rows = targets.detach().double()
         if not bool(((rows >= 0) & (rows <= 1)).all()):
-            raise ValueError(
+            raise TargetError(
                 f"{name}: targets of the outputs' shape {tuple(preds.shape)} are read as one-hot or probability "
                 f"rows, but they include {_examples(rows[~((rows >= 0) & (rows <= 1))])}. Pass class indices "
                 "of shape (N,) instead, or rows of probabilities"
             )
         if _dense_only_index(loss_fn) and not bool(((rows == 0) | (rows == 1)).all() and (rows.sum(1) == 1).all()):
-            raise ValueError(
+            raise TargetError(
                 f"{name} takes class indices; (N, C) targets are accepted only one-hot. For soft labels use "
                 "nn.CrossEntropyLoss() or 'categorical_crossentropy'"
             )
         return
     expected = (preds.shape[0], *preds.shape[2:])
     if tuple(adapted.shape) != tuple(expected):
-        raise ValueError(
+        raise TargetError(
             f"{name}: targets of shape {tuple(targets.shape)} do not fit outputs of shape {tuple(preds.shape)}: "
             f"class-index targets have shape {tuple(expected)} (one id per sample), one-hot targets "
             f"{tuple(preds.shape)}. Fix the labels' shape, or the net's output layer"
@@ -654,7 +659,7 @@ def _check_index_targets(loss_fn: Any, name: str, preds: torch.Tensor, targets: 
         ))
     if problems:
         what, bad, fix = problems[0]
-        raise ValueError(
+        raise TargetError(
             f"{name} needs class indices 0..{classes - 1} as targets (the net outputs {classes} classes), but "
             f"the first batch's labels include {_examples(bad)} ({what}). Fix: {fix}"
         )
@@ -670,7 +675,7 @@ def _looks_like_probabilities(preds: torch.Tensor) -> bool:
 def _check_class_outputs(loss_fn: Any, name: str, preds: torch.Tensor) -> None:
     if isinstance(loss_fn, CrossEntropyFromProbabilities):
         if not _looks_like_probabilities(preds):
-            raise ValueError(
+            raise TargetError(
                 f"{name} takes probabilities (from_logits=False, Keras' default), but the net's outputs are not: "
                 f"rows must be >= 0 and sum to 1, and the first batch has values {_examples(preds)}. A net "
                 "ending in nn.Linear outputs logits: use from_logits=True, e.g. "

@@ -18,10 +18,14 @@ import torch
 from torch import nn
 
 import torchfit
+import torchfit.losses  # until torchfit/__init__.py imports it (the lead adds it)
 
 WAITS_FOR_LOSS_WIRING = pytest.mark.xfail(
     strict=True, reason="waits for the lead's wiring of torchfit.losses: compile(loss='name') -> losses.get, "
                         "and losses.adapt_targets / check_targets in the steps (issue 11, part 4)")
+WAITS_FOR_METRIC_NAMES = pytest.mark.xfail(
+    strict=True, reason="waits for the lead's wiring of compile(loss='name') -> losses.get, and Keras metric names "
+                        "('sparse_categorical_accuracy', 'binary_accuracy'...) in torchfit.metrics")
 WAITS_FOR_WEIGHTS = pytest.mark.xfail(
     strict=True, reason="waits for the lead's fit(class_weight=, sample_weight=) built on "
                         "losses.per_sample / weighted_mean (issue 11, part 4)")
@@ -90,7 +94,7 @@ def test_api_overview_end_to_end(data):
     assert torch.allclose(predictions.sum(dim=1), torch.ones(3))  # probabilities, as in Keras
 
 
-@WAITS_FOR_LOSS_WIRING
+@WAITS_FOR_METRIC_NAMES
 def test_string_shortcuts_and_validation_split(data):
     x_train, y_train, *_ = data
     model = get_compiled_model()
