@@ -405,3 +405,13 @@ def test_fractional_labels_are_refused_before_any_weight_changes():
     chain = [info.value, info.value.__cause__]
     assert any(isinstance(e, losses.TargetError) and "not whole numbers" in str(e) for e in chain)
     assert all(torch.equal(before[k], v) for k, v in model.net.state_dict().items())
+
+
+def test_weighting_helpers_do_not_read_values():
+    # Meta tensors have no values: any host read (a sync on CUDA) would raise.
+    targets = torch.empty(8, device="meta")
+    w = losses.class_weight_to_sample_weight({0: 1.0, 1: 4.0}, targets)
+    assert w.shape == (8,) and w.device.type == "meta"
+    per = losses.per_sample(nn.CrossEntropyLoss())(torch.empty(8, 3, device="meta"),
+                                                   torch.empty(8, dtype=torch.long, device="meta"))
+    assert losses.weighted_mean(per, w).shape == ()
