@@ -81,8 +81,10 @@ def test_unknown_names_and_misuse_are_clear_errors():
     with pytest.raises(ValueError, match=r"unknown loss name 'sparse_categorical_crossentropi'.*Did you mean "
                                          r"'sparse_categorical_crossentropy'.*Known names: .*mse"):
         losses.get("sparse_categorical_crossentropi")
-    with pytest.raises(TypeError, match="from_logits only applies to the cross-entropy"):
+    with pytest.raises(TypeError, match="from_logits applies to Keras' cross-entropy names"):
         losses.get("mse", from_logits=True)
+    with pytest.raises(TypeError, match="always take logits"):
+        losses.get("cross_entropy", from_logits=True)
     with pytest.raises(TypeError, match=r"pass an instance: CrossEntropyLoss\(\)"):
         losses.get(nn.CrossEntropyLoss)
     with pytest.raises(TypeError, match="already built"):

@@ -439,8 +439,9 @@ def get(loss: Any, *, from_logits: Optional[bool] = None, **options: Any) -> Cal
             return factory(from_logits=bool(from_logits), **options)
         if from_logits is not None:
             raise TypeError(
-                f"from_logits only applies to the cross-entropy losses; {loss!r} takes the net's outputs as "
-                "they are. Drop from_logits="
+                f"from_logits applies to Keras' cross-entropy names (sparse_categorical_crossentropy, "
+                f"categorical_crossentropy, binary_crossentropy); {loss!r} takes the net's outputs as it is "
+                "(torch's cross_entropy and bce_with_logits always take logits). Drop from_logits="
             )
         return factory(**options)
     if isinstance(loss, type):
