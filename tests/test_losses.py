@@ -417,3 +417,40 @@ def test_weighting_helpers_do_not_read_values():
     per = losses.per_sample(nn.CrossEntropyLoss())(torch.empty(8, 3, device="meta"),
                                                    torch.empty(8, dtype=torch.long, device="meta"))
     assert losses.weighted_mean(per, w).shape == ()
+
+
+def test_class_weight_wiring_matches_a_hand_written_keras_loop():
+    """The class-weight wiring the lead adds to the step, here through compute_loss, trains
+    exactly like a hand-written loop using Keras' sum(w * l) / N."""
+    import torchfit
+
+    class_weight = {0: 1.0, 1: 3.0, 2: 0.0}
+    loss_fn = nn.CrossEntropyLoss()
+    per = losses.per_sample(loss_fn)
+
+    class Weighted(torchfit.Model):
+        def compute_loss(self, preds, targets):
+            w = losses.class_weight_to_sample_weight(class_weight, targets)
+            return losses.weighted_mean(per(preds, targets), w)
+
+    torch.manual_seed(0)
+    x, y = torch.randn(48, 4), torch.randint(0, 3, (48,))
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+
+    torch.manual_seed(1)
+    model = Weighted(nn.Linear(4, 3))
+    model.compile(loss=loss_fn, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), device="cpu")
+    model.fit(2, dl, verbose=0)
+
+    torch.manual_seed(1)
+    net = nn.Linear(4, 3)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    table = torch.tensor([1.0, 3.0, 0.0])
+    for _ in range(2):
+        for xb, yb in dl:
+            opt.zero_grad()
+            losses_b = nn.functional.cross_entropy(net(xb), yb, reduction="none")
+            ((losses_b * table[yb]).sum() / len(yb)).backward()
+            opt.step()
+    for key, value in net.state_dict().items():
+        assert torch.allclose(model.net.state_dict()[key], value, atol=1e-7), key
