@@ -377,3 +377,105 @@ def test_collect_rows_and_render_are_usable_on_their_own():
     text = render(rows, totals)
     assert text.splitlines()[3].split() == ["Conv2d-1", "[-1,", "32,", "26,", "26]", "320"]
     assert "Total params: 53,994" in text
+
+
+# ----------------------------------------------------------------- torchkeras 1.x parameters
+def embedding_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Embedding(50, 4), nn.Flatten(), nn.Linear(6 * 4, 2))
+
+
+EMBEDDING_ROWS = [("Embedding-1", "[-1, 6, 4]", 200), ("Flatten-2", "[-1, 24]", 0), ("Linear-3", "[-1, 2]", 50)]
+
+
+@pytest.mark.parametrize(
+    "spec", [torch.LongTensor, torch.cuda.LongTensor, torch.long, "torch.LongTensor", "int64", [torch.LongTensor]]
+)
+def test_input_dtype_accepts_tensor_types_dtypes_and_names(spec):
+    df = quiet(embedding_net(), (6,), input_dtype=spec)
+    assert rows_of(df) == EMBEDDING_ROWS
+    assert df.attrs["input_size_mb"] == pytest.approx(6 * 8 / MB)  # int64 dummies, one sample
+
+
+def test_float_tensor_types_set_the_dummy_dtype():
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(x.dtype)
+            return x
+
+    quiet(Probe(), (3,), input_dtype=torch.FloatTensor)
+    quiet(Probe(), (3,), input_dtype=torch.cuda.FloatTensor)  # the net's device decides, not the type
+    quiet(Probe(), (3,), input_dtype=torch.DoubleTensor)
+    assert seen == [torch.float32, torch.float32, torch.float64]
+
+
+def test_torchkeras_1x_positional_order_and_batch_size_minus_one():
+    # torchkeras 1.x: summary(model, input_shape, input_dtype=torch.FloatTensor, batch_size=-1)
+    lines = []
+    df = summary(embedding_net(), (6,), torch.LongTensor, -1, print_fn=lines.append)
+    assert rows_of(df) == EMBEDDING_ROWS
+    assert lines[1].split() == ["Layer", "(type)", "Output", "Shape", "Param", "#"]
+    assert any(line.split() == ["Embedding-1", "[-1,", "6,", "4]", "200"] for line in lines)
+    assert rows_of(summary(embedding_net(), (6,), torch.LongTensor, 32, print_fn=None))[0][1] == "[32, 6, 4]"
+
+
+def test_a_list_of_input_dtypes_for_several_inputs():
+    class TokensAndFeatures(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 3)
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, ids, feats):
+            return self.emb(ids).mean(1) + self.fc(feats)
+
+    df = quiet(TokensAndFeatures(), [(5,), (2,)], input_dtype=[torch.LongTensor, torch.FloatTensor])
+    assert rows_of(df) == [("Embedding-1", "[-1, 5, 3]", 30), ("Linear-2", "[-1, 3]", 9)]
+    assert df.attrs["input_size_mb"] == pytest.approx((5 * 8 + 2 * 4) / MB)
+
+
+def test_eat_pytorch_time_series_summary_as_published():
+    # "eat pytorch in 20 days", chapter 1-4 (covid time series), its Net and its summary call.
+    import torchfit
+
+    class Block(nn.Module):
+        def forward(self, x, x_input):
+            return torch.max((1 + x) * x_input[:, -1, :], torch.tensor(0.0))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super(Net, self).__init__()
+            self.lstm = nn.LSTM(input_size=3, hidden_size=3, num_layers=5, batch_first=True)
+            self.linear = nn.Linear(3, 3)
+            self.block = Block()
+
+        def forward(self, x_input):
+            x = self.lstm(x_input)[0][:, -1, :]
+            x = self.linear(x)
+            return self.block(x, x_input)
+
+    model = torchfit.Model(Net())
+    df = model.summary(input_shape=(8, 3), input_dtype=torch.FloatTensor, print_fn=None)
+    assert list(df["Layer (type)"]) == ["LSTM-1", "Linear-2", "Block-3"]
+    assert list(df["Param #"]) == [480, 12, 0]  # the numbers the chapter prints
+    assert df["Output Shape"][1] == "[-1, 3]" and df.attrs["total_params"] == 492
+
+
+def test_input_dtype_errors_name_the_argument():
+    with pytest.raises(TypeError, match="both input_dtype= and dtypes="):
+        summary(embedding_net(), (6,), input_dtype=torch.long, dtypes=torch.long)
+    with pytest.raises(ValueError, match=r"input_dtype must be .*torch.LongTensor.*got 'int128'"):
+        summary(embedding_net(), (6,), input_dtype="int128")
+    with pytest.raises(ValueError, match="input_dtype .*list of 2"):
+        summary(embedding_net(), [(6,), (6,)], input_dtype=[torch.LongTensor])
+    with pytest.raises(TypeError, match="input_dtype only applies to input_shape"):
+        summary(embedding_net(), input_data=torch.zeros(2, 6, dtype=torch.long), input_dtype=torch.long)
+    with pytest.raises(TypeError, match="batch_size"):
+        summary(embedding_net(), (6,), torch.LongTensor, 0)
+
+
+def test_data_parallel_wrapper_gets_no_row():
+    net = nn.DataParallel(seed_cnn())  # without CUDA it runs the module as it is
+    assert rows_of(quiet(net, (1, 28, 28))) == CNN_ROWS

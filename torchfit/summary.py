@@ -28,6 +28,8 @@ __all__ = ["LayerRow", "collect_rows", "render", "summary"]
 
 # Containers only route calls to their children; a row for them would repeat the children's rows.
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+# Wrappers that only route a batch to the net they hold: the summary is the held net's.
+_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 # Two samples, not one, so that layers which squeeze or special-case a batch of one
 # (BatchNorm in training code, `x.squeeze()`) still see an ordinary batch.
 _DUMMY_BATCH = 2
@@ -36,6 +38,9 @@ _COLUMNS = ["Layer (type)", "Output Shape", "Param #"]
 _MIN_WIDTHS = (30, 25, 15)
 
 Shape = Union[Sequence[int], Sequence[Sequence[int]]]
+# A torch.dtype, a legacy tensor type such as torch.LongTensor (torchkeras 1.x's input_dtype), or
+# the name of either ("torch.LongTensor", "int64", "long").
+DtypeLike = Union[torch.dtype, type, str]
 
 
 @dataclasses.dataclass
@@ -63,10 +68,11 @@ class LayerRow:
 def summary(
     net: nn.Module,
     input_shape: Optional[Union[int, Shape]] = None,
+    input_dtype: Optional[Union[DtypeLike, Sequence[DtypeLike]]] = None,
+    batch_size: int = -1,
     *,
     input_data: Any = None,
-    batch_size: int = -1,
-    dtypes: Optional[Union[torch.dtype, Sequence[torch.dtype]]] = None,
+    dtypes: Optional[Union[DtypeLike, Sequence[DtypeLike]]] = None,
     device: Optional[Union[str, torch.device]] = None,
     print_fn: Optional[Callable[[str], Any]] = print,
 ) -> pd.DataFrame:
@@ -74,7 +80,13 @@ def summary(
 
     ``input_shape`` is the shape of ONE sample without the batch dim, or a list of shapes for
     ``net(x1, x2, ...)``; a dummy batch of 2 is built from it (random floats, zeros for integer
-    ``dtypes``). ``input_data`` is a real batch instead: a tensor, a tuple of tensors
+    dtypes). ``input_dtype`` (torchkeras 1.x's name; ``dtypes`` is torchsummary's and means the
+    same) is the dummy's dtype: a ``torch.dtype`` or a legacy tensor type such as
+    ``torch.FloatTensor``, ``torch.LongTensor`` or ``torch.cuda.FloatTensor``, one for every
+    input or a list with one per input; by default the net's float dtype. The dummy goes to the
+    net's device (or ``device``), whatever device a ``torch.cuda.*Tensor`` type names.
+    ``batch_size`` is what the Output Shape column shows for the batch dim (-1 by default, as in
+    torchkeras 1.x and torchsummary). ``input_data`` is a real batch instead: a tensor, a tuple of tensors
     (``net(*data)``) or a dict (``net(**data)``). The net runs once in ``eval()`` mode under
     ``no_grad`` and is left as found (modes, weights, buffers, hooks). ``print_fn`` gets one line
     at a time; ``None`` prints nothing. Totals are in ``df.attrs``.
@@ -96,15 +108,22 @@ def summary(
         )
     if input_shape is not None and input_data is not None:
         raise TypeError("pass either input_shape or input_data to summary, not both")
+    if input_dtype is not None and dtypes is not None:
+        raise TypeError("summary got both input_dtype= and dtypes= (the same thing under two names); pass one")
+    dtype_arg = "input_dtype" if input_dtype is not None else "dtypes"
+    dtypes = input_dtype if input_dtype is not None else dtypes
     if input_data is not None and dtypes is not None:
-        raise TypeError("dtypes only applies to input_shape; give input_data tensors their own dtype")
+        raise TypeError(f"{dtype_arg} only applies to input_shape; give input_data tensors their own dtype")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (batch_size < 1 and batch_size != -1):
+        raise TypeError(f"batch_size is the number shown for the batch dim: -1 (default) or a positive int; "
+                        f"got {batch_size!r}")
 
     target = torch.device(device) if device is not None else _net_device(net)
     if input_shape is not None:
         shapes = _parse_shapes(input_shape)
         inputs: Any = tuple(
             _dummy(shape, dtype, target)
-            for shape, dtype in zip(shapes, _parse_dtypes(dtypes, len(shapes), net))
+            for shape, dtype in zip(shapes, _parse_dtypes(dtypes, len(shapes), net, dtype_arg))
         )
     else:
         inputs = to_device(input_data, target)
@@ -131,6 +150,7 @@ def collect_rows(net: nn.Module, inputs: Any, *, batch_size: int = -1) -> list[L
     ``inputs`` is a real batch: a tensor, a tuple/list of tensors (``net(*inputs)``) or a dict
     (``net(**inputs)``), already on the net's device. Rows are in the order the layers were
     called; the root and pure containers get no row (a root without children gets one).
+    A ``DataParallel``/DDP wrapper is looked through: the rows are the held net's.
     A layer's ``params`` are its own plus those of descendants that were never called, so no
     parameter is counted in two rows unless a layer is called twice. Errors from the forward
     propagate unchanged, after the net has been restored.
@@ -140,6 +160,8 @@ def collect_rows(net: nn.Module, inputs: Any, *, batch_size: int = -1) -> list[L
         >>> [(r.name, r.shape_text, r.params) for r in rows]
         [('Linear-1', '[-1, 2]', 10), ('ReLU-2', '[-1, 2]', 0)]
     """
+    while isinstance(net, _WRAPPERS):
+        net = net.module
     args, kwargs = _split_inputs(inputs)
     n = _batch_len(inputs)
     layers = [m for m in net.modules() if m is not net and not isinstance(m, _CONTAINERS)]
@@ -343,17 +365,46 @@ def _parse_shapes(input_shape: Any) -> list[tuple[int, ...]]:
     )
 
 
-def _parse_dtypes(dtypes: Any, count: int, net: nn.Module) -> list[torch.dtype]:
+def _parse_dtypes(dtypes: Any, count: int, net: nn.Module, arg: str = "dtypes") -> list[torch.dtype]:
     if dtypes is None:
         # Match the net's float precision, so a .double() or .half() net runs as is.
         floating = (p.dtype for p in net.parameters() if p.is_floating_point())
         return [next(floating, torch.get_default_dtype())] * count
-    if isinstance(dtypes, torch.dtype):
-        return [dtypes] * count
-    dtypes = list(dtypes)
-    if len(dtypes) != count or not all(isinstance(d, torch.dtype) for d in dtypes):
-        raise ValueError(f"dtypes must be a torch.dtype or {count} of them (one per input), got {dtypes!r}")
-    return dtypes
+    single = _as_dtype(dtypes)
+    if single is not None:
+        return [single] * count
+    if not isinstance(dtypes, (list, tuple)):
+        raise ValueError(_dtype_error(arg, dtypes, count))
+    parsed = [_as_dtype(d) for d in dtypes]
+    if len(parsed) != count or any(d is None for d in parsed):
+        raise ValueError(_dtype_error(arg, dtypes, count))
+    return parsed  # type: ignore[return-value]
+
+
+def _as_dtype(spec: Any) -> Optional[torch.dtype]:
+    """A torch.dtype for a dtype, a legacy tensor type (torch.LongTensor) or the name of one."""
+    if isinstance(spec, torch.dtype):
+        return spec
+    if isinstance(spec, str):
+        name = spec[len("torch."):] if spec.startswith("torch.") else spec
+        if name.startswith("cuda."):
+            name = name[len("cuda."):]
+        found = getattr(torch, name, None)
+        if isinstance(found, torch.dtype):
+            return found
+        spec = found
+    # Legacy tensor types (torch.FloatTensor, torch.cuda.LongTensor...) are instances of
+    # torch's metaclass `tensortype` and carry their dtype.
+    if isinstance(spec, type) and type(spec).__name__ == "tensortype":
+        return spec.dtype
+    return None
+
+
+def _dtype_error(arg: str, given: Any, count: int) -> str:
+    return (
+        f"{arg} must be a torch.dtype (torch.long) or a tensor type (torch.LongTensor), one for "
+        f"every input or a list of {count} (one per input); got {given!r}"
+    )
 
 
 def _dummy(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -376,8 +427,8 @@ def _forward_error(input_shape: Any, inputs: Any, err: Exception) -> str:
             f"summary could not run the net on a dummy batch of shape {', '.join(map(str, shapes))} "
             f"built from input_shape={input_shape!r} ({type(err).__name__}: {err}). input_shape "
             "should be the shape of ONE sample without the batch dim, e.g. (1, 28, 28) for "
-            "28x28 grey images; pass a list of shapes for several inputs, dtypes= for integer "
-            "inputs, or input_data= a real batch."
+            "28x28 grey images; pass a list of shapes for several inputs, input_dtype=torch.long "
+            "for integer inputs (token ids), or input_data= a real batch."
         )
     return (
         f"summary could not run the net on input_data with tensor shapes "
