@@ -75,13 +75,18 @@ def test_concat_keeps_structure_and_stacks_scalars():
 
 def test_split_batch_and_predict_inputs():
     x, y = torch.ones(2), torch.zeros(2)
-    assert split_batch((x, y), "fit") == (x, y)
-    with pytest.raises(BatchFormatError, match=r"fit expects each batch as a pair \(x, y\); the loader yielded a "
-                                               r"tuple of length 3"):
-        split_batch((x, y, y), "fit")
+    assert split_batch((x, y), "fit") == (x, y, None)
+    w = torch.tensor([1.0, 2.0])
+    assert split_batch((x, y, w), "fit")[2] is w  # Keras' (x, y, sample_weight)
+    with pytest.raises(BatchFormatError, match=r"third item is \[2, 2\], not one weight per sample \(2\)"):
+        split_batch((x, y, torch.ones(2, 2)), "fit")
+    with pytest.raises(BatchFormatError, match=r"fit expects each batch as a pair \(x, y\) or \(x, y, "
+                                               r"sample_weight\); the loader yielded a tuple of length 4"):
+        split_batch((x, y, y, y), "fit")
     assert predict_inputs((x, y)) is x and predict_inputs([x]) is x and predict_inputs(x) is x
-    with pytest.raises(BatchFormatError, match="predict expects batches as x or"):
-        predict_inputs((x, y, y))
+    assert predict_inputs((x, y, w)) is x
+    with pytest.raises(BatchFormatError, match="predict expects batches as x, "):
+        predict_inputs((x, y, y, y))
 
 
 def test_call_net_spreads_tuples_and_dicts():

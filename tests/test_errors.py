@@ -83,10 +83,13 @@ def test_metric_that_raises_is_named_and_nothing_trained():
 def test_batch_that_is_not_a_pair():
     X = torch.randn(20, 4)
     model = compiled()
-    triples = DataLoader(TensorDataset(X, X, X), batch_size=5)
-    with pytest.raises(StepError, match=r"pair \(x, y\).*tuple of length 3|list of length 3") as info:
-        model.fit(1, triples, verbose=0)
+    quadruples = DataLoader(TensorDataset(X, X, X, X), batch_size=5)
+    with pytest.raises(StepError, match=r"pair \(x, y\).*tuple of length 4|list of length 4") as info:
+        model.fit(1, quadruples, verbose=0)
     assert isinstance(info.value.__cause__, BatchFormatError)
+    triples = DataLoader(TensorDataset(X, X, X), batch_size=5)  # read as (x, y, sample_weight), as Keras does
+    with pytest.raises(StepError, match=r"\(x, y, sample_weight\), Keras' layout, but its third item is \[5, 4\]"):
+        model.fit(1, triples, verbose=0)
 
 
 def test_shape_mismatch_names_step_and_batch_and_chains():

@@ -165,3 +165,55 @@ def test_about_ten_logging_points_per_epoch(capsys):
     model.fit(1, loader(blobs(15 * 4), 4), verbose=1, progress_bar=False)  # 15 batches
     steps = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{'step'")]
     assert 5 <= len(steps) <= 10
+
+
+# ------------------------------------------------------- class and sample weights
+def weighted_hand_loop(net, X, y, w, epochs, batch_size, lr):
+    """Keras' weighting written by hand: sum(w_i * loss_i) / N per batch."""
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    for _ in range(epochs):
+        for i in range(0, len(X), batch_size):
+            opt.zero_grad()
+            per = nn.functional.cross_entropy(net(X[i:i + batch_size]), y[i:i + batch_size], reduction="none")
+            (per * w[i:i + batch_size]).sum().div(len(per)).backward()
+            opt.step()
+
+
+def test_sample_weight_and_class_weight_weigh_each_samples_loss_as_keras_does():
+    torch.manual_seed(0)
+    X, y = torch.randn(48, 4), torch.randint(0, 3, (48,))
+    w = torch.rand(48)
+    for kind in ("sample_weight", "class_weight", "loader"):
+        net, ref = mlp(), mlp()
+        model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), torch.optim.SGD(net.parameters(), lr=0.1),
+                                            device="cpu")
+        if kind == "sample_weight":
+            model.fit(2, x=X, y=y, sample_weight=w, batch_size=16, shuffle=False, verbose=0)
+            weights = w
+        elif kind == "class_weight":
+            cw = {0: 1.0, 1: 3.0, 2: 0.5}
+            model.fit(2, x=X, y=y, class_weight=cw, batch_size=16, shuffle=False, verbose=0)
+            weights = torch.tensor([cw[int(c)] for c in y])
+        else:  # a loader yielding (x, y, sample_weight)
+            model.fit(2, DataLoader(TensorDataset(X, y, w), batch_size=16), verbose=0)
+            weights = w
+        weighted_hand_loop(ref, X, y, weights, 2, 16, 0.1)
+        for a, b in zip(net.parameters(), ref.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{kind}: {m}")
+
+
+def test_weights_that_cannot_work_are_refused_before_training():
+    X, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    net = mlp()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    model = torchfit.Model(net).compile(lambda p, t: nn.functional.cross_entropy(p, t), device="cpu")
+    with pytest.raises(TypeError, match="per-sample losses"):
+        model.fit(1, x=X, y=y, class_weight={0: 2.0}, verbose=0)
+    model = compile_(torchfit.Model(net))
+    with pytest.raises(ValueError, match="both class_weight and sample_weight"):
+        model.fit(1, x=X, y=y, class_weight={0: 2.0}, sample_weight=torch.ones(16), verbose=0)
+    with pytest.raises(ValueError, match="one weight per row of x"):
+        model.fit(1, x=X, y=y, sample_weight=torch.ones(15), verbose=0)
+    with pytest.raises(TypeError, match="sample_weight= with a loader"):
+        model.fit(1, loader(blobs(16), 8), sample_weight=torch.ones(16), verbose=0)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items()) and model.epoch == 0

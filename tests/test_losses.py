@@ -358,22 +358,12 @@ def test_own_losses_reduce_like_torch_losses():
     assert losses.get("log_cosh")(big, torch.zeros(1, 1)).item() == pytest.approx(100 - math.log(2))
 
 
-# ------------------------------------------------- end to end, wired as the lead will wire it
+# ------------------------------------------------- end to end, through the default steps
 def wired_model(net):
-    """torchfit.Model with the wiring the lead adds to the steps, done here through the
-    compute_loss seam: check the first batch once, adapt every batch."""
+    """torchfit.Model: its train step checks the first batch's labels once and adapts every batch."""
     import torchfit
 
-    class Wired(torchfit.Model):
-        checked = False
-
-        def compute_loss(self, preds, targets):
-            if not self.checked:
-                losses.check_targets(self.loss_fn, preds, targets)
-                self.checked = True
-            return super().compute_loss(preds, losses.adapt_targets(self.loss_fn, preds, targets))
-
-    return Wired(net)
+    return torchfit.Model(net)
 
 
 def _digits_like(labels):

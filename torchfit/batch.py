@@ -141,23 +141,35 @@ def concat(chunks: Sequence[Any]) -> Any:
 
 # ------------------------------------------------------------ (x, y) batches
 def split_batch(batch: Any, verb: str) -> tuple:
-    """``(x, y)`` from a batch that is a pair; anything else is a ``BatchFormatError`` naming the fix."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
+    """``(x, y, sample_weight)`` from a batch ``(x, y)`` (weight None) or ``(x, y, w)`` (Keras' layout,
+    one weight per sample); anything else is a ``BatchFormatError`` naming the fix."""
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2:
+            return batch[0], batch[1], None
+        if len(batch) == 3:
+            x, y, w = batch
+            n = batch_size_of(y, x)
+            if not isinstance(w, torch.Tensor) or w.dim() > 2 or w.numel() != n or (w.dim() and w.shape[0] != n):
+                raise BatchFormatError(
+                    f"{verb} read a batch of 3 as (x, y, sample_weight), Keras' layout, but its third item is "
+                    f"{describe(w)}, not one weight per sample ({n}). Yield (x, y) pairs, or weights of shape "
+                    "(N,); for several inputs yield ((x1, x2), y)"
+                )
+            return x, y, w
     what = f"a {type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list, dict)) else "")
     raise BatchFormatError(
-        f"{verb} expects each batch as a pair (x, y); the loader yielded {what}. Make the dataset return "
-        "(inputs, target), e.g. TensorDataset(X, y), or override train_step/eval_step for other layouts"
+        f"{verb} expects each batch as a pair (x, y) or (x, y, sample_weight); the loader yielded {what}. Make the "
+        "dataset return (inputs, target), e.g. TensorDataset(X, y), or override train_step/eval_step for other layouts"
     )
 
 
 def predict_inputs(batch: Any) -> Any:
-    """The inputs of a predict batch: ``x`` alone, ``(x,)`` or ``(x, y)``."""
+    """The inputs of a predict batch: ``x`` alone, ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``."""
     if isinstance(batch, (tuple, list)):
-        if len(batch) in (1, 2):
+        if len(batch) in (1, 2, 3):
             return batch[0]
         raise BatchFormatError(
-            f"predict expects batches as x or (x, y); the loader yielded a {type(batch).__name__} of length "
+            f"predict expects batches as x, (x, y) or (x, y, w); the loader yielded a {type(batch).__name__} of length "
             f"{len(batch)}. For a net with several inputs yield ((x1, x2), y), or override predict_step"
         )
     return batch

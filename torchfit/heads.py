@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .losses import adapt_targets, check_targets
 from .metrics.base import Metric, Reducer
 
 Key = Union[str, int]
@@ -86,7 +87,8 @@ class MultiLoss:
         total = None
         parts: Dict[str, torch.Tensor] = {}
         for key, name in zip(self.keys, self.names):
-            value = self.losses[key](head(preds, key, "the net's output"), head(targets, key, "the targets"))
+            fn, p = self.losses[key], head(preds, key, "the net's output")
+            value = fn(p, adapt_targets(fn, p, head(targets, key, "the targets")))
             weighted = value * self.weights[key]
             total = weighted if total is None else total + weighted
             parts[f"{name}_loss"] = value.detach()
@@ -94,6 +96,11 @@ class MultiLoss:
 
     def __call__(self, preds: Any, targets: Any) -> torch.Tensor:
         return self.parts(preds, targets)[0]
+
+    def check_targets(self, preds: Any, targets: Any) -> None:
+        """``losses.check_targets`` for each output: labels that cannot mean what its loss reads."""
+        for key in self.keys:
+            check_targets(self.losses[key], head(preds, key, "the net's output"), head(targets, key, "the targets"))
 
     def to(self, device: torch.device) -> "MultiLoss":
         for fn in self.losses.values():
@@ -151,4 +158,5 @@ def head_metrics(metrics: Mapping[Key, Any], loss: MultiLoss,
 def is_per_output(metrics: Any, loss: Any) -> bool:
     """Whether ``metrics`` is keyed by output (``{"a": [...], "b": [...]}``) for this ``MultiLoss``."""
     return (isinstance(loss, MultiLoss) and isinstance(metrics, Mapping) and bool(metrics)
-            and all(k in loss.losses for k in metrics))
+            and (any(k in loss.losses for k in metrics)
+                 or all(isinstance(v, (list, tuple)) for v in metrics.values())))

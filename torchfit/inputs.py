@@ -78,6 +78,7 @@ def fit_loaders(
     seed: int = 0,
     loss_fn: Any = None,
     epoch: int = 0,
+    sample_weight: Any = None,
 ) -> Tuple[Iterable, Optional[Iterable]]:
     """Resolve fit's data arguments into ``(train_loader, val_loader_or_None)``.
 
@@ -108,11 +109,13 @@ def fit_loaders(
 
     if x is None and _is_loader(data):
         _reject_loader_options("fit", batch_size=batch_size, shuffle=shuffle, y=y, target=target,
-                               validation_split=validation_split)
+                               validation_split=validation_split, sample_weight=sample_weight)
         train: Iterable = data
         train_ds = None
     else:
         train_ds = _dataset("fit", data, y, target, loss_fn, "x" if x is not None else "dl_train")
+        if sample_weight is not None:
+            train_ds = _with_weights(train_ds, sample_weight)
         train = None
 
     val: Optional[Iterable] = None
@@ -263,6 +266,19 @@ def _dataset(verb: str, data: Any, y: Any, target: Target, loss_fn: Any, name: s
         raise ValueError(f"{verb}: {name} has {len(X)} rows but {y_name} has {len(Y)}; they need one target per "
                          "sample (same first dimension)")
     return TensorDataset(X, Y)
+
+
+def _with_weights(ds: Dataset, sample_weight: Any) -> Dataset:
+    """``ds``'s (x, y) pairs with one weight each: (x, y, w), Keras' layout."""
+    if not isinstance(ds, TensorDataset) or len(ds.tensors) != 2:
+        raise TypeError("sample_weight goes with array inputs (x=X, y=Y or a DataFrame); a Dataset yields "
+                        "(x, y, w) triples itself when its samples carry weights")
+    w = _tensor(sample_weight, "sample_weight", features=True)
+    if w.dim() > 2 or w.numel() != len(ds) or (w.dim() == 2 and w.shape[1] != 1):
+        raise ValueError(f"sample_weight must hold one weight per row of x ({len(ds)}); got shape {list(w.shape)}")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError("sample_weight must be finite and >= 0")
+    return TensorDataset(*ds.tensors, w.reshape(len(ds)))
 
 
 def _val_loader(source: Any, target: Target, batch_size: Optional[int], loss_fn: Any, name: str) -> Iterable:

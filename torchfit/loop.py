@@ -36,6 +36,7 @@ from torch import nn
 from .batch import describe, to_device
 from .diagnose import LossError, step_failure
 from .errors import MetricError, StepError
+from .losses import TargetError
 from .fast_path import iter_batches
 
 EMPTY: Mapping[str, float] = {}
@@ -74,6 +75,7 @@ class RunConfig:
     optim: Any = None  # optim.OptimizerStep of a fit
     loaders: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # fit's loaders by argument name
     validation_freq: int = 1  # validate every n-th epoch
+    weighting: Any = None  # losses.SampleWeighting: Keras' sample_weight / class_weight
 
 
 class Run:
@@ -84,7 +86,7 @@ class Run:
     ``last_result`` and end training with ``stop(reason)``.
     """
 
-    def __init__(self, config: RunConfig, preflight: bool = False):
+    def __init__(self, config: RunConfig, preflight: bool = False, check_targets: bool = False):
         self.config = config
         self.epoch = 0
         self.batch_idx = 0
@@ -93,6 +95,7 @@ class Run:
         self.epoch_complete = False  # the last run_epoch went through the whole loader
         self.stopped_reason: Optional[str] = None
         self.preflight = preflight  # check metrics on the first batch before weights change
+        self.check_targets = check_targets  # check the first batch's labels against the loss, likewise
 
     def stop(self, reason: str, model: Any) -> None:
         """End training at the next check, recording why (printed when fit ends)."""
@@ -162,7 +165,7 @@ def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: 
                 else:
                     with grad_sync():
                         out = step_fn(batch)
-            except (StepError, MetricError, KeyboardInterrupt):
+            except (StepError, MetricError, TargetError, KeyboardInterrupt):
                 raise
             except Exception as exc:
                 where = (f"{phase.name} step failed at " + (f"epoch {run.epoch}, " if phase is not PREDICT else "")

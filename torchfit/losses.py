@@ -794,3 +794,35 @@ def class_weight_to_sample_weight(class_weight: Mapping[Any, float], targets: to
     lookup[list(table)] = torch.tensor(list(table.values()), dtype=lookup.dtype, device=targets.device)
     inside = (ids >= 0) & (ids < size)
     return torch.where(inside, lookup[ids.clamp(0, size - 1)], torch.ones_like(lookup[:1]))
+
+
+class SampleWeighting:
+    """How one fit weighs its samples: Keras' ``sample_weight`` (a third item in each batch, or
+    ``fit(sample_weight=...)``) and ``class_weight`` (training only), over ``loss_fn``'s per-sample
+    losses. The per-sample form is made at the first weighted batch (or at once with
+    ``class_weight``, so a loss without one fails before training).
+
+    >>> w = SampleWeighting(nn.MSELoss())
+    >>> w.loss(torch.tensor([[1.0], [3.0]]), torch.zeros(2, 1), torch.tensor([1.0, 0.0]), training=True)
+    tensor(0.5000)
+    """
+
+    def __init__(self, loss_fn: Any, class_weight: Optional[Mapping[Any, float]] = None):
+        self.loss_fn = loss_fn
+        self.class_weight = class_weight
+        self._per_sample: Optional[Callable[[Any, Any], torch.Tensor]] = None
+        if class_weight is not None:
+            class_weight_to_sample_weight(class_weight, torch.zeros(0, dtype=torch.long))  # checks the dict
+            self._per_sample = per_sample(loss_fn)
+
+    def applies(self, weights: Any, training: bool) -> bool:
+        """Whether a batch is weighted: it carries weights, or class weights apply (training)."""
+        return weights is not None or (training and self.class_weight is not None)
+
+    def loss(self, preds: Any, targets: Any, weights: Any, training: bool) -> torch.Tensor:
+        if self._per_sample is None:
+            self._per_sample = per_sample(self.loss_fn)
+        if training and self.class_weight is not None:
+            by_class = class_weight_to_sample_weight(self.class_weight, targets)
+            weights = by_class if weights is None else by_class * weights.reshape(by_class.shape).to(by_class)
+        return weighted_mean(self._per_sample(preds, targets), weights)

@@ -34,6 +34,9 @@ from .diagnose import LossError, loss_failure, step_failure, trim_traceback
 from .errors import MetricError, NotCompiledError, StepError
 from .fast_path import iter_batches
 from .formatting import Figures
+from .heads import MultiLoss, head_metrics, is_per_output
+from .losses import SampleWeighting, adapt_targets, check_targets
+from .losses import get as get_loss
 from .loop import Run, RunConfig, StepResult
 from .metrics import Tracker, copy_metrics, resolve_metrics
 from .optim import ForeignOptimizerError, OptimizerStep, move_optimizer_state, resolve_optimizer
@@ -170,6 +173,7 @@ class Model(nn.Module):
         *,
         loss_func: Optional[Callable] = None,
         metrics_dict: Optional[Mapping[str, Any]] = None,
+        loss_weights: Union[Mapping[str, float], Sequence[float], None] = None,
         precision: str = "32",
         jit_compile: Union[bool, Mapping[str, Any]] = False,
     ) -> "Model":
@@ -182,7 +186,11 @@ class Model(nn.Module):
         ``Adam(lr=1e-3)``. An optimizer built on another model's parameters is
         accepted for ``evaluate``/``predict`` (torchkeras tutorials compile clones
         that way) and refused by ``fit``. ``loss_func`` / ``metrics_dict`` are
-        torchkeras 1.x's names. ``precision``: ``"32"``, ``"bf16"`` (CPU or CUDA)
+        torchkeras 1.x's names. ``loss`` may be a Keras name (``"sparse_categorical_crossentropy"``, ``"mse"``...:
+        ``torchfit.losses``), or, for a net returning a dict (or tuple) of outputs, a dict
+        (list) of losses with ``loss_weights``: the history then has ``loss`` (the
+        weighted total) and ``<output>_loss``, and ``metrics={"a": ["accuracy"]}`` gives
+        ``a_accuracy``. ``precision``: ``"32"``, ``"bf16"`` (CPU or CUDA)
         or ``"16-mixed"`` (CUDA). ``jit_compile=True`` (Keras' name) runs the
         training forward through ``torch.compile(net)``; a dict is passed to
         ``torch.compile`` as options, e.g. ``{"mode": "max-autotune"}``.
@@ -194,6 +202,7 @@ class Model(nn.Module):
             raise TypeError("compile got both metrics= and metrics_dict= (its torchkeras alias); pass only one")
         loss = loss if loss is not None else loss_func
         metrics = metrics if metrics is not None else metrics_dict
+        loss = _resolve_loss(loss, loss_weights)
         if loss is not None and not callable(loss):
             raise TypeError(
                 f"loss must be callable as loss(preds, targets) -> scalar tensor; got {type(loss).__name__}. "
@@ -206,13 +215,16 @@ class Model(nn.Module):
         if not isinstance(jit_compile, (bool, Mapping)):
             raise TypeError(f"jit_compile must be True, False or a dict of torch.compile options; got {jit_compile!r}")
         from_logits = True if isinstance(loss, nn.BCEWithLogitsLoss) or loss is nn.functional.binary_cross_entropy_with_logits else None
-        resolved_metrics = resolve_metrics(metrics, from_logits=from_logits)
+        if is_per_output(metrics, loss):  # {"a": ["accuracy"], "b": ["mae"]}: a_accuracy, b_mae
+            resolved_metrics = head_metrics(metrics, loss, resolve_metrics)
+        else:
+            resolved_metrics = resolve_metrics(metrics, from_logits=from_logits)
         try:
             opt, foreign = resolve_optimizer(optimizer, self.net), None
         except ForeignOptimizerError as exc:
             opt, foreign = exc.optimizer, str(exc)
         self.net.to(dev)
-        if isinstance(loss, nn.Module):
+        if isinstance(loss, (nn.Module, MultiLoss)):
             loss.to(dev)
         if foreign is None:
             move_optimizer_state(opt, dev)
@@ -284,6 +296,8 @@ class Model(nn.Module):
         validation_steps: Optional[int] = None,
         validation_freq: int = 1,
         overfit_batches: Optional[int] = None,
+        class_weight: Optional[Mapping[int, float]] = None,
+        sample_weight: Any = None,
         plot: bool = False,
         grad_accum_steps: int = 1,
         grad_clip_norm: Optional[float] = None,
@@ -343,7 +357,11 @@ class Model(nn.Module):
         loader without ``len()`` can train in epochs); ``validation_freq=n``
         validates every n-th epoch. ``overfit_batches=n`` trains and validates on
         the same first n batches of ``dl_train`` every epoch (a debugging run a unit
-        test can assert on). ``plot=True`` adds a ``LivePlot`` (a history figure
+        test can assert on). ``class_weight={class: weight}`` and ``sample_weight``
+        (one per row of ``x``; or loaders yielding ``(x, y, sample_weight)``) weigh each
+        sample's loss as Keras does: the batch loss is ``sum(w_i * loss_i) / N``, for
+        any loss that gives per-sample values (``reduction='none'``); class weights
+        apply to training only. ``plot=True`` adds a ``LivePlot`` (a history figure
         redrawn each epoch in Jupyter, a PNG elsewhere).
         ``grad_accum_steps=k`` steps the optimizer every k batches (and at the end
         of the epoch) on the sample-weighted mean gradient of the window;
@@ -369,9 +387,11 @@ class Model(nn.Module):
         first_epoch = self._first_epoch(initial_epoch, epochs, resume_from)
         dl_train, dl_val = inputs.fit_loaders(
             dl_train, dl_val, x=x, y=y, target=target, batch_size=batch_size, validation_split=validation_split,
-            validation_data=validation_data, shuffle=shuffle, seed=seed, loss_fn=self.loss_fn, epoch=self.epoch)
+            validation_data=validation_data, shuffle=shuffle, seed=seed, loss_fn=self.loss_fn, epoch=self.epoch,
+            sample_weight=sample_weight)
         if dl_train is None:
             raise TypeError("fit needs a training loader: model.fit(epochs, dl_train, dl_val=None)")
+        weighting = self._weighting(class_weight, sample_weight)
         check_loader("dl_train", dl_train)
         if dl_val is not None:
             check_loader("dl_val", dl_val)
@@ -390,7 +410,7 @@ class Model(nn.Module):
         start = self.epoch if first_epoch is None else first_epoch
         check_reiterable(epochs, dl_train, dl_val, options.steps_per_epoch)
         run, (dl_train, dl_val), trackers, params = self._prepare_fit(options, start, epochs, dl_train, dl_val,
-                                                                      user_callbacks)
+                                                                      user_callbacks, weighting)
         if dl_val is not None and epochs:
             self._check_first_batch(dl_val, run)  # a validation loader that cannot work fails now, not after epoch 1
         say = announcer(run.config.callbacks)
@@ -412,6 +432,20 @@ class Model(nn.Module):
             self._run = None
         return self.history
 
+    def _weighting(self, class_weight: Any, sample_weight: Any) -> Optional[SampleWeighting]:
+        if class_weight is None and sample_weight is None:
+            return None
+        if class_weight is not None and sample_weight is not None:
+            raise ValueError("fit got both class_weight and sample_weight; as in Keras, pass one (fold the class "
+                             "weights into sample_weight: w = sample_weight * class_weight_of(y))")
+        if isinstance(self.loss_fn, MultiLoss):
+            raise TypeError("sample_weight / class_weight with several losses is not supported; weigh inside "
+                            "your losses, or train one output at a time")
+        if not self._default_step("train_step"):
+            raise TypeError("class_weight / sample_weight act in the default train_step; your overridden "
+                            "train_step gets (x, y, w) batches and weighs them itself")
+        return SampleWeighting(self.loss_fn, class_weight)  # a loss without per-sample values fails here
+
     def _first_epoch(self, initial_epoch: Any, epochs: int, resume_from: Any) -> Optional[int]:
         if initial_epoch is None:
             return None
@@ -425,7 +459,7 @@ class Model(nn.Module):
         return initial_epoch
 
     def _prepare_fit(self, options: FitOptions, start: int, epochs: int, dl_train: Iterable, dl_val: Optional[Iterable],
-                     user_callbacks: List[Callback]) -> tuple:
+                     user_callbacks: List[Callback], weighting: Optional[SampleWeighting] = None) -> tuple:
         """The run of one fit: this rank's loaders, callbacks, trackers, the optimizer step, the params."""
         strategy = distributed.strategy(self.device)
         if strategy is not None:  # under torchrun: this rank's loaders, DDP, exact figures
@@ -452,7 +486,7 @@ class Model(nn.Module):
         n_train = loop.loader_length(dl_train)
         config = self._run_config(cbs, strategy, options.fast_path, log_every=options.log_every(n_train),
                                   train_net=train_net, optim=optim, loaders=loaders,
-                                  validation_freq=options.validation_freq)
+                                  validation_freq=options.validation_freq, weighting=weighting)
         log_lr = any(cb.changes_lr for cb in cbs)
         batch_size = getattr(dl_train, "batch_size", None)
         params = {"epochs": start + epochs, "initial_epoch": start, "steps": n_train,
@@ -461,7 +495,8 @@ class Model(nn.Module):
                   "batch_size": batch_size if isinstance(batch_size, int) else None}
         cbs.set_params(params)  # a callback monitoring a key this run never produces raises here
         params = {**params, "log_lr": (lambda: learning_rates(self.optimizer)) if log_lr else None}
-        return Run(config, preflight=bool(self.metrics)), (dl_train, dl_val), trackers, params
+        run = Run(config, preflight=bool(self.metrics), check_targets=self.loss_fn is not None)
+        return run, (dl_train, dl_val), trackers, params
 
     def _check_first_batch(self, dl_val: Iterable, run: Run) -> None:
         """``eval_step`` and the metrics on ``dl_val``'s first batch, before training: weights, BatchNorm
@@ -506,14 +541,18 @@ class Model(nn.Module):
             reducer=None if strategy is None else strategy.reducer,
             is_main_process=strategy is None or strategy.is_main, **fit_parts)
 
-    def _recompute(self, step: str) -> Optional[Callable[[Any, Any], torch.Tensor]]:
-        """The batch loss on given rows, for trimming padded batches under torchrun (default steps only)."""
+    def _recompute(self, step: str) -> Optional[Callable[[Any, Any], tuple]]:
+        """The batch loss (and per-output losses) on given rows, for trimming padded batches under
+        torchrun (default steps only)."""
         if not self._default_step(step):
             return None
 
-        def recompute(preds: Any, targets: Any) -> torch.Tensor:
+        training = step == "train_step"
+
+        def recompute(preds: Any, targets: Any) -> tuple:
             with torch.no_grad(), self.precision.autocast():
-                return self.compute_loss(preds, targets).detach()
+                loss, logs = self._loss_and_logs(preds, targets, None, training)
+                return loss.detach(), logs
 
         return recompute
 
@@ -525,6 +564,8 @@ class Model(nn.Module):
         if not self._default_step("train_step") or (has_val and not self._default_step("eval_step")):
             return None
         names = list(self.metrics)
+        if isinstance(self.loss_fn, MultiLoss):  # each output's loss, logged like an extra step figure
+            names += [f"{name}_loss" for name in self.loss_fn.names]
         keys = ["epoch", "loss", *names]
         if has_val:
             keys += ["val_loss", *("val_" + n for n in names)]
@@ -681,26 +722,31 @@ class Model(nn.Module):
         """
         run = self._run
         config = run.config
-        x, y = split_batch(batch, "fit")
+        x, y, w = split_batch(batch, "fit")
         config.optim.zero_grad()
         with config.precision.autocast():
             preds = call_net(config.train_net, x)
-            loss = self.compute_loss(preds, y)
+            if run.check_targets:  # once per fit, before any weight changes: labels the loss cannot mean
+                run.check_targets = False
+                self._check_targets(preds, y)
+            y = adapt_targets(self.loss_fn, preds, y)  # Keras' reading of labels: shapes and dtypes only
+            loss, logs = self._loss_and_logs(preds, y, w, training=True)
         n = batch_size_of(y, x)
         self.backward(loss, n)
         preds = detach(preds)
         if run.preflight:
             self._preflight_metrics(preds, y, n)
         self.optimizer_step()
-        return StepResult(loss.detach(), preds, y, n)
+        return StepResult(loss.detach(), preds, y, n, logs)
 
     def eval_step(self, batch: Any) -> StepResult:
         """One validation step (eval mode, no_grad already set by the loop)."""
-        x, y = split_batch(batch, "evaluate")
+        x, y, w = split_batch(batch, "evaluate")
         with self._run.config.precision.autocast():
             preds = call_net(self.net, x)
-            loss = self.compute_loss(preds, y)
-        return StepResult(loss, preds, y, batch_size_of(y, x))
+            y = adapt_targets(self.loss_fn, preds, y)
+            loss, logs = self._loss_and_logs(preds, y, w, training=False)
+        return StepResult(loss, preds, y, batch_size_of(y, x), logs)
 
     def predict_step(self, batch: Any) -> Any:
         """The net's output for one batch (``(x, y)`` or ``x``)."""
@@ -721,6 +767,34 @@ class Model(nn.Module):
             )
         return loss
 
+    def _loss_and_logs(self, preds: Any, targets: Any, weights: Any, training: bool) -> tuple:
+        """The batch loss and the per-output losses (several outputs), sample-weighted when asked."""
+        weighting = self._run.config.weighting
+        if isinstance(self.loss_fn, MultiLoss):
+            if weights is not None or (weighting is not None and weighting.applies(None, training)):
+                raise TypeError("sample_weight / class_weight with several losses is not supported; weigh "
+                                "inside your losses, or train one output at a time")
+            try:
+                return self.loss_fn.parts(preds, targets)
+            except Exception as exc:
+                raise LossError(f"{type(exc).__name__} in the loss of several outputs: {exc}") from exc
+        if weighting is None or not weighting.applies(weights, training):
+            if weights is None:
+                return self.compute_loss(preds, targets), None
+            weighting = SampleWeighting(self.loss_fn)  # weights in the batch, fit not told: Keras weighs them
+        try:
+            return weighting.loss(preds, targets, weights, training), None
+        except TypeError:
+            raise
+        except Exception as exc:
+            raise LossError(loss_failure(self.loss_fn, preds, targets, exc)) from exc
+
+    def _check_targets(self, preds: Any, targets: Any) -> None:
+        if isinstance(self.loss_fn, MultiLoss):
+            self.loss_fn.check_targets(preds, targets)
+        elif self.loss_fn is not None:
+            check_targets(self.loss_fn, preds, targets)
+
     def backward(self, loss: torch.Tensor, batch_size: Optional[int] = None) -> None:
         """``loss.backward()`` with the grad scaler and accumulation weighting applied (``optim.OptimizerStep``)."""
         self._run.config.optim.backward(loss, batch_size)
@@ -737,3 +811,17 @@ class Model(nn.Module):
         probe.reset()  # a metric may set its state up in reset(), as the Metric docstring shows
         probe.update(StepResult(None, preds, targets, n))
         probe.compute()
+
+
+def _resolve_loss(loss: Any, loss_weights: Any) -> Any:
+    """compile's ``loss``: a Keras name looked up, a dict/list of losses (several outputs) combined."""
+    if isinstance(loss, str):
+        return get_loss(loss)
+    if isinstance(loss, (Mapping, list, tuple)):
+        named = loss.items() if isinstance(loss, Mapping) else enumerate(loss)
+        parts = {k: get_loss(v) if isinstance(v, str) else v for k, v in named}
+        return MultiLoss(parts if isinstance(loss, Mapping) else list(parts.values()), loss_weights)
+    if loss_weights is not None:
+        raise TypeError("loss_weights goes with several losses, one per output: "
+                        "compile(loss={'a': ..., 'b': ...}, loss_weights={'a': 1.0, 'b': 0.5})")
+    return loss

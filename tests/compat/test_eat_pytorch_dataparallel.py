@@ -82,8 +82,6 @@ def test_dataparallel_train_evaluate_predict(trained, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="waits for the lead's compile: a clone compiled with the first model's optimizer (issue 11, part 3)")
 def test_dataparallel_save_and_reload(trained, tmp_path):
     model, accuracy, device, dl_valid = trained["model"], trained["accuracy"], trained["device"], trained["dl_valid"]
     path = str(tmp_path / "model_parameter.pkl")

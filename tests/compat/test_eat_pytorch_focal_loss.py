@@ -45,8 +45,6 @@ def test_focal_loss_values_as_published():
     assert bce_loss(y_pred_easy,y_true_easy).item() == pytest.approx(0.1054, abs=1e-4)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="waits for the lead's Model subclassing: DNNModel(torchkeras.Model) (issue 11, part 1)")
 def test_focal_loss_with_l1_l2_regularisation(capsys):
     # ---- published code ----
     n_positive,n_negative = 60,600

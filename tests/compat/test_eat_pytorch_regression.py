@@ -13,8 +13,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchfit import Model
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="waits for the lead's Model subclassing: LinearRegression(Model) (issue 11, part 1)")
 def test_linear_regression_model_subclass(capsys):
     # ---- published code ----
     n = 400

@@ -15,8 +15,6 @@ from torchfit import Model, summary
 MAX_WORDS = 10000
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="waits for the lead's Model subclassing: Net(Model) with super().__init__() (issue 11, part 1)")
 def test_imdb_conv_net_as_a_model_subclass(imdb_loaders, capsys):
     dl_train, dl_test = imdb_loaders
 

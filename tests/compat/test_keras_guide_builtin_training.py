@@ -20,15 +20,6 @@ from torch import nn
 import torchfit
 import torchfit.losses  # until torchfit/__init__.py imports it (the lead adds it)
 
-WAITS_FOR_LOSS_WIRING = pytest.mark.xfail(
-    strict=True, reason="waits for the lead's wiring of torchfit.losses: compile(loss='name') -> losses.get, "
-                        "and losses.adapt_targets / check_targets in the steps (issue 11, part 4)")
-WAITS_FOR_METRIC_NAMES = pytest.mark.xfail(
-    strict=True, reason="waits for the lead's wiring of compile(loss='name') -> losses.get, and Keras metric names "
-                        "('sparse_categorical_accuracy', 'binary_accuracy'...) in torchfit.metrics")
-WAITS_FOR_WEIGHTS = pytest.mark.xfail(
-    strict=True, reason="waits for the lead's fit(class_weight=, sample_weight=) built on "
-                        "losses.per_sample / weighted_mean (issue 11, part 4)")
 
 
 def get_uncompiled_model():
@@ -66,7 +57,6 @@ def data(mnist_arrays):
     return x_train, y_train, x_val, y_val, x_test, y_test
 
 
-@WAITS_FOR_LOSS_WIRING
 def test_api_overview_end_to_end(data):
     x_train, y_train, x_val, y_val, x_test, y_test = data
     model = get_uncompiled_model()
@@ -94,7 +84,6 @@ def test_api_overview_end_to_end(data):
     assert torch.allclose(predictions.sum(dim=1), torch.ones(3))  # probabilities, as in Keras
 
 
-@WAITS_FOR_METRIC_NAMES
 def test_string_shortcuts_and_validation_split(data):
     x_train, y_train, *_ = data
     model = get_compiled_model()
@@ -139,7 +128,6 @@ def test_custom_loss_class_on_one_hot_labels(data):
     assert history["loss"].iloc[0] > 0
 
 
-@WAITS_FOR_LOSS_WIRING
 def test_logits_with_from_logits_true(data):
     x_train, y_train, *_ = data
     model = torchfit.Model(nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
@@ -152,7 +140,6 @@ def test_logits_with_from_logits_true(data):
     assert list(history.columns) == ["epoch", "loss"]
 
 
-@WAITS_FOR_WEIGHTS
 def test_class_weight(data):
     x_train, y_train, *_ = data
     class_weight = {
@@ -174,7 +161,6 @@ def test_class_weight(data):
     assert len(history) == 1
 
 
-@WAITS_FOR_WEIGHTS
 def test_sample_weight(data):
     x_train, y_train, *_ = data
     sample_weight = np.ones(shape=(len(y_train),))

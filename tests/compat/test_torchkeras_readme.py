@@ -100,8 +100,6 @@ def test_readme_train_evaluate_predict(readme, capsys):
     assert Xp_pred.shape[1] == 2 and forward.shape == (100, 1)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="waits for the lead's compile: a clone compiled with the first model's optimizer (issue 11, part 3)")
 def test_readme_save_and_reload(readme, tmp_path):
     model, Net, accuracy, dl_valid = readme["model"], readme["Net"], readme["accuracy"], readme["dl_valid"]
     path = str(tmp_path / "model_parameter.pkl")

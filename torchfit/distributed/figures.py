@@ -68,9 +68,11 @@ class ShardTracker(Tracker):
         elif keep > 0:
             preds, targets = take_rows(out.preds, keep, n), take_rows(out.targets, keep, n)
             loss = out.loss
+            logs = out.logs
             if loss is not None and self._recompute is not None and out.preds is not None:
-                loss = self._recompute(preds, targets)
-            super().update(out._replace(loss=loss, preds=preds, targets=targets, batch_size=keep))
+                loss, recomputed = self._recompute(preds, targets)
+                logs = recomputed if recomputed is not None else logs
+            super().update(out._replace(loss=loss, preds=preds, targets=targets, batch_size=keep, logs=logs))
         else:
             self._update_nothing(out, n)
 

@@ -23,6 +23,12 @@ KNOWN_METRICS: tuple[str, ...] = (
     "mse",
     "mae",
     "r2",
+    # Keras' names for the same metrics
+    "sparse_categorical_accuracy",
+    "categorical_accuracy",
+    "binary_accuracy",
+    "mean_squared_error",
+    "mean_absolute_error",
 )
 
 # History and step logs already use these keys; a metric named like them would
@@ -53,7 +59,7 @@ def _snake_case(name: str) -> str:
 
 def _named_metric(spec: str, from_logits: Optional[bool]) -> Metric:
     key = spec.lower()
-    if key in ("accuracy", "acc"):
+    if key in ("accuracy", "acc", "sparse_categorical_accuracy", "categorical_accuracy", "binary_accuracy"):
         return Accuracy(from_logits=from_logits)
     if key == "auc":
         return AUC()  # rank-based: logits and probabilities give the same AUC
@@ -63,9 +69,9 @@ def _named_metric(spec: str, from_logits: Optional[bool]) -> Metric:
         return Precision(from_logits=from_logits)
     if key == "recall":
         return Recall(from_logits=from_logits)
-    if key == "mse":
+    if key in ("mse", "mean_squared_error"):
         return MSE()
-    if key == "mae":
+    if key in ("mae", "mean_absolute_error"):
         return MAE()
     if key == "r2":
         return R2()
