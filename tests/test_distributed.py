@@ -386,7 +386,7 @@ def test_shard_tracker_trims_the_padding_from_the_figures():
 
     def recompute(p, y):
         recompute_calls.append(len(y))
-        return loss_fn(p, y)
+        return loss_fn(p, y), None  # (batch loss, per-output losses)
 
     tracker = distributed.ShardTracker.from_tracker(Tracker(metrics), IdentityReducer(), real=2, recompute=recompute)
     tracker.reset()

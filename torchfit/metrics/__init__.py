@@ -99,6 +99,7 @@ __all__ = [
     "Recall",
     "Reducer",
     "Tracker",
+    "copy_metrics",
     "UnknownMetricError",
     "get_metric",
     "resolve_metrics",
