@@ -321,8 +321,22 @@ def load(model: Any, path: PathLike) -> None:
     (Ctrl-C, out of memory) rolls back what was applied. Either way a failed
     load leaves the model as it was.
     """
+    apply(model, read_checked(model, path), path, stacklevel=4)
+
+
+def read_checked(model: Any, path: PathLike) -> Dict[str, Any]:
+    """The checkpoint at ``path``, read and checked against ``model`` (``check``); nothing is applied.
+
+    With ``apply`` this splits ``load`` in two, so that a caller (``fit(resume_from=...)``) can
+    run its own checks (callbacks' paths and states) between reading and applying.
+    """
     ckpt = read(path)
     check(ckpt, model, path)
+    return ckpt
+
+
+def apply(model: Any, ckpt: Mapping[str, Any], path: PathLike, stacklevel: int = 3) -> None:
+    """Put a checkpoint from ``read_checked`` into ``model``; roll everything back if that fails."""
     undo = _Undo(model)
     try:
         _apply(model, ckpt)
@@ -340,7 +354,7 @@ def load(model: Any, path: PathLike) -> None:
             f"the weights are part-way through it, but training continues with epoch {model.epoch + 1} from its "
             "first batch, so the result will differ from an uninterrupted run. Exact resume needs a checkpoint "
             "written at an epoch end (ModelCheckpoint writes only there)",
-            RuntimeWarning, stacklevel=3,
+            RuntimeWarning, stacklevel=stacklevel,
         )
 
 
