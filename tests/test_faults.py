@@ -392,6 +392,7 @@ def test_callback_state_that_no_checkpoint_can_hold_is_refused_naming_the_callba
     assert torch.load(tmp_path / "c.pt", weights_only=True)["epoch"] == 1
 
 
+@pytest.mark.filterwarnings("ignore:the checkpoint holds state for callback")
 def test_numpy_figures_become_python_numbers_and_every_checkpoint_loads(tmp_path):
     # the case: a scikit-learn score (numpy.float64) in the logs that EarlyStopping monitors
     class SklearnScore(Callback):
@@ -419,11 +420,22 @@ def test_numpy_figures_become_python_numbers_and_every_checkpoint_loads(tmp_path
     trains_normally(fresh)
 
 
-def test_a_history_figure_no_checkpoint_can_hold_is_refused(tmp_path):
+@pytest.mark.parametrize("value", [object(), [0.5], torch.zeros(2)], ids=["object", "list", "tensor"])
+def test_a_history_figure_no_checkpoint_can_hold_is_refused(value, tmp_path):
     model = trained()
-    model._history_rows[-1]["note"] = object()
+    model._history_rows[-1]["note"] = value
     attack(model, lambda: model.save_checkpoint(tmp_path / "c.pt"), CheckpointError,
-           r"model.history holds history\[0\]\['note'\] = a builtins.object", tmp_path, same_fit_state=True)
+           r"model.history holds history\[0\]\['note'\] = a ", tmp_path, same_fit_state=True)
+
+
+def test_what_save_writes_load_accepts_a_tensor_figure_becomes_a_number(tmp_path):
+    model = trained()
+    model._history_rows[-1]["note"] = torch.tensor(0.25)
+    model._step_rows[-1]["note"] = np.int64(3)
+    model.save_checkpoint(tmp_path / "c.pt")
+    fresh = trained(seed=2)
+    fresh.load_checkpoint(tmp_path / "c.pt")
+    assert fresh._history_rows[-1]["note"] == 0.25 and type(fresh._step_rows[-1]["note"]) is int
 
 
 def test_a_checkpoint_loads_with_plain_weights_only_and_carries_a_digest_of_every_tensor(tmp_path):
@@ -489,7 +501,18 @@ def _bad_path(kind, tmp_path):
         "TensorBoard log_dir is a file": (lambda: TensorBoard(f), NotADirectoryError,
                                           r"TensorBoard.*should be a directory but is a file"),
         "TensorBoard log_dir under a file": (lambda: TensorBoard(f / "runs"), NotADirectoryError, r"TensorBoard"),
+        "MLflowLogger tracking dir under a file": (lambda: _tracking("MLflowLogger", tracking_uri=f / "mlruns"),
+                                                   NotADirectoryError, r"MLflowLogger\(tracking_uri="),
+        "WandbLogger dir is a file": (lambda: _tracking("WandbLogger", dir=f, mode="offline"), NotADirectoryError,
+                                      r"WandbLogger\(dir=.*should be a directory"),
     }[kind]
+
+
+def _tracking(name, **kwargs):
+    pytest.importorskip(name[:-6].lower())
+    from torchfit.callbacks import tracking
+
+    return getattr(tracking, name)(**kwargs)
 
 
 @pytest.mark.parametrize("kind", [
@@ -497,7 +520,7 @@ def _bad_path(kind, tmp_path):
     "ModelCheckpoint save_last under a file", "ModelCheckpoint unknown key", "ModelCheckpoint int spec for a float",
     "ModelCheckpoint index into a figure", "ModelCheckpoint unwritable", "CSVLogger parent is a file",
     "CSVLogger path is a directory", "CSVLogger unwritable", "TensorBoard log_dir is a file",
-    "TensorBoard log_dir under a file"])
+    "TensorBoard log_dir under a file", "MLflowLogger tracking dir under a file", "WandbLogger dir is a file"])
 def test_a_callback_path_that_cannot_be_written_fails_before_the_first_step(kind, tmp_path):
     make, error, match = _bad_path(kind, tmp_path)
     model = trained()

@@ -104,8 +104,8 @@ def build(model: Any) -> Dict[str, Any]:
         "optimizer_class": type(opt).__name__ if opt is not None and opt.param_groups else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "precision": precision.name if precision is not None else None,
-        "history": to_plain([dict(row) for row in model._history_rows], "model.history", "history"),
-        "step_history": to_plain([dict(row) for row in model._step_rows], "model.step_history", "step_history"),
+        "history": _plain_rows(model._history_rows, "model.history", "history"),
+        "step_history": _plain_rows(model._step_rows, "model.step_history", "step_history"),
         **extra,
     }
     # Callbacks' state is the one part written by code torchfit does not own: the one boundary where
@@ -203,6 +203,23 @@ def to_plain(value: Any, owner: str, where: str) -> Any:
     if isinstance(value, tuple):  # a namedtuple's class would need pickling: a plain tuple
         return tuple(to_plain(v, owner, f"{where}[{i}]") for i, v in enumerate(value))
     _refuse(value, owner, where)
+
+
+def _plain_rows(rows: Sequence[Mapping[str, Any]], owner: str, where: str) -> List[Dict[str, Any]]:
+    """History rows as dicts of Python scalars (what ``check`` accepts): a one-element tensor becomes
+    its number; anything else that is not a scalar is refused."""
+    out = []
+    for i, row in enumerate(rows):
+        plain = {}
+        for k, v in row.items():
+            if isinstance(v, torch.Tensor) and v.numel() == 1:
+                v = v.item()
+            v = to_plain(v, owner, f"{where}[{i}][{k!r}]")
+            if type(v) not in _PLAIN_SCALARS:
+                _refuse(v, owner, f"{where}[{i}][{k!r}]")
+            plain[k] = v
+        out.append(plain)
+    return out
 
 
 def _refuse(value: Any, owner: str, where: str) -> None:
