@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import torchfit
 from torchfit.callbacks import Callback, CSVLogger, EarlyStopping, LambdaCallback, ModelCheckpoint, TensorBoard
-from torchfit.errors import BatchFormatError, CheckpointError, MetricError, StepError
+from torchfit.errors import CheckpointError, MetricError, StepError
 from torchfit.metrics.base import Metric
 from conftest import blobs, loader
 
@@ -191,7 +191,8 @@ MALFORMED = {
     "rng numpy pos out of range": (_set(["rng", "numpy", "pos"], 10_000), r"'rng'\['numpy'\]"),
     "mid_epoch a str": (_set(["mid_epoch"], "yes"), r"'mid_epoch' should be None or"),
     "an unknown entry": (_set(["extra"], 1), r"'extra' is not part of a torchfit checkpoint"),
-    "digest of a changed weight": (_set(["net", FIRST], lambda t: t + 1), r"'net'\['0.weight'\] does not match the digest"),
+    "digest of a changed weight": (_set(["net", FIRST], lambda t: t + 1),
+                                   r"'net'\['0.weight'\] does not match the digest"),
     "digest entry altered": (_set(["digest", "rng['torch']"], "0" * 64), r"'rng'\['torch'\] does not match the digest"),
     "digest lists a ghost": (_set(["digest", "net['ghost']"], "0" * 64), r"'digest' lists tensors the file does not"),
     "digest a list": (_set(["digest"], []), r"'digest' should be a dict of sha256"),
@@ -379,7 +380,8 @@ class Holding(Callback):
         self.value = state["kept"]
 
 
-@pytest.mark.parametrize("value", [object(), np.arange(3), lambda: 1, {1, 2}], ids=["object", "ndarray", "lambda", "set"])
+@pytest.mark.parametrize("value", [object(), np.arange(3), lambda: 1, {1, 2}],
+                         ids=["object", "ndarray", "lambda", "set"])
 def test_callback_state_that_no_checkpoint_can_hold_is_refused_naming_the_callback(value, tmp_path):
     model = trained()
     model.save_checkpoint(tmp_path / "c.pt")
@@ -410,7 +412,8 @@ def test_numpy_figures_become_python_numbers_and_every_checkpoint_loads(tmp_path
     assert type(es.best) is np.float64
     for epoch in (1, 2, 3):
         ck = torch.load(tmp_path / f"e{epoch}.pt", weights_only=True)
-        assert type(ck["callbacks"]["EarlyStopping"]["best"]) is float and ck["callbacks"]["EarlyStopping"]["best"] == 1.0 / epoch
+        best = ck["callbacks"]["EarlyStopping"]["best"]
+        assert type(best) is float and best == 1.0 / epoch
     model._history_rows[-1]["score"] = np.float32(0.25)  # a figure that reached the history as numpy
     model.save_checkpoint(tmp_path / "e3.pt")
     assert type(torch.load(tmp_path / "e3.pt", weights_only=True)["history"][-1]["score"]) is float
@@ -483,7 +486,8 @@ def _bad_path(kind, tmp_path):
                                                   NotADirectoryError, r"ModelCheckpoint"),
         "ModelCheckpoint path is a directory": (lambda: ModelCheckpoint(tmp_path / "dir"), IsADirectoryError,
                                                 r"ModelCheckpoint.*is a directory"),
-        "ModelCheckpoint save_last under a file": (lambda: ModelCheckpoint(tmp_path / "c.pt", save_last=str(f / "l.pt")),
+        "ModelCheckpoint save_last under a file": (lambda: ModelCheckpoint(tmp_path / "c.pt",
+                                                                           save_last=str(f / "l.pt")),
                                                    NotADirectoryError, r"\(save_last\)"),
         "ModelCheckpoint unknown key": (lambda: ModelCheckpoint(tmp_path / "c-{val_acc:.2f}.pt"), ValueError,
                                         r"names \['val_acc'\], which this fit's epoch logs will not have"),
@@ -691,7 +695,8 @@ def _loader_of(x, y, batch_size=8):
 
 X, Y = blobs(32).tensors
 DATA_FAULTS = {
-    "too few features": (lambda: _loader_of(X[:, :3], Y), StepError, r"train step failed at epoch \d+, batch 1.*\[8, 3\]"),
+    "too few features": (lambda: _loader_of(X[:, :3], Y), StepError,
+                         r"train step failed at epoch \d+, batch 1.*\[8, 3\]"),
     "a label out of range": (lambda: _loader_of(X, Y + 10), StepError, r"batch 1.*IndexError|out of bounds"),
     "float labels of the wrong shape": (lambda: _loader_of(X, Y.float()[:, None]), StepError, r"batch 1"),
     "a triple per batch": (lambda: DataLoader(TensorDataset(X, Y, Y), batch_size=8), StepError, r"pair \(x, y\)"),

@@ -37,7 +37,6 @@ runs last), and as of the end of the last fit when saving outside one.
 from __future__ import annotations
 
 import hashlib
-import math
 import numbers
 import os
 import random
@@ -503,7 +502,8 @@ def check(ckpt: Mapping[str, Any], model: Any, path: PathLike) -> None:
     for name, states in loaders.items():
         c.kind(f"'loaders'[{name!r}]", states, "a list of generator states", isinstance(states, list))
         for i, s in enumerate(states):
-            c.kind(f"'loaders'[{name!r}][{i}]", s, f"a uint8 tensor of {_CPU_STATE_BYTES} bytes (a torch.Generator state)",
+            c.kind(f"'loaders'[{name!r}][{i}]", s,
+                   f"a uint8 tensor of {_CPU_STATE_BYTES} bytes (a torch.Generator state)",
                    isinstance(s, torch.Tensor) and s.dtype == torch.uint8 and s.shape == (_CPU_STATE_BYTES,))
     _check_rng(c, ckpt["rng"])
     mid = ckpt["mid_epoch"]
