@@ -18,7 +18,17 @@ objects)::
      "callbacks": {"EarlyStopping": {...}, "LearningRateScheduler": {...}},
      "loaders": {"dl_train": [generator states], "dl_val": [...]},
      "rng": {"torch": ..., "cuda": [...], "numpy": {...}, "python": {...}},
-     "mid_epoch": None or {"epoch": 3}}
+     "mid_epoch": None or {"epoch": 3},
+     "optimizer_class": "Adam", "digest": {"net['0.weight']": "<sha256 hex>", ...}}
+
+Check, then apply: ``load`` reads the file (``weights_only``, on the CPU),
+checks every entry against this model (``check``: types, the net's keys,
+shapes and dtypes, the optimizer's class and groups, RNG and loader states,
+history rows) and every tensor against the digest written with it, and only
+then changes anything; if applying still fails (Ctrl-C, a device out of
+memory) everything applied so far is rolled back. ``save`` checks the path
+and turns callbacks' state and the history into plain values (``to_plain``)
+before the first byte is written, then replaces the file atomically.
 
 The training state is taken as of the moment of saving during a fit (at an
 epoch end that is after every callback's ``on_epoch_end``: ``ModelCheckpoint``
@@ -27,6 +37,8 @@ runs last), and as of the end of the last fit when saving outside one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import numbers
 import os
 import random
 import warnings
@@ -36,6 +48,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError
+from .files import check_writable, replace_atomically
 
 PathLike = Union[str, "os.PathLike[str]"]
 VERSION = 1
@@ -51,24 +64,17 @@ def atomic_save(obj: Any, path: PathLike) -> None:
 
     >>> # atomic_save({"w": torch.ones(2)}, "ckpt/last.pt")
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with replace_atomically(path, "wb") as f:
+        torch.save(obj, f)
 
 
-def save(model: Any, path: PathLike, weights_only: bool = False) -> None:
-    """Write ``model``'s full training state (or the net's ``state_dict`` alone) to ``path``."""
+def save(model: Any, path: PathLike, weights_only: bool = False, owner: str = "save_checkpoint") -> None:
+    """Write ``model``'s full training state (or the net's ``state_dict`` alone) to ``path``.
+
+    Everything is checked first (the path can be written, every value is one
+    ``weights_only`` loading accepts); a refusal leaves any existing file as it was.
+    """
+    check_writable(owner, path)
     if weights_only:
         atomic_save(model.net.state_dict(), path)
         return
@@ -87,7 +93,7 @@ def build(model: Any) -> Dict[str, Any]:
     precision = model.precision
     scaler = precision.scaler if precision is not None else None
     opt = model.optimizer
-    return {
+    ckpt = {
         MARKER: VERSION,
         "epoch": int(model.epoch),
         "global_step": int(model.global_step),
@@ -95,12 +101,19 @@ def build(model: Any) -> Dict[str, Any]:
         "stop_training": bool(model.stop_training),
         "net": model.net.state_dict(),
         "optimizer": opt.state_dict() if opt is not None and opt.param_groups else None,
+        "optimizer_class": type(opt).__name__ if opt is not None and opt.param_groups else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "precision": precision.name if precision is not None else None,
-        "history": [dict(row) for row in model._history_rows],
-        "step_history": [dict(row) for row in model._step_rows],
+        "history": _plain_rows(model._history_rows, "model.history", "history"),
+        "step_history": _plain_rows(model._step_rows, "model.step_history", "step_history"),
         **extra,
     }
+    # Callbacks' state is the one part written by code torchfit does not own: the one boundary where
+    # it becomes plain values (a numpy score an EarlyStopping kept would make the file unloadable).
+    ckpt["callbacks"] = {key: to_plain(state, f"callback {key}", f"callbacks[{key!r}]")
+                         for key, state in ckpt["callbacks"].items()}
+    ckpt["digest"] = digest(ckpt)
+    return ckpt
 
 
 def training_state(model: Any, run: Any) -> Dict[str, Any]:
@@ -146,6 +159,114 @@ def _generators(loader: Any) -> List[torch.Generator]:
         if isinstance(g, torch.Generator) and all(g is not f for f in found):
             found.append(g)
     return found
+
+
+_PLAIN_SCALARS = (bool, int, float, str, type(None))
+
+
+def to_plain(value: Any, owner: str, where: str) -> Any:
+    """``value`` with every leaf a Python number, str, bool, None or tensor (numpy scalars become Python ones).
+
+    >>> to_plain({"best": np.float64(0.5), "seen": [np.int64(3)]}, "callback EarlyStopping", "state")
+    {'best': 0.5, 'seen': [3]}
+
+    Anything else (an object, a numpy array, a function) raises CheckpointError
+    naming ``owner`` and where in its value it sits: such a file would not load
+    with ``torch.load(weights_only=True)``.
+    """
+    if type(value) in _PLAIN_SCALARS:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach() if type(value) is not torch.Tensor else value
+    if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
+        return to_plain(value.item(), owner, where)
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            key = to_plain(k, owner, f"{where} (a key)")
+            if isinstance(key, torch.Tensor):
+                _refuse(k, owner, f"{where} (a key)")
+            out[key] = to_plain(v, owner, f"{where}[{k!r}]")
+        return out
+    if isinstance(value, torch.Size):
+        return value
+    if isinstance(value, list):
+        return [to_plain(v, owner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, tuple):  # a namedtuple's class would need pickling: a plain tuple
+        return tuple(to_plain(v, owner, f"{where}[{i}]") for i, v in enumerate(value))
+    _refuse(value, owner, where)
+
+
+def _plain_rows(rows: Sequence[Mapping[str, Any]], owner: str, where: str) -> List[Dict[str, Any]]:
+    """History rows as dicts of Python scalars (what ``check`` accepts): a one-element tensor becomes
+    its number; anything else that is not a scalar is refused."""
+    out = []
+    for i, row in enumerate(rows):
+        plain = {}
+        for k, v in row.items():
+            if isinstance(v, torch.Tensor) and v.numel() == 1:
+                v = v.item()
+            v = to_plain(v, owner, f"{where}[{i}][{k!r}]")
+            if type(v) not in _PLAIN_SCALARS:
+                _refuse(v, owner, f"{where}[{i}][{k!r}]")
+            plain[k] = v
+        out.append(plain)
+    return out
+
+
+def _refuse(value: Any, owner: str, where: str) -> None:
+    kind = type(value).__module__ + "." + type(value).__qualname__
+    fix = ("x.tolist() or torch.tensor(x)" if isinstance(value, np.ndarray) else "float(x), int(x), str(x)")
+    raise CheckpointError(
+        f"{owner} holds {where} = a {kind}, which a checkpoint cannot hold: checkpoints keep only Python "
+        "numbers, str, bool, None, lists, tuples, dicts and tensors, so that torch.load(weights_only=True) "
+        f"reads them. Convert it where it is made ({fix}); nothing was written"
+    )
+
+
+def _tensors(obj: Any, where: str) -> Iterable[Tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for every tensor in ``obj``, named like ``net['0.weight']``."""
+    if isinstance(obj, torch.Tensor):
+        yield where, obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)) and not isinstance(obj, torch.Size):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{where}[{i}]")
+
+
+def _top(ckpt: Mapping[str, Any]) -> Iterable[Tuple[str, Any]]:
+    return ((k, v) for k, v in ckpt.items() if k != "digest")
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes (computed on the CPU), as hex.
+
+    >>> tensor_sha256(torch.zeros(2)) == tensor_sha256(torch.zeros(2)) != tensor_sha256(torch.zeros(3))
+    True
+    """
+    t = t.detach()
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    if t.is_quantized:
+        t = t.int_repr()
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def digest(ckpt: Mapping[str, Any]) -> Dict[str, str]:
+    """``{tensor name: sha256}`` for every tensor of the checkpoint (its ``digest`` entry aside)."""
+    return {f"{name}{rest}": tensor_sha256(t) for name, value in _top(ckpt) for rest, t in _tensors(value, "")}
 
 
 def rng_state() -> Dict[str, Any]:
@@ -252,15 +373,51 @@ def read(path: PathLike) -> Dict[str, Any]:
 def load(model: Any, path: PathLike) -> None:
     """Restore everything ``save`` wrote into a compiled ``model``; the next ``fit`` continues from it.
 
-    Everything is checked before anything changes: a mismatch leaves the model as it was.
+    Every entry is checked against this model, and every tensor against the
+    file's digest, before anything changes (``check``); a failure while applying
+    (Ctrl-C, out of memory) rolls back what was applied. Either way a failed
+    load leaves the model as it was.
+    """
+    apply(model, read_checked(model, path), path, stacklevel=4)
+
+
+def read_checked(model: Any, path: PathLike) -> Dict[str, Any]:
+    """The checkpoint at ``path``, read and checked against ``model`` (``check``); nothing is applied.
+
+    With ``apply`` this splits ``load`` in two, so that a caller (``fit(resume_from=...)``) can
+    run its own checks (callbacks' paths and states) between reading and applying.
     """
     ckpt = read(path)
-    _check_net(model.net, ckpt["net"], path)
-    opt = model.optimizer
-    if ckpt["optimizer"] is not None and opt is not None:
-        _check_optimizer(opt, ckpt["optimizer"], path)
+    check(ckpt, model, path)
+    return ckpt
 
+
+def apply(model: Any, ckpt: Mapping[str, Any], path: PathLike, stacklevel: int = 3) -> None:
+    """Put a checkpoint from ``read_checked`` into ``model``; roll everything back if that fails."""
+    undo = _Undo(model)
+    try:
+        _apply(model, ckpt)
+    except BaseException as exc:
+        undo.restore()
+        if isinstance(exc, Exception) and not isinstance(exc, CheckpointError):
+            raise CheckpointError(
+                f"{os.fspath(path)!r} passed every check but applying it failed ({type(exc).__name__}: {exc}); "
+                "the model was rolled back and nothing was changed"
+            ) from exc
+        raise
+    if ckpt["mid_epoch"] is not None:
+        warnings.warn(
+            f"{os.fspath(path)!r} was written during epoch {ckpt['mid_epoch']['epoch']}, which had not finished: "
+            f"the weights are part-way through it, but training continues with epoch {model.epoch + 1} from its "
+            "first batch, so the result will differ from an uninterrupted run. Exact resume needs a checkpoint "
+            "written at an epoch end (ModelCheckpoint writes only there)",
+            RuntimeWarning, stacklevel=stacklevel,
+        )
+
+
+def _apply(model: Any, ckpt: Mapping[str, Any]) -> None:
     model.net.load_state_dict(ckpt["net"])
+    opt = model.optimizer
     if ckpt["optimizer"] is not None and opt is not None and opt.param_groups:
         opt.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
     scaler = model.precision.scaler if model.precision is not None else None
@@ -276,59 +433,290 @@ def load(model: Any, path: PathLike) -> None:
              "mid_epoch": ckpt["mid_epoch"]}
     model._fit_state = state  # saving again before the next fit writes the same state
     model._resume_state = state  # the next fit hands loaders and callbacks their part
-    if ckpt["mid_epoch"] is not None:
-        warnings.warn(
-            f"{os.fspath(path)!r} was written during epoch {ckpt['mid_epoch']['epoch']}, which had not finished: "
-            f"the weights are part-way through it, but training continues with epoch {model.epoch + 1} from its "
-            "first batch, so the result will differ from an uninterrupted run. Exact resume needs a checkpoint "
-            "written at an epoch end (ModelCheckpoint writes only there)",
-            RuntimeWarning, stacklevel=3,
-        )
 
 
-def _check_net(net: torch.nn.Module, saved: Mapping[str, torch.Tensor], path: PathLike) -> None:
+class _Undo:
+    """What ``_apply`` changes, kept aside (the net's tensors as CPU copies) to be put back if it fails."""
+
+    _ATTRS = ("epoch", "global_step", "stop_training", "_history_rows", "_step_rows", "_fit_state", "_resume_state")
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.net = {k: v.detach().to("cpu", copy=True) for k, v in model.net.state_dict().items()}
+        opt = model.optimizer
+        # load_state_dict builds new state and groups: the old objects, held here, stay as they were.
+        self.opt = (opt.state, opt.param_groups) if opt is not None else None
+        scaler = model.precision.scaler if model.precision is not None else None
+        self.scaler = scaler.state_dict() if scaler is not None else None
+        self.attrs = {a: getattr(model, a) for a in self._ATTRS}
+        self.rng = rng_state()
+
+    def restore(self) -> None:
+        model = self.model
+        model.net.load_state_dict(self.net)
+        if self.opt is not None:
+            model.optimizer.__setstate__({"state": self.opt[0], "param_groups": self.opt[1]})
+        if self.scaler:
+            model.precision.scaler.load_state_dict(self.scaler)
+        for a, v in self.attrs.items():
+            setattr(model, a, v)
+        set_rng_state(self.rng)
+
+
+# ------------------------------------------------------------- checking
+_REQUIRED = ("epoch", "global_step", "stop_training", "net", "optimizer", "scaler", "precision", "history",
+             "callbacks", "loaders", "rng", "mid_epoch")
+_OPTIONAL = ("step_history", "optimizer_class", "digest")  # absent from files of earlier torchfit versions
+_CPU_STATE_BYTES = torch.get_rng_state().numel()
+
+
+class _Checker:
+    def __init__(self, path: PathLike):
+        self.path = os.fspath(path)
+
+    def fail(self, entry: str, problem: str, fix: str = "") -> None:
+        fix = fix or ("The file is damaged or was not written by torchfit's save_checkpoint / ModelCheckpoint: "
+                      "use another copy (e.g. the previous epoch's file)")
+        raise CheckpointError(f"{self.path!r}: entry {entry} {problem}. {fix} (nothing was changed)")
+
+    def kind(self, entry: str, value: Any, expected: str, ok: bool) -> None:
+        if not ok:
+            self.fail(entry, f"should be {expected} but is {_shown(value)}")
+
+    def count(self, entry: str, value: Any) -> None:
+        self.kind(entry, value, "an int >= 0", type(value) is int and value >= 0)
+
+    def rows(self, entry: str, rows: Any) -> None:
+        self.kind(entry, rows, "a list of dicts (one per epoch)", isinstance(rows, list))
+        for i, row in enumerate(rows):
+            self.kind(f"{entry}[{i}]", row, "a dict of figures", isinstance(row, Mapping))
+            for k, v in row.items():
+                self.kind(f"{entry}[{i}] (a key)", k, "a str", isinstance(k, str))
+                self.kind(f"{entry}[{i}][{k!r}]", v, "a number (or str, bool, None)", type(v) in _PLAIN_SCALARS)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of dtype {value.dtype} and shape {tuple(value.shape)}"
+    text = repr(value)
+    return f"a {type(value).__name__} ({text[:60] + '...' if len(text) > 60 else text})"
+
+
+def check(ckpt: Mapping[str, Any], model: Any, path: PathLike) -> None:
+    """Raise CheckpointError naming the first entry of ``ckpt`` that ``model`` cannot take; change nothing.
+
+    Checked: every entry is present with the right type; the net's keys, shapes
+    and kinds of dtype; the optimizer's class, parameter groups and state shapes;
+    the grad scaler's state; RNG and loader generator states; history rows; the
+    callbacks' state is a dict per callback; and every tensor matches the digest
+    written with it (flipped bytes name the tensor).
+    """
+    c = _Checker(path)
+    missing = [k for k in _REQUIRED if k not in ckpt]
+    if missing:
+        c.fail(", ".join(repr(k) for k in missing), "is missing" if len(missing) == 1 else "are missing")
+    unknown = sorted(str(k) for k in ckpt if k not in _REQUIRED + _OPTIONAL + (MARKER,))
+    if unknown:
+        c.fail(", ".join(repr(k) for k in unknown), "is not part of a torchfit checkpoint")
+    c.count("'epoch'", ckpt["epoch"])
+    c.count("'global_step'", ckpt["global_step"])
+    c.kind("'stop_training'", ckpt["stop_training"], "True or False", type(ckpt["stop_training"]) is bool)
+    _check_net(c, model.net, ckpt["net"])
+    _check_optimizer(c, model.optimizer, ckpt)
+    scaler = ckpt["scaler"]
+    c.kind("'scaler'", scaler, "None or a GradScaler state dict", scaler is None or isinstance(scaler, Mapping))
+    for k, v in (scaler or {}).items():
+        c.kind(f"'scaler'[{k!r}]", v, "a number", type(v) in (int, float, bool)
+               or (isinstance(v, torch.Tensor) and v.numel() == 1))
+    c.kind("'precision'", ckpt["precision"], "None or a str such as '32'",
+           ckpt["precision"] is None or isinstance(ckpt["precision"], str))
+    c.rows("'history'", ckpt["history"])
+    if "step_history" in ckpt:
+        c.rows("'step_history'", ckpt["step_history"])
+    callbacks = ckpt["callbacks"]
+    c.kind("'callbacks'", callbacks, "a dict of callback states", isinstance(callbacks, Mapping))
+    for key, state in callbacks.items():
+        c.kind(f"'callbacks'[{key!r}]", state, "a dict (the callback's state_dict)",
+               isinstance(key, str) and isinstance(state, Mapping))
+    loaders = ckpt["loaders"]
+    c.kind("'loaders'", loaders, "a dict of generator-state lists", isinstance(loaders, Mapping))
+    for name, states in loaders.items():
+        c.kind(f"'loaders'[{name!r}]", states, "a list of generator states", isinstance(states, list))
+        for i, s in enumerate(states):
+            c.kind(f"'loaders'[{name!r}][{i}]", s,
+                   f"a uint8 tensor of {_CPU_STATE_BYTES} bytes (a torch.Generator state)",
+                   isinstance(s, torch.Tensor) and s.dtype == torch.uint8 and s.shape == (_CPU_STATE_BYTES,))
+    _check_rng(c, ckpt["rng"])
+    mid = ckpt["mid_epoch"]
+    c.kind("'mid_epoch'", mid, "None or {'epoch': int}", mid is None or (
+        isinstance(mid, Mapping) and set(mid) == {"epoch"} and type(mid["epoch"]) is int))
+    _check_digest(c, ckpt)
+
+
+def _check_net(c: _Checker, net: torch.nn.Module, saved: Any) -> None:
+    c.kind("'net'", saved, "the net's state_dict (a dict of tensors)", isinstance(saved, Mapping))
+    for k, v in saved.items():
+        c.kind(f"'net'[{k!r}]", v, "a tensor", isinstance(k, str) and isinstance(v, torch.Tensor))
     own = net.state_dict()
     missing = [k for k in own if k not in saved]
     unexpected = [k for k in saved if k not in own]
     shapes = [f"{k}: checkpoint {tuple(saved[k].shape)} vs net {tuple(own[k].shape)}"
-              for k in own if k in saved and isinstance(saved[k], torch.Tensor) and saved[k].shape != own[k].shape]
-    if not (missing or unexpected or shapes):
+              for k in own if k in saved and saved[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing from the checkpoint", missing), ("only in the checkpoint", unexpected),
+                             ("with other shapes", shapes)):
+            if items:
+                shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+                parts.append(f"{label}: {shown}")
+        raise CheckpointError(
+            f"{c.path!r} was saved from a different net; keys {'; '.join(parts)}. Build the same "
+            "architecture before loading (nothing was changed)"
+        )
+    for k, mine in own.items():
+        theirs = saved[k].dtype
+        if (theirs.is_floating_point, theirs.is_complex, theirs == torch.bool) != (
+                mine.dtype.is_floating_point, mine.dtype.is_complex, mine.dtype == torch.bool):
+            c.fail(f"'net'[{k!r}]", f"is a {theirs} tensor where the net has {mine.dtype}",
+                   "Build the same net (same dtypes) before loading")
+
+
+def _check_optimizer(c: _Checker, opt: Optional[torch.optim.Optimizer], ckpt: Mapping[str, Any]) -> None:
+    saved, saved_class = ckpt["optimizer"], ckpt.get("optimizer_class")
+    c.kind("'optimizer_class'", saved_class, "None or the optimizer's class name",
+           saved_class is None or isinstance(saved_class, str))
+    if saved is None:
         return
-    parts = []
-    for label, items in (("missing from the checkpoint", missing), ("only in the checkpoint", unexpected),
-                         ("with other shapes", shapes)):
-        if items:
-            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-            parts.append(f"{label}: {shown}")
-    raise CheckpointError(
-        f"{os.fspath(path)!r} was saved from a different net; keys {'; '.join(parts)}. Build the same "
-        "architecture before loading (nothing was changed)"
-    )
-
-
-def _check_optimizer(opt: torch.optim.Optimizer, saved: Mapping[str, Any], path: PathLike) -> None:
+    c.kind("'optimizer'", saved, "None or an optimizer state_dict ({'state': ..., 'param_groups': [...]})",
+           isinstance(saved, Mapping) and set(saved) >= {"state", "param_groups"})
+    groups, state = saved["param_groups"], saved["state"]
+    c.kind("'optimizer'['param_groups']", groups, "a list of dicts", isinstance(groups, list)
+           and all(isinstance(g, Mapping) for g in groups))
+    c.kind("'optimizer'['state']", state, "a dict", isinstance(state, Mapping))
+    ids = []
+    for i, g in enumerate(groups):
+        params = g.get("params")
+        c.kind(f"'optimizer'['param_groups'][{i}]['params']", params, "a list of parameter indices",
+               isinstance(params, list) and all(type(p) is int for p in params))
+        lr = g.get("lr")
+        c.kind(f"'optimizer'['param_groups'][{i}]['lr']", lr, "a number >= 0", (
+            type(lr) in (int, float) and lr >= 0) or (isinstance(lr, torch.Tensor) and lr.numel() == 1))
+        ids += params
+    if opt is None or not opt.param_groups:
+        return
+    if saved_class is not None and saved_class != type(opt).__name__:
+        c.fail("'optimizer'", f"holds the state of a {saved_class} optimizer; this model's optimizer is "
+                              f"{type(opt).__name__}",
+               f"Compile with the same kind of optimizer as the saved run (optimizer={saved_class}(...)) before "
+               "loading")
     ours = [len(g["params"]) for g in opt.param_groups]
-    theirs = [len(g["params"]) for g in saved.get("param_groups", [])]
+    theirs = [len(g["params"]) for g in groups]
     if ours != theirs:
         raise CheckpointError(
-            f"{os.fspath(path)!r} holds an optimizer with parameter groups of sizes {theirs}; this model's "
+            f"{c.path!r} holds an optimizer with parameter groups of sizes {theirs}; this model's "
             f"optimizer has {ours}. Compile with the same optimizer setup before loading (nothing was changed)"
         )
+    if sorted(ids) != list(range(len(ids))):
+        c.fail("'optimizer'['param_groups']", f"numbers its parameters {ids}, not 0..{len(ids) - 1} once each")
+    params = [p for g in opt.param_groups for p in g["params"]]
+    by_id = dict(zip(ids, params))
+    factored = type(opt).__name__ in ("Adafactor",)  # keeps row/column statistics of other shapes
+    for key, per_param in state.items():
+        where = f"'optimizer'['state'][{key!r}]"
+        c.kind(where, per_param, "a dict for one of the optimizer's parameters",
+               key in by_id and isinstance(per_param, Mapping))
+        for name, value in per_param.items():
+            if (isinstance(value, torch.Tensor) and value.dim() > 0 and not factored
+                    and value.shape != by_id[key].shape):
+                c.fail(f"{where}[{name!r}]", f"has shape {tuple(value.shape)} but its parameter has "
+                                             f"{tuple(by_id[key].shape)}",
+                       "Compile with the same net and optimizer setup as the saved run before loading")
+
+
+def _check_rng(c: _Checker, rng: Any) -> None:
+    c.kind("'rng'", rng, "a dict of random states ('torch', 'numpy', 'python')",
+           isinstance(rng, Mapping) and {"torch", "numpy", "python"} <= set(rng))
+    c.kind("'rng'['torch']", rng["torch"], f"a uint8 tensor of {_CPU_STATE_BYTES} bytes",
+           isinstance(rng["torch"], torch.Tensor) and rng["torch"].dtype == torch.uint8
+           and rng["torch"].shape == (_CPU_STATE_BYTES,))
+    npst = rng["numpy"]
+    c.kind("'rng'['numpy']", npst, "a dict with kind, keys (624 int64), pos, has_gauss, cached_gaussian",
+           isinstance(npst, Mapping) and {"kind", "keys", "pos", "has_gauss", "cached_gaussian"} <= set(npst)
+           and npst["kind"] == "MT19937" and isinstance(npst["keys"], torch.Tensor)
+           and npst["keys"].shape == (624,) and type(npst["pos"]) is int and 0 <= npst["pos"] <= 624
+           and type(npst["has_gauss"]) is int and type(npst["cached_gaussian"]) is float)
+    py = rng["python"]
+    c.kind("'rng'['python']", py, "a dict with version, state (625 ints), gauss_next",
+           isinstance(py, Mapping) and {"version", "state", "gauss_next"} <= set(py)
+           and type(py["version"]) is int and isinstance(py["state"], list) and len(py["state"]) == 625
+           and all(type(v) is int for v in py["state"]) and (py["gauss_next"] is None
+                                                            or type(py["gauss_next"]) is float))
+    cuda = rng.get("cuda")
+    c.kind("'rng'['cuda']", cuda, "a list of uint8 tensors", cuda is None or (
+        isinstance(cuda, list) and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda)))
+    # The exact test is to set them: do so, and put this process's states back at once.
+    now = rng_state()
+    try:
+        set_rng_state(rng)
+    except Exception as exc:
+        set_rng_state(now)
+        c.fail("'rng'", f"cannot be restored ({type(exc).__name__}: {exc})")
+    set_rng_state(now)
+
+
+def _check_digest(c: _Checker, ckpt: Mapping[str, Any]) -> None:
+    if "digest" not in ckpt:  # a file from before digests: nothing to compare with
+        return
+    saved = ckpt["digest"]
+    c.kind("'digest'", saved, "a dict of sha256 hex strings", isinstance(saved, Mapping)
+           and all(isinstance(k, str) and isinstance(v, str) for k, v in saved.items()))
+    seen = set()
+    for top, value in _top(ckpt):
+        for rest, t in _tensors(value, ""):
+            name = f"{top}{rest}"
+            seen.add(name)
+            if name not in saved:
+                c.fail(repr(top) + rest, "is a tensor the digest does not list")
+            if tensor_sha256(t) != saved[name]:
+                c.fail(repr(top) + rest, "does not match the digest written with it: its bytes changed after "
+                                         "saving (a damaged disk or copy)")
+    extra = sorted(set(saved) - seen)
+    if extra:
+        c.fail("'digest'", f"lists tensors the file does not hold: {extra[:5]}")
+
 
 
 # --------------------------------------------------- handing state to a fit
-def resume(model: Any, path: PathLike, epochs: int) -> Tuple[int, Optional[str]]:
-    """``fit(resume_from=path)``: load ``path`` if it exists; returns the epochs left of the run's
-    total (``epochs``) and the line to print, or ``(epochs, None)`` for a fresh start (Keras'
-    BackupAndRestore)."""
-    if not os.path.exists(path):
-        return epochs, None
-    model.load_checkpoint(path)
-    message = f"Resuming from {os.fspath(path)}: {model.epoch} of {epochs} epoch(s) done."
-    if model.stop_training:  # e.g. early stopping ended the saved run: it is finished
-        epochs = model.epoch
-        message += " Training had been stopped (model.stop_training) at that epoch: nothing to resume."
-    return max(0, epochs - model.epoch), message
+class Resume:
+    """``fit(resume_from=path)`` in two steps (Keras' BackupAndRestore): ``plan`` reads and checks
+    the file (nothing applied), fit checks its callbacks and paths, then ``apply`` loads it."""
+
+    def __init__(self, path: PathLike, ckpt: Optional[Dict[str, Any]], epochs_left: int, message: Optional[str]):
+        self.path, self.ckpt, self.epochs_left, self.message = path, ckpt, epochs_left, message
+
+    @property
+    def start(self) -> Optional[int]:
+        """The epoch the resumed run continues after, or None for a fresh start."""
+        return None if self.ckpt is None else int(self.ckpt["epoch"])
+
+    @classmethod
+    def plan(cls, model: Any, path: PathLike, epochs: int) -> "Resume":
+        """``epochs`` is the run's total; a missing file means a fresh start of all of them."""
+        if not os.path.exists(path):
+            return cls(path, None, epochs, None)
+        ckpt = read_checked(model, path)
+        done = int(ckpt["epoch"])
+        message = f"Resuming from {os.fspath(path)}: {done} of {epochs} epoch(s) done."
+        if bool(ckpt["stop_training"]):  # e.g. early stopping ended the saved run: it is finished
+            epochs = done
+            message += " Training had been stopped (model.stop_training) at that epoch: nothing to resume."
+        return cls(path, ckpt, max(0, epochs - done), message)
+
+    def apply(self, model: Any, callbacks: Sequence[Any]) -> None:
+        """Check the callbacks' saved states against this fit's callbacks, then load everything."""
+        if self.ckpt is not None:
+            check_callbacks_state(self.ckpt, callbacks)
+            apply(model, self.ckpt, self.path, stacklevel=5)
 
 
 def restore_loaders(state: Mapping[str, Any], loaders: Mapping[str, Any]) -> None:
@@ -350,12 +738,49 @@ def restore_loaders(state: Mapping[str, Any], loaders: Mapping[str, Any]) -> Non
             g.set_state(s)
 
 
+def check_callbacks_state(state: Mapping[str, Any], callbacks: Sequence[Any]) -> None:
+    """Raise CheckpointError if a saved callback state does not fit the callback it would go to.
+
+    >>> check_callbacks_state({"callbacks": {}}, [])
+
+    A callback whose ``state_dict()`` is not empty now must get a saved state
+    with the same keys (e.g. an EarlyStopping state for an EarlyStopping).
+    ``restore_callbacks`` runs this before handing any state out; fit may run it
+    earlier, before anything changes.
+    """
+    saved = state.get("callbacks", {})
+    for key, cb in callback_keys(callbacks):
+        if key not in saved:
+            continue
+        try:
+            current = cb.state_dict()
+        except Exception:  # e.g. a scheduler built only at on_train_begin: nothing to compare yet
+            continue
+        if current and set(current) != set(saved[key]):
+            raise CheckpointError(
+                f"the checkpoint's state for callback {key} has keys {sorted(saved[key])}, but this fit's {key} "
+                f"keeps {sorted(current)}: it was saved by another kind or version of the callback. Pass the "
+                "same callbacks as the saved run (nothing was changed)"
+            )
+
+
 def restore_callbacks(state: Mapping[str, Any], callbacks: Sequence[Any]) -> None:
-    """Hand each callback its saved state (matched by class name and order); warn about leftovers."""
+    """Hand each callback its saved state (matched by class name and order); warn about leftovers.
+
+    Every state is checked (``check_callbacks_state``) before the first is handed out; a
+    callback's ``load_state_dict`` that still fails is named in a CheckpointError.
+    """
+    check_callbacks_state(state, callbacks)
     saved = dict(state.get("callbacks", {}))
     for key, cb in callback_keys(callbacks):
         if key in saved:
-            cb.load_state_dict(saved.pop(key))
+            try:
+                cb.load_state_dict(saved.pop(key))
+            except Exception as exc:
+                raise CheckpointError(
+                    f"callback {key} could not take its state from the checkpoint ({type(exc).__name__}: {exc}). "
+                    "Pass the same callbacks, built the same way, as the saved run"
+                ) from exc
     if saved:
         warnings.warn(
             f"the checkpoint holds state for callback(s) {sorted(saved)} that this fit does not have; it was "

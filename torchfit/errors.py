@@ -22,4 +22,7 @@ class MetricError(RuntimeError):
 
 
 class CheckpointError(ValueError):
-    """A file is not a torchfit checkpoint, or was saved from a different net or optimizer."""
+    """A checkpoint cannot be used: not a torchfit checkpoint, an entry missing or of the wrong type,
+    saved from a different net or optimizer, bytes that do not match its digest; or, when saving,
+    a value (a callback's state, a history figure) that no checkpoint can hold. The message names
+    the file and the entry; nothing was changed."""

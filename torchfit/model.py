@@ -402,11 +402,12 @@ class Model(nn.Module):
             user_callbacks.append(from_fit_argument(lr_scheduler, dl_val is not None, self.optimizer))
         if overfit_batches is not None:  # the same first n batches for training and validation, every epoch
             dl_train = dl_val = loop.first_batches(dl_train, check_count("overfit_batches", overfit_batches, 1))
-        resumed = None
+        resume = None
         if first_epoch is not None:  # Keras' initial_epoch: epochs is the number of the last epoch
             epochs -= first_epoch
-        elif resume_from is not None:  # epochs becomes what is left of the saved run's total
-            epochs, resumed = checkpoint.resume(self, resume_from, epochs)
+        elif resume_from is not None:  # read and checked now, applied once fit's own checks pass
+            resume = checkpoint.Resume.plan(self, resume_from, epochs)
+            epochs, first_epoch = resume.epochs_left, resume.start
         start = self.epoch if first_epoch is None else first_epoch
         check_reiterable(epochs, dl_train, dl_val, options.steps_per_epoch)
         run, (dl_train, dl_val), trackers, params = self._prepare_fit(options, start, epochs, dl_train, dl_val,
@@ -414,8 +415,10 @@ class Model(nn.Module):
         if dl_val is not None and epochs:
             self._check_first_batch(dl_val, run)  # a validation loader that cannot work fails now, not after epoch 1
         say = announcer(run.config.callbacks)
-        if resumed:
-            say(resumed)
+        if resume is not None:
+            resume.apply(self, list(run.config.callbacks))  # the last thing checked; now things change
+            if resume.message:
+                say(resume.message)
         resume_state, self._resume_state = self._resume_state, None
         if resume_state is not None:
             checkpoint.restore_loaders(resume_state, run.config.loaders)

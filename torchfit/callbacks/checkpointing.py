@@ -11,6 +11,7 @@ import string
 from typing import Callable, List, Optional, Union
 
 from .. import checkpoint
+from ..files import check_writable
 from .base import Callback
 from .monitor import check_monitor, is_improvement, resolve_mode
 
@@ -71,6 +72,8 @@ class ModelCheckpoint(Callback):
         self.best_epoch: Optional[int] = None
 
     def set_params(self, params: dict) -> None:
+        """Check the monitor, that the epoch logs can fill ``path``'s fields, and that both files can be
+        written, before the first step (nothing is created on disk)."""
         super().set_params(params)
         if self.save_best_only:
             check_monitor("ModelCheckpoint", self.monitor, params)
@@ -81,6 +84,13 @@ class ModelCheckpoint(Callback):
                 f"ModelCheckpoint path {self.path!r} names {unknown}, which this fit's epoch logs will not have; "
                 f"they will have {list(keys)}"
             )
+        sample = self.path
+        if keys is not None:  # overridden steps: checked again once the first epoch's keys are known
+            sample = _fill(self.path, keys)
+        owner = f"ModelCheckpoint({self.path!r})"
+        check_writable(owner, sample)
+        if self.last_path is not None:
+            check_writable(owner + " (save_last)", self.last_path)
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         if self.save_best_only:
@@ -94,7 +104,7 @@ class ModelCheckpoint(Callback):
             self._write(self.last_path, "")
 
     def _write(self, path: str, why: str) -> None:
-        checkpoint.save(self.model, path, weights_only=self.weights_only)
+        checkpoint.save(self.model, path, weights_only=self.weights_only, owner=f"ModelCheckpoint({self.path!r})")
         if self.verbose:
             self.sink(f"Epoch {self.model.epoch}: saved {'weights' if self.weights_only else 'checkpoint'} "
                       f"to {path}{why}")
@@ -104,6 +114,19 @@ class ModelCheckpoint(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
+
+
+def _fill(path: str, keys: List[str]) -> str:
+    """``path`` filled with stand-in figures (1 for ``epoch``, 0.5 for the rest): a format spec the
+    real figures cannot take (``{val_loss:02d}``) fails here, before training."""
+    values = {k: 1 if k == "epoch" else 0.5 for k in keys}
+    try:
+        return path.format(**values)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise ValueError(
+            f"ModelCheckpoint path {path!r} cannot be filled from the epoch logs ({type(exc).__name__}: {exc}); "
+            "epoch is an int and every other figure a float: use e.g. {epoch:02d} and {val_loss:.3f}"
+        ) from exc
 
 
 def _format_fields(path: str) -> List[str]:

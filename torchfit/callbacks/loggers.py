@@ -10,6 +10,7 @@ import csv
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
+from ..files import check_writable, replace_atomically
 from .base import Callback
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -58,6 +59,11 @@ class CSVLogger(Callback):
             return pandas.DataFrame()
         return pandas.read_csv(path, sep=separator, converters={c: _number for c in header})
 
+    def set_params(self, params: dict) -> None:
+        """Check, before the first step, that the file can be written (nothing is created yet)."""
+        super().set_params(params)
+        check_writable(f"CSVLogger({self.path!r})", self.path)
+
     def on_train_begin(self, logs: dict) -> None:
         directory = os.path.dirname(self.path)
         if directory:
@@ -86,7 +92,8 @@ class CSVLogger(Callback):
             return list(csv.DictReader(f, delimiter=self.separator))
 
     def _rewrite(self, rows: List[Mapping[str, Any]]) -> None:
-        with open(self.path, "w", newline="") as f:
+        # A new file renamed over the old one: a crash mid-rewrite leaves the previous log whole.
+        with replace_atomically(self.path, "w", newline="") as f:
             if self._columns is None:
                 return
             writer = csv.writer(f, delimiter=self.separator)
@@ -157,6 +164,11 @@ class TensorBoard(Callback):
         if hook == "on_train_batch_end":
             return self.log_steps
         return super().implements(hook)
+
+    def set_params(self, params: dict) -> None:
+        """Check, before the first step, that ``log_dir`` can be written (nothing is created yet)."""
+        super().set_params(params)
+        check_writable(f"TensorBoard({self.log_dir!r})", self.log_dir, directory=True)
 
     def _writer(self, name: str) -> Any:
         writer = self._writers.get(name)

@@ -19,6 +19,7 @@ import time
 import warnings
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
+from ..files import check_writable
 from .base import Callback
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -126,6 +127,14 @@ class MLflowLogger(Callback):
         if hook == "on_train_batch_end":
             return self.log_steps
         return super().implements(hook)
+
+    def set_params(self, params: dict) -> None:
+        """Check, before the first step, that a local tracking directory can be written."""
+        super().set_params(params)
+        uri = self.tracking_uri if self.tracking_uri is not None else os.environ.get("MLFLOW_TRACKING_URI")
+        if uri is None or not ("://" in uri or uri.startswith("file:")):
+            check_writable(f"MLflowLogger(tracking_uri={uri!r})", uri if uri is not None else "mlruns",
+                           directory=True)
 
     def resolved_tracking_uri(self) -> Tuple[str, Optional[str]]:
         """``(tracking URI, artifact location for a new experiment or None)`` this logger writes to."""
@@ -248,6 +257,12 @@ class WandbLogger(Callback):
         if hook == "on_train_batch_end":
             return self.log_steps
         return super().implements(hook)
+
+    def set_params(self, params: dict) -> None:
+        """Check, before the first step, that ``dir`` (when given) can be written."""
+        super().set_params(params)
+        if self.dir is not None:
+            check_writable(f"WandbLogger(dir={self.dir!r})", self.dir, directory=True)
 
     def on_train_begin(self, logs: dict) -> None:
         import wandb
