@@ -98,6 +98,22 @@ def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b(launched):
 
 
 @pytest.mark.slow
+def test_a_model_subclass_trains_under_torchrun_like_one_process(launched):
+    r0, r1 = launched["ranks"]
+    model = sc.SubclassNet(seed=17)
+    model.compile(nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                  list(sc.METRICS), device="cpu")
+    history = model.fit(2, DataLoader(sc.data(64, 1), batch_size=16), DataLoader(sc.data(30, 2), batch_size=10),
+                        verbose=0)
+    assert list(r0["subclass"]["state"]) == list(model.state_dict())  # the user's own key names
+    assert_same_state(model.state_dict(), r0["subclass"]["state"])
+    for mine, theirs in zip(history.to_dict("records"), r0["subclass"]["history"]):
+        assert_same_logs(mine, theirs)
+    assert torch.equal(r0["subclass"]["predict"], r1["subclass"]["predict"])  # every rank: the whole dataset
+    assert r0["subclass"]["predict"].shape == (30, 3)
+
+
+@pytest.mark.slow
 def test_gradient_accumulation_under_ddp_equals_one_process(launched):
     net = sc.mlp(seed=5)
     sc.compiled(net).fit(2, DataLoader(sc.data(64, 1), batch_size=8), verbose=0, grad_accum_steps=2)

@@ -8,7 +8,8 @@ from pathlib import Path
 from torchfit.callbacks import Callback
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("Finding a learning rate", "Weight averaging (EMA, SWA)", "Schedules that know the run")
+SECTIONS = ("Finding a learning rate", "Weight averaging (EMA, SWA)", "Schedules that know the run",
+            "Short and debug runs that tests can assert on", "Several outputs, several losses")
 
 
 def blocks_of(text: str, heading: str) -> list:
@@ -37,6 +38,8 @@ def test_the_examples_in_docs_workflow_run(tmp_path, monkeypatch, capsys):
             exec(compile(block, f"docs/workflow.md {heading!r} block {n}", "exec"), namespace)
     out = capsys.readouterr().out
     assert "suggested_lr" in out and "True" in out and (tmp_path / "lr_find.png").exists()
+    assert "\n6\n" in out and "True 1.0" in out  # steps_per_epoch, overfit_batches
+    assert "'kind_loss', 'size_loss', 'val_loss'" in out
     probe = _Params()
     namespace["new_model"]().fit(1, namespace["dl_train"], callbacks=[probe], grad_accum_steps=3, verbose=0)
     assert probe.seen["grad_accum_steps"] == 3

@@ -240,7 +240,8 @@ def test_notebook_runs_in_a_venv_kernel_without_errors(path, tmp_path, capsys):
     # progress bars were live widgets; the stored notebook keeps neither them nor their text
     assert not stale_bar_outputs(done) and "widgets" not in done.metadata
     # each plotting cell shows its figure exactly once (a live plot too: one display updated in place)
-    plotting = sum(any(p in c.source for p in ("plot_history(", "plt.show()", "LivePlot(", "plot=True")) for c in code)
+    plotting = sum(any(p in c.source for p in ("plot_history(", "plt.show()", "LivePlot(", "plot=True", "plot_lr_find(",
+                                               "plot_confusion_matrix(")) for c in code)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == plotting
 
 @pytest.mark.parametrize("doc", ["docs/notebooks.md", "docs/api.md"])

@@ -39,6 +39,18 @@ def mlp(seed: int = 0, batchnorm: bool = False) -> nn.Module:
     return nn.Sequential(nn.Linear(4, 16), *norm, nn.ReLU(), nn.Linear(16, 3))
 
 
+class SubclassNet(torchfit.Model):
+    """mlp()'s layers, written as a torchfit.Model subclass (its state_dict keys are mlp()'s)."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.layers = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
 def compiled(net: nn.Module, metrics=METRICS, lr: float = 0.1) -> torchfit.Model:
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     return torchfit.Model(net).compile(nn.CrossEntropyLoss(), opt, list(metrics), device="cpu")
@@ -224,6 +236,14 @@ def main(out_dir: str) -> None:
     resumed = records(model.fit(3, dl, verbose=0, callbacks=[ModelCheckpoint(path, save_last=True)],
                                 resume_from=os.path.join(out_dir, "resume", "last.pt")))
     res["resume"].update(resumed=resumed, resumed_state=net.state_dict())
+
+    # 9. a torchfit.Model subclass with its own layers (torchkeras 1.x style) is its own net under DDP too
+    model = SubclassNet(seed=17)
+    model.compile(nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), list(METRICS),
+                  device="cpu")
+    h = model.fit(2, DataLoader(data(64, 1), batch_size=8), DataLoader(data(30, 2), batch_size=5), verbose=0)
+    res["subclass"] = {"history": records(h), "state": model.state_dict(),
+                       "predict": model.predict(DataLoader(data(30, 2), batch_size=5))}
 
     # the DDP wrappers lived as long as their fit (no gc needed: nothing holds them)
     res["ddp_alive"] = sum(type(o) is nn.parallel.DistributedDataParallel for o in gc.get_objects())
