@@ -443,7 +443,7 @@ def test_a_checkpoint_loads_with_plain_weights_only_and_carries_a_digest_of_ever
     model = trained(epochs=2)
     model.save_checkpoint(tmp_path / "c.pt")
     ck = torch.load(tmp_path / "c.pt", weights_only=True)
-    from torchfit.checkpoint import _tensors, tensor_sha256
+    from torchfit.checkpoint.saving import _tensors, tensor_sha256
 
     names = {f"{k}{rest}" for k, v in ck.items() if k != "digest" for rest, _ in _tensors(v, "")}
     assert set(ck["digest"]) == names and len(names) > 20
