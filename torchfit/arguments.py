@@ -17,7 +17,9 @@ import torch
 
 from . import distributed
 from .callbacks import CallbackList, ProgressPrinter
+from .heads import MultiLoss
 from .loop import loader_length
+from .losses import SampleWeighting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,3 +115,33 @@ def check_loader(name: str, loader: Any) -> None:
             f"{name} is empty (len 0): check its dataset, and that drop_last=True with a batch size larger "
             "than the dataset does not drop every sample"
         )
+
+
+def check_initial_epoch(initial_epoch: Any, epochs: int, resume_from: Any) -> Optional[int]:
+    """Keras' ``initial_epoch``: epochs are numbered from it and ``epochs`` is the number of the last."""
+    if initial_epoch is None:
+        return None
+    initial_epoch = check_count("initial_epoch", initial_epoch, minimum=0)
+    if resume_from is not None:
+        raise ValueError("fit got both initial_epoch= and resume_from=; a resumed run continues from the "
+                         "checkpoint's epoch, so pass only resume_from")
+    if initial_epoch > epochs:
+        raise ValueError(f"initial_epoch={initial_epoch} is after epochs={epochs}: with initial_epoch, epochs is "
+                         "the number of the last epoch (Keras), e.g. fit(10, dl, initial_epoch=5) runs 6-10")
+    return initial_epoch
+
+
+def weighting_for(loss_fn: Any, class_weight: Any, sample_weight: Any, default_step: bool) -> Optional[SampleWeighting]:
+    """fit's ``class_weight`` / ``sample_weight``: how samples are weighed, checked before training."""
+    if class_weight is None and sample_weight is None:
+        return None
+    if class_weight is not None and sample_weight is not None:
+        raise ValueError("fit got both class_weight and sample_weight; as in Keras, pass one (fold the class "
+                         "weights into sample_weight: w = sample_weight * class_weight_of(y))")
+    if isinstance(loss_fn, MultiLoss):
+        raise TypeError("sample_weight / class_weight with several losses is not supported; weigh inside "
+                        "your losses, or train one output at a time")
+    if not default_step:
+        raise TypeError("class_weight / sample_weight act in the default train_step; your overridden "
+                        "train_step gets (x, y, w) batches and weighs them itself")
+    return SampleWeighting(loss_fn, class_weight)  # a loss without per-sample values fails here

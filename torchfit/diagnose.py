@@ -9,14 +9,16 @@ the failing line come first. It runs only after an exception: nothing here costs
 """
 from __future__ import annotations
 
+import functools
 import os
 import types
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 from torch import nn
 
 from .batch import describe
+from .errors import MetricError, StepError
 
 _TORCHFIT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _MODULE_CALL = os.path.join("torch", "nn", "modules", "module.py")
@@ -165,6 +167,21 @@ def _layer_hint(module: nn.Module, x: Any) -> Optional[str]:
 
 
 # --------------------------------------------------------------- tracebacks
+def user_traceback(verb: Callable) -> Callable:
+    """A failed step's traceback without torch's module-call frames and torchfit's loop: the user's
+    call, their code (net, loss, overridden step) and the line that raised."""
+
+    @functools.wraps(verb)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return verb(*args, **kwargs)
+        except (StepError, MetricError) as exc:
+            trim_traceback(exc)
+            raise
+
+    return call
+
+
 def trim_traceback(exc: BaseException) -> None:
     """Drop torch's module-call frames and torchfit's own plumbing from ``exc``'s traceback and its
     causes' (in place), keeping the user's code and the innermost frame where the error was raised."""

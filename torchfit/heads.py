@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .losses import adapt_targets, check_targets
+from .losses import get as get_loss
 from .metrics.base import Metric, Reducer
 
 Key = Union[str, int]
@@ -160,3 +161,17 @@ def is_per_output(metrics: Any, loss: Any) -> bool:
     return (isinstance(loss, MultiLoss) and isinstance(metrics, Mapping) and bool(metrics)
             and (any(k in loss.losses for k in metrics)
                  or all(isinstance(v, (list, tuple)) for v in metrics.values())))
+
+
+def resolve_loss(loss: Any, loss_weights: Any) -> Any:
+    """compile's ``loss``: a Keras name looked up, a dict/list of losses (several outputs) combined."""
+    if isinstance(loss, str):
+        return get_loss(loss)
+    if isinstance(loss, (Mapping, list, tuple)):
+        named = loss.items() if isinstance(loss, Mapping) else enumerate(loss)
+        parts = {k: get_loss(v) if isinstance(v, str) else v for k, v in named}
+        return MultiLoss(parts if isinstance(loss, Mapping) else list(parts.values()), loss_weights)
+    if loss_weights is not None:
+        raise TypeError("loss_weights goes with several losses, one per output: "
+                        "compile(loss={'a': ..., 'b': ...}, loss_weights={'a': 1.0, 'b': 0.5})")
+    return loss

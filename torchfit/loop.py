@@ -34,7 +34,9 @@ import torch
 from torch import nn
 
 from .batch import describe, to_device
+from .checkpoint import preserved_rng
 from .diagnose import LossError, step_failure
+from .metrics import Tracker, copy_metrics
 from .errors import MetricError, StepError
 from .losses import TargetError
 from .fast_path import iter_batches
@@ -264,6 +266,32 @@ def first_batches(loader: Iterable, n: int) -> List[Any]:
         if len(batches) == n:
             break
     return batches
+
+
+def check_first_batch(model: Any, dl_val: Iterable, run: Run) -> None:
+    """``eval_step`` and the metrics on ``dl_val``'s first batch, before training: weights, BatchNorm
+    statistics, train/eval modes and every RNG (loaders' generators included) are left as found.
+    Only loaders that can be iterated again are checked (a DataLoader without workers, a list)."""
+    source = getattr(dl_val, "loader", dl_val)  # through a validation_steps limit
+    if not (isinstance(source, (list, tuple)) or (isinstance(source, torch.utils.data.DataLoader)
+                                                  and source.num_workers == 0)):
+        return
+    with preserved_rng([source]), model._calling(run), torch.no_grad():
+        model.net.eval()
+        batch = next(iter(run.config.iterate(source)), None)
+        if batch is None:
+            return  # an empty loader is reported where it is iterated
+        batch = run.config.move(batch)
+        try:
+            out = model.eval_step(batch)
+        except Exception as exc:
+            cause = exc.__cause__ if isinstance(exc, LossError) and exc.__cause__ is not None else exc
+            raise StepError(f"validation step failed on dl_val's first batch, checked before training (nothing "
+                            f"has changed): {step_failure(model, exc)} (batch shapes {describe(batch)})") from cause
+        probe = Tracker(copy_metrics(model.metrics), prefix="val_")
+        probe.reset()
+        probe.update(out)
+        probe.compute()
 
 
 # ------------------------------------------------------------------- fit

@@ -11,7 +11,6 @@ batches in ``batch``, devices in ``device``, autocast and the grad scaler in
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
@@ -20,8 +19,9 @@ import torch
 from torch import nn
 
 from . import checkpoint, distributed, inputs, loop
-from .arguments import FitOptions, announcer, check_count, check_loader, check_reiterable
-from .batch import as_tensors, batch_size_of, call_net, describe, detach, predict_inputs, split_batch, to_device
+from .arguments import (FitOptions, announcer, check_count, check_initial_epoch, check_loader, check_reiterable,
+                        weighting_for)
+from .batch import as_tensors, batch_size_of, call_net, detach, predict_inputs, split_batch, to_device
 from .callbacks import Callback, CallbackList, History, ProgressPrinter
 from .callbacks.base import check_callbacks
 from .callbacks.history import StepHistory
@@ -30,32 +30,16 @@ from .callbacks.liveplot import LivePlot
 from .callbacks.progress import ProgressBar, wants_bar
 from .callbacks.schedulers import from_fit_argument, learning_rates, lr_log_keys
 from .device import batch_mover, resolve_device
-from .diagnose import LossError, loss_failure, step_failure, trim_traceback
-from .errors import MetricError, NotCompiledError, StepError
+from .diagnose import LossError, loss_failure, user_traceback
+from .errors import NotCompiledError
 from .fast_path import iter_batches
 from .formatting import Figures
-from .heads import MultiLoss, head_metrics, is_per_output
+from .heads import MultiLoss, head_metrics, is_per_output, resolve_loss
 from .losses import SampleWeighting, adapt_targets, check_targets
-from .losses import get as get_loss
 from .loop import Run, RunConfig, StepResult
 from .metrics import Tracker, copy_metrics, resolve_metrics
 from .optim import ForeignOptimizerError, OptimizerStep, move_optimizer_state, resolve_optimizer
 from .precision import PrecisionPolicy
-
-
-def _user_traceback(verb: Callable) -> Callable:
-    """A failed step's traceback without torch's module-call frames and torchfit's loop: the user's
-    call, their code (net, loss, overridden step) and the line that raised."""
-
-    @functools.wraps(verb)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return verb(*args, **kwargs)
-        except (StepError, MetricError) as exc:
-            trim_traceback(exc)
-            raise
-
-    return call
 
 
 class Model(nn.Module):
@@ -202,7 +186,7 @@ class Model(nn.Module):
             raise TypeError("compile got both metrics= and metrics_dict= (its torchkeras alias); pass only one")
         loss = loss if loss is not None else loss_func
         metrics = metrics if metrics is not None else metrics_dict
-        loss = _resolve_loss(loss, loss_weights)
+        loss = resolve_loss(loss, loss_weights)
         if loss is not None and not callable(loss):
             raise TypeError(
                 f"loss must be callable as loss(preds, targets) -> scalar tensor; got {type(loss).__name__}. "
@@ -281,7 +265,7 @@ class Model(nn.Module):
     def _default_step(self, name: str) -> bool:
         """Whether ``train_step``/``eval_step`` is torchfit's own (not overridden by a subclass)."""
         return getattr(type(self), name) is getattr(Model, name)
-    @_user_traceback
+    @user_traceback
     def fit(
         self,
         epochs: int = 1,
@@ -384,14 +368,14 @@ class Model(nn.Module):
         epochs = check_count("epochs", epochs, minimum=0)
         options = FitOptions.check(verbose, log_step_freq, grad_accum_steps, grad_clip_norm, grad_clip_value,
                                    progress_bar, fast_path, steps_per_epoch, validation_steps, validation_freq)
-        first_epoch = self._first_epoch(initial_epoch, epochs, resume_from)
+        first_epoch = check_initial_epoch(initial_epoch, epochs, resume_from)
         dl_train, dl_val = inputs.fit_loaders(
             dl_train, dl_val, x=x, y=y, target=target, batch_size=batch_size, validation_split=validation_split,
             validation_data=validation_data, shuffle=shuffle, seed=seed, loss_fn=self.loss_fn, epoch=self.epoch,
             sample_weight=sample_weight)
         if dl_train is None:
             raise TypeError("fit needs a training loader: model.fit(epochs, dl_train, dl_val=None)")
-        weighting = self._weighting(class_weight, sample_weight)
+        weighting = weighting_for(self.loss_fn, class_weight, sample_weight, self._default_step("train_step"))
         check_loader("dl_train", dl_train)
         if dl_val is not None:
             check_loader("dl_val", dl_val)
@@ -413,7 +397,7 @@ class Model(nn.Module):
         run, (dl_train, dl_val), trackers, params = self._prepare_fit(options, start, epochs, dl_train, dl_val,
                                                                       user_callbacks, weighting)
         if dl_val is not None and epochs:
-            self._check_first_batch(dl_val, run)  # a validation loader that cannot work fails now, not after epoch 1
+            loop.check_first_batch(self, dl_val, run)  # a validation loader that cannot work fails now
         say = announcer(run.config.callbacks)
         if resume is not None:
             resume.apply(self, list(run.config.callbacks))  # the last thing checked; now things change
@@ -434,32 +418,6 @@ class Model(nn.Module):
         finally:
             self._run = None
         return self.history
-
-    def _weighting(self, class_weight: Any, sample_weight: Any) -> Optional[SampleWeighting]:
-        if class_weight is None and sample_weight is None:
-            return None
-        if class_weight is not None and sample_weight is not None:
-            raise ValueError("fit got both class_weight and sample_weight; as in Keras, pass one (fold the class "
-                             "weights into sample_weight: w = sample_weight * class_weight_of(y))")
-        if isinstance(self.loss_fn, MultiLoss):
-            raise TypeError("sample_weight / class_weight with several losses is not supported; weigh inside "
-                            "your losses, or train one output at a time")
-        if not self._default_step("train_step"):
-            raise TypeError("class_weight / sample_weight act in the default train_step; your overridden "
-                            "train_step gets (x, y, w) batches and weighs them itself")
-        return SampleWeighting(self.loss_fn, class_weight)  # a loss without per-sample values fails here
-
-    def _first_epoch(self, initial_epoch: Any, epochs: int, resume_from: Any) -> Optional[int]:
-        if initial_epoch is None:
-            return None
-        initial_epoch = check_count("initial_epoch", initial_epoch, minimum=0)
-        if resume_from is not None:
-            raise ValueError("fit got both initial_epoch= and resume_from=; a resumed run continues from the "
-                             "checkpoint's epoch, so pass only resume_from")
-        if initial_epoch > epochs:
-            raise ValueError(f"initial_epoch={initial_epoch} is after epochs={epochs}: with initial_epoch, epochs is "
-                             "the number of the last epoch (Keras), e.g. fit(10, dl, initial_epoch=5) runs 6-10")
-        return initial_epoch
 
     def _prepare_fit(self, options: FitOptions, start: int, epochs: int, dl_train: Iterable, dl_val: Optional[Iterable],
                      user_callbacks: List[Callback], weighting: Optional[SampleWeighting] = None) -> tuple:
@@ -500,31 +458,6 @@ class Model(nn.Module):
         params = {**params, "log_lr": (lambda: learning_rates(self.optimizer)) if log_lr else None}
         run = Run(config, preflight=bool(self.metrics), check_targets=self.loss_fn is not None)
         return run, (dl_train, dl_val), trackers, params
-
-    def _check_first_batch(self, dl_val: Iterable, run: Run) -> None:
-        """``eval_step`` and the metrics on ``dl_val``'s first batch, before training: weights, BatchNorm
-        statistics, train/eval modes and every RNG (loaders' generators included) are left as found.
-        Only loaders that can be iterated again are checked (a DataLoader without workers, a list)."""
-        source = getattr(dl_val, "loader", dl_val)  # through a validation_steps limit
-        if not (isinstance(source, (list, tuple)) or (isinstance(source, torch.utils.data.DataLoader)
-                                                      and source.num_workers == 0)):
-            return
-        with checkpoint.preserved_rng([source]), self._calling(run), torch.no_grad():
-            self.net.eval()
-            batch = next(iter(run.config.iterate(source)), None)
-            if batch is None:
-                return  # an empty loader is reported where it is iterated
-            batch = run.config.move(batch)
-            try:
-                out = self.eval_step(batch)
-            except Exception as exc:
-                cause = exc.__cause__ if isinstance(exc, LossError) and exc.__cause__ is not None else exc
-                raise StepError(f"validation step failed on dl_val's first batch, checked before training (nothing "
-                                f"has changed): {step_failure(self, exc)} (batch shapes {describe(batch)})") from cause
-            probe = Tracker(copy_metrics(self.metrics), prefix="val_")
-            probe.reset()
-            probe.update(out)
-            probe.compute()
 
     def _default_callbacks(self, options: FitOptions, user_callbacks: Sequence[Callback]) -> List[Callback]:
         callbacks: List[Callback] = [History(), StepHistory()]
@@ -607,7 +540,7 @@ class Model(nn.Module):
         return self
 
     # ------------------------------------------------------- evaluate, predict
-    @_user_traceback
+    @user_traceback
     def evaluate(self, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, *, x: Any = None,
                  y: Any = None, target: Union[str, Sequence[str], None] = None,
                  batch_size: Optional[int] = None, fast_path: bool = True) -> Dict[str, float]:
@@ -626,7 +559,7 @@ class Model(nn.Module):
         with self._calling(run):
             return Figures(loop.validate(self, dl, run, tracker))
 
-    @_user_traceback
+    @user_traceback
     def predict(self, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, *, x: Any = None,
                 target: Union[str, Sequence[str], None] = None, batch_size: Optional[int] = None,
                 fast_path: bool = True) -> Any:
@@ -814,17 +747,3 @@ class Model(nn.Module):
         probe.reset()  # a metric may set its state up in reset(), as the Metric docstring shows
         probe.update(StepResult(None, preds, targets, n))
         probe.compute()
-
-
-def _resolve_loss(loss: Any, loss_weights: Any) -> Any:
-    """compile's ``loss``: a Keras name looked up, a dict/list of losses (several outputs) combined."""
-    if isinstance(loss, str):
-        return get_loss(loss)
-    if isinstance(loss, (Mapping, list, tuple)):
-        named = loss.items() if isinstance(loss, Mapping) else enumerate(loss)
-        parts = {k: get_loss(v) if isinstance(v, str) else v for k, v in named}
-        return MultiLoss(parts if isinstance(loss, Mapping) else list(parts.values()), loss_weights)
-    if loss_weights is not None:
-        raise TypeError("loss_weights goes with several losses, one per output: "
-                        "compile(loss={'a': ..., 'b': ...}, loss_weights={'a': 1.0, 'b': 0.5})")
-    return loss
