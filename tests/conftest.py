@@ -61,6 +61,15 @@ def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
         assert torch.equal(sa[k], sb[k]), f"{k} differs"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # Tiny nets: a second intra-op thread only contends with other processes on a shared 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -15,14 +15,6 @@ from torchfit.evaluation import classification_report, confusion_matrix, plot_co
 from conftest import binary, blobs, loader, mlp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny nets: a second intra-op thread only contends with the other processes on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def multiclass():

@@ -15,14 +15,6 @@ from torch import nn
 from torchfit.sklearn import TorchfitClassifier, TorchfitRegressor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny nets: a second intra-op thread only contends with the other processes on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class MLP(nn.Module):
     def __init__(self, n_in: int = 4, hidden: int = 16, n_out: int = 3):

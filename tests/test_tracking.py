@@ -8,7 +8,6 @@ import struct
 import time
 
 import pytest
-import torch
 from torch import nn
 
 import torchfit
@@ -19,14 +18,6 @@ from conftest import assert_same_weights, blobs, loader, mlp
 mlflow = pytest.importorskip("mlflow")
 wandb = pytest.importorskip("wandb")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny nets: a second intra-op thread only contends with the other processes on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(seed: int = 0) -> torchfit.Model:

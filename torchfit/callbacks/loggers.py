@@ -16,6 +16,18 @@ from .base import Callback
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+class StepLogger(Callback):
+    """A logger whose per-step figures are optional (``log_steps``): without them its
+    ``on_train_batch_end`` is not called at all (no cost per step)."""
+
+    log_steps: bool = False
+
+    def implements(self, hook: str) -> bool:
+        if hook == "on_train_batch_end":
+            return self.log_steps
+        return super().implements(hook)
+
+
 class CSVLogger(Callback):
     """One CSV row per finished epoch, flushed to disk at each epoch end.
 
@@ -126,7 +138,7 @@ def _cell(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-class TensorBoard(Callback):
+class TensorBoard(StepLogger):
     """Write the epoch figures (and optionally the step figures) as TensorBoard event files.
 
     >>> # model.fit(10, dl_train, dl_val, callbacks=[TensorBoard("runs/exp1")])
@@ -160,10 +172,6 @@ class TensorBoard(Callback):
         self.log_steps = bool(log_steps)
         self._writers: Dict[str, Any] = {}
 
-    def implements(self, hook: str) -> bool:
-        if hook == "on_train_batch_end":
-            return self.log_steps
-        return super().implements(hook)
 
     def set_params(self, params: dict) -> None:
         """Check, before the first step, that ``log_dir`` can be written (nothing is created yet)."""

@@ -11,16 +11,17 @@ are optional extras, imported when a logger is built.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import numbers
 import os
 import tempfile
 import time
 import warnings
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from ..files import check_writable
-from .base import Callback
+from .loggers import StepLogger
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -56,6 +57,15 @@ def _batch_size(params: Mapping[str, Any]) -> Optional[int]:
     return size if isinstance(size, int) else None
 
 
+@contextlib.contextmanager
+def _checkpoint_file(model: Any) -> Iterator[str]:
+    """The model's full checkpoint in a temporary file, for a tracker to copy as an artifact."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "checkpoint.pt")
+        model.save_checkpoint(path)
+        yield path
+
+
 def _require(package: str, user: str) -> None:
     # Checked when the callback is built, so a missing package fails before training, not after it.
     if importlib.util.find_spec(package) is None:
@@ -67,7 +77,7 @@ def _numbers(logs: Mapping[str, Any], skip: Tuple[str, ...] = ("epoch",)) -> Dic
     return {k: float(v) for k, v in logs.items() if k not in skip and isinstance(v, numbers.Real)}
 
 
-class MLflowLogger(Callback):
+class MLflowLogger(StepLogger):
     """Log a fit to MLflow: parameters, per-epoch figures, and the final checkpoint as an artifact.
 
     >>> # model.fit(10, dl_train, dl_val, callbacks=[MLflowLogger(experiment_name="mnist")])
@@ -123,10 +133,6 @@ class MLflowLogger(Callback):
         self._client: Any = None
         self._owns_run = False
 
-    def implements(self, hook: str) -> bool:
-        if hook == "on_train_batch_end":
-            return self.log_steps
-        return super().implements(hook)
 
     def set_params(self, params: dict) -> None:
         """Check, before the first step, that a local tracking directory can be written."""
@@ -190,9 +196,7 @@ class MLflowLogger(Callback):
     def on_train_end(self, logs: dict) -> None:
         try:
             if self.log_checkpoint:
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = os.path.join(tmp, "checkpoint.pt")
-                    self.model.save_checkpoint(path)
+                with _checkpoint_file(self.model) as path:
                     self._client.log_artifact(self.run_id, path)
         finally:  # the run ends even if the artifact could not be written
             if self._owns_run:
@@ -206,7 +210,7 @@ class MLflowLogger(Callback):
             self._owns_run = False
 
 
-class WandbLogger(Callback):
+class WandbLogger(StepLogger):
     """Log a fit to Weights & Biases: config, per-epoch figures, and the final checkpoint as an artifact.
 
     >>> # model.fit(10, dl_train, dl_val, callbacks=[WandbLogger(project="mnist")])
@@ -253,10 +257,6 @@ class WandbLogger(Callback):
         self.run: Any = None
         self._owns_run = False
 
-    def implements(self, hook: str) -> bool:
-        if hook == "on_train_batch_end":
-            return self.log_steps
-        return super().implements(hook)
 
     def set_params(self, params: dict) -> None:
         """Check, before the first step, that ``dir`` (when given) can be written."""
@@ -290,9 +290,7 @@ class WandbLogger(Callback):
 
         try:
             if self.log_checkpoint:
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = os.path.join(tmp, "checkpoint.pt")
-                    self.model.save_checkpoint(path)
+                with _checkpoint_file(self.model) as path:
                     artifact = wandb.Artifact(f"checkpoint-{self.run.id}", type="model")
                     artifact.add_file(path, name="checkpoint.pt")  # copied into wandb's staging area now
                     self.run.log_artifact(artifact)
