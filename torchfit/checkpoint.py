@@ -74,6 +74,24 @@ def save(model: Any, path: PathLike, weights_only: bool = False) -> None:
     atomic_save(build(model), path)
 
 
+def full_state(model: Any) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, Any]]]:
+    """The net's and the optimizer's ``state_dict`` with whole tensors, as one process holds them.
+
+    A net sharded by ``compile(strategy="fsdp")`` is gathered first: a collective,
+    so every rank must call this (only rank 0 gets the tensors; the others get
+    empty dicts). Anywhere else these are ``model.net.state_dict()`` and
+    ``model.optimizer.state_dict()``.
+
+    >>> # net_state, optimizer_state = full_state(model)
+    """
+    from .distributed import fsdp
+
+    if fsdp.is_sharded(model.net):
+        return fsdp.full_state(model.net, model.optimizer)
+    opt = model.optimizer
+    return model.net.state_dict(), opt.state_dict() if opt is not None and opt.param_groups else None
+
+
 def build(model: Any) -> Dict[str, Any]:
     """The checkpoint dict for ``model``: see the module docstring."""
     run = model._run
@@ -85,15 +103,15 @@ def build(model: Any) -> Dict[str, Any]:
         extra = {"callbacks": {}, "loaders": {}, "rng": rng_state(), "mid_epoch": None}
     precision = model.precision
     scaler = precision.scaler if precision is not None else None
-    opt = model.optimizer
+    net, optimizer = full_state(model)
     return {
         MARKER: VERSION,
         "epoch": int(model.epoch),
         "global_step": int(model.global_step),
         # Set by a callback (early stopping) at this epoch's end: the run is over, resume_from trains no more.
         "stop_training": bool(model.stop_training),
-        "net": model.net.state_dict(),
-        "optimizer": opt.state_dict() if opt is not None and opt.param_groups else None,
+        "net": net,
+        "optimizer": optimizer,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "precision": precision.name if precision is not None else None,
         "history": [dict(row) for row in model._history_rows],

@@ -147,6 +147,7 @@ class Model(nn.Module):
         metrics_dict: Optional[Mapping[str, Any]] = None,
         precision: str = "32",
         jit_compile: Union[bool, Mapping[str, Any]] = False,
+        strategy: Any = None,
     ) -> "Model":
         """Set the loss, optimizer, metrics, device and precision; returns the model.
 
@@ -161,7 +162,8 @@ class Model(nn.Module):
         or ``"16-mixed"`` (CUDA). ``jit_compile=True`` (Keras' name) runs the
         training forward through ``torch.compile(net)``; a dict is passed to
         ``torch.compile`` as options, e.g. ``{"mode": "max-autotune"}``.
-        evaluate/predict stay eager.
+        evaluate/predict stay eager. ``strategy``: how several processes train:
+        ``"ddp"`` (the default) or ``"fsdp"`` / ``torchfit.distributed.FSDP(...)``.
         """
         if loss is not None and loss_func is not None:
             raise TypeError("compile got both loss= and loss_func= (its torchkeras alias); pass only one")
@@ -202,6 +204,7 @@ class Model(nn.Module):
         self.precision = prec
         self.jit_compile = jit_compile if isinstance(jit_compile, bool) else dict(jit_compile)
         object.__setattr__(self, "_jit_net", None)
+        self.strategy = distributed.check_strategy(strategy)
         self._compiled = True
         return self
 
@@ -262,6 +265,7 @@ class Model(nn.Module):
         shuffle: Optional[bool] = None,
         seed: int = 0,
         fast_path: bool = True,
+        num_processes: Optional[int] = None,
     ) -> pd.DataFrame:
         """Train for ``epochs`` more epochs; returns the history as a DataFrame.
 
@@ -312,8 +316,17 @@ class Model(nn.Module):
         fetches batches of a DataLoader over a TensorDataset by indexing its
         tensors: the same batches, several times faster (see ``torchfit.fast_path``);
         ``fast_path=False`` iterates every loader as it is. Ctrl-C stops
-        cleanly and returns the finished epochs.
+        cleanly and returns the finished epochs. ``num_processes=N`` trains on N
+        processes started here (a notebook or a script; see ``torchfit.distributed.launch_fit``).
         """
+        if num_processes is not None:
+            return distributed.launch_fit(self, num_processes, dict(
+                epochs=epochs, dl_train=dl_train, dl_val=dl_val, log_step_freq=log_step_freq, callbacks=callbacks,
+                verbose=verbose, grad_accum_steps=grad_accum_steps, grad_clip_norm=grad_clip_norm,
+                grad_clip_value=grad_clip_value, lr_scheduler=lr_scheduler, resume_from=resume_from,
+                progress_bar=progress_bar, x=x, y=y, target=target, batch_size=batch_size,
+                validation_split=validation_split, validation_data=validation_data, shuffle=shuffle, seed=seed,
+                fast_path=fast_path))
         self._require_compiled("fit")
         epochs = check_count("epochs", epochs, minimum=0)
         options = FitOptions.check(verbose, log_step_freq, grad_accum_steps, grad_clip_norm, grad_clip_value,
@@ -356,7 +369,7 @@ class Model(nn.Module):
     def _prepare_fit(self, options: FitOptions, epochs: int, dl_train: Iterable, dl_val: Optional[Iterable],
                      user_callbacks: List[Callback]) -> tuple:
         """The run of one fit: this rank's loaders, callbacks, trackers, the optimizer step, the params."""
-        strategy = distributed.strategy(self.device)
+        strategy = distributed.strategy(self.device, self.strategy)
         if strategy is not None:  # under torchrun: this rank's loaders, DDP, exact figures
             dl_train, dl_val = strategy.fit_loaders(dl_train, dl_val)
         callbacks = self._default_callbacks(options, user_callbacks) + user_callbacks
@@ -506,7 +519,7 @@ class Model(nn.Module):
             return out
 
     def _eval_run(self, callbacks: Optional[Sequence[Callback]], fast_path: bool) -> tuple:
-        strategy = distributed.strategy(self.device)
+        strategy = distributed.strategy(self.device, self.strategy)
         cbs = CallbackList(check_callbacks(callbacks), self, is_main_process=strategy is None or strategy.is_main)
         return Run(self._run_config(cbs, strategy, fast_path)), strategy
 

@@ -1,0 +1,315 @@
+"""``fit(..., num_processes=N)``: several training processes started from a notebook or a script.
+
+Owns starting N worker processes with torch's multiprocessing (``fork`` where
+that is safe, ``spawn`` elsewhere), giving each the environment torchrun would
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) so
+that each one runs torchfit's ordinary multi-process ``fit`` (DDP, or the
+strategy compiled in), and handing rank 0's results back to the calling
+process: the trained weights, the optimizer and grad-scaler state, the history,
+``model.epoch`` / ``global_step``, the callbacks' state, the RNG state and what
+``save_checkpoint`` needs, so that the kernel's ``model`` is the model a
+torchrun run would have left. It also owns the ways such a call ends: CUDA
+already initialised (refused before anything starts), a worker that fails (every
+other worker is stopped and the call raises that worker's error), Ctrl-C (the
+first stops training on every rank at the next logging point and hands back
+the finished epochs, as a single-process ``fit`` does; a second stops the
+workers at once) and a parent that dies (the workers die with it).
+
+It leaves training to ``Model.fit`` (each worker calls it) and never imports
+``torchfit.model``: the model is handled through its public verbs and the few
+attributes a checkpoint reads.
+"""
+from __future__ import annotations
+
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import tempfile
+import traceback
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+
+from .launch import _ENV, _dist, _initialized, launch_info
+
+#: How long stopped workers get to exit after SIGTERM before they are killed.
+_TERMINATE_GRACE_S = 5.0
+_RESULT = "result.pt"
+
+
+class WorkerError(RuntimeError):
+    """A worker process of ``fit(num_processes=N)`` failed; the message holds its traceback."""
+
+
+def start_method() -> str:
+    """``"fork"`` where it is safe and available (Linux), else ``"spawn"``.
+
+    Fork starts at once and needs nothing picklable (a notebook's classes and
+    loaders work as they are); macOS's system libraries are not fork-safe and
+    Windows has no fork.
+
+    >>> start_method() in ("fork", "spawn")
+    True
+    """
+    import torch.multiprocessing as mp
+
+    if sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods():
+        return "fork"
+    return "spawn"
+
+
+def check_can_launch(num_processes: Any, device: Optional[torch.device]) -> int:
+    """The checks made before any worker starts; returns ``num_processes`` as an int."""
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"num_processes must be a whole number >= 1 (the worker processes to train on); "
+                         f"got {num_processes!r}")
+    if launch_info() is not None or _initialized():
+        raise RuntimeError(
+            "fit(num_processes=...) starts its own processes, but this process is already one of a distributed "
+            "job (torchrun's RANK/WORLD_SIZE are set or a process group is initialised): drop num_processes, "
+            "the fit already runs on every process of the job"
+        )
+    if torch.cuda.is_initialized() or (device is not None and device.type == "cuda"):
+        raise RuntimeError(
+            "fit(num_processes=...) cannot start its workers: CUDA was already initialised in this process"
+            + (f" (the model is on {device})" if device is not None and device.type == "cuda" else "")
+            + ", and a CUDA context does not survive into forked processes. Restart the kernel and, before "
+            "anything touches CUDA, compile with device='cpu' (no .cuda(), no torch.cuda calls): with CUDA "
+            "available, worker r trains on cuda:r; nothing of the model is on the GPU in this process"
+        )
+    return num_processes
+
+
+def launch_fit(model: Any, num_processes: int, fit_kwargs: Mapping[str, Any], *,
+               device: Optional[str] = None, method: Optional[str] = None) -> Any:
+    """Run ``model.fit(**fit_kwargs)`` on ``num_processes`` processes; returns rank 0's history.
+
+    ``Model.fit(..., num_processes=N)`` calls this. Worker ``r`` runs on
+    ``cuda:r`` when CUDA is available (``device=None``, as torchrun's
+    ``compile(device=None)`` would), otherwise on the model's device; pass
+    ``device="cpu"`` to keep the workers off the GPUs. On CPU the workers talk
+    through gloo. Afterwards ``model`` holds rank 0's weights, optimizer state,
+    history, ``epoch`` and ``global_step``, as after the same fit under torchrun.
+
+    >>> # history = model.fit(3, dl_train, dl_val, num_processes=2)
+    >>> # torchfit.distributed.launch_fit(model, 2, {"epochs": 3, "dl_train": dl_train}, device="cpu")
+    """
+    n = check_can_launch(num_processes, getattr(model, "device", None))
+    model._require_compiled("fit")
+    fit_kwargs = dict(fit_kwargs)
+    if n == 1:
+        return model.fit(**fit_kwargs)  # one process is a plain fit, as under torchrun --nproc_per_node=1
+    worker_device = _worker_device(model, device, n)
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context(method or start_method())
+    stop = ctx.Event()
+    threads = max(1, torch.get_num_threads() // n)  # the workers share this machine's cores
+    with tempfile.TemporaryDirectory(prefix="torchfit-launch-") as out_dir:
+        port = _free_port()
+        procs = [ctx.Process(target=_worker, name=f"torchfit-rank{r}",
+                             args=(r, n, port, model, fit_kwargs, out_dir, worker_device, threads, stop, os.getpid()))
+                 for r in range(n)]
+        try:
+            for p in procs:
+                p.start()
+            interrupted = _wait(procs, stop, out_dir)
+        except BaseException:
+            _stop_all(procs)
+            raise
+        result = torch.load(os.path.join(out_dir, _RESULT), map_location="cpu", weights_only=True)
+    _hand_back(model, result, fit_kwargs.get("callbacks"))
+    if interrupted and model.history is not None:
+        print(f"Training interrupted (KeyboardInterrupt): the {n} workers stopped together; model.history holds "
+              f"the {len(model.history)} finished epoch(s) and the model is usable.", file=sys.stderr)
+    return model.history
+
+
+# ------------------------------------------------------------------ the calling process
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker_device(model: Any, device: Optional[str], n: int) -> Optional[str]:
+    """The device type workers train on: ``"cuda"`` (one GPU per rank) or ``None`` (the model's own)."""
+    if device is None:
+        # torch.cuda.is_available() does not create a context, so it is safe before forking.
+        use_cuda = torch.cuda.is_available()
+    else:
+        kind = torch.device(device).type
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"launch_fit(device={device!r}): the workers run on 'cpu' or 'cuda'")
+        use_cuda = kind == "cuda"
+        if use_cuda and not torch.cuda.is_available():
+            raise ValueError(f"launch_fit(device={device!r}) but CUDA is not available on this machine; "
+                             "pass device='cpu'")
+    if not use_cuda:
+        return None
+    if torch.cuda.device_count() < n:
+        raise ValueError(f"num_processes={n} but this machine has {torch.cuda.device_count()} CUDA device(s): "
+                         "start at most one worker per GPU, or pass device='cpu'")
+    return "cuda"
+
+
+def _wait(procs: List[Any], stop: Any, out_dir: str) -> bool:
+    """Wait for every worker; returns whether a Ctrl-C stopped training early.
+
+    A worker that fails ends the call with its error after every other worker
+    is stopped. The first Ctrl-C asks the workers to stop together (at the
+    next logging point or epoch end); a second stops them at once.
+    """
+    interrupted = False
+    pending = list(procs)
+    while pending:
+        try:
+            ready = multiprocessing.connection.wait([p.sentinel for p in pending], timeout=1.0)
+        except KeyboardInterrupt:
+            if interrupted:
+                raise  # the second Ctrl-C: launch_fit stops every worker and re-raises
+            interrupted = True
+            stop.set()
+            print("KeyboardInterrupt: stopping every worker at its next logging point (press again to stop "
+                  "them at once; the model then stays as it was before fit)", file=sys.stderr)
+            continue
+        for p in [p for p in pending if p.sentinel in ready]:
+            p.join()
+            pending.remove(p)
+            if p.exitcode != 0:
+                rank_ = int(p.name.rsplit("rank", 1)[1])
+                _stop_all(pending)
+                raise WorkerError(_failure(rank_, p.exitcode, out_dir))
+    if not os.path.exists(os.path.join(out_dir, _RESULT)):
+        raise WorkerError("fit(num_processes=...): every worker exited cleanly but rank 0 handed back no result")
+    return interrupted
+
+
+def _failure(rank_: int, exitcode: int, out_dir: str) -> str:
+    path = os.path.join(out_dir, f"error{rank_}.txt")
+    if os.path.exists(path):
+        with open(path) as f:
+            return f"fit(num_processes=...): worker rank {rank_} failed; its traceback:\n{f.read()}"
+    how = f"was killed by signal {-exitcode}" if exitcode < 0 else f"exited with status {exitcode}"
+    return (f"fit(num_processes=...): worker rank {rank_} {how} without a Python error (out of memory? a crash "
+            "in native code?); the other workers were stopped")
+
+
+def _stop_all(procs: List[Any]) -> None:
+    """SIGTERM every live worker, then SIGKILL those still alive after a grace period; reap them all."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(_TERMINATE_GRACE_S)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def _hand_back(model: Any, result: Mapping[str, Any], callbacks: Any) -> None:
+    """Put rank 0's end-of-fit state into the calling process's ``model``."""
+    from .. import checkpoint
+
+    model.net.load_state_dict(result["net"])
+    if result["optimizer"] is not None:
+        model.optimizer.load_state_dict(result["optimizer"])
+    scaler = model.precision.scaler if model.precision is not None else None
+    if scaler is not None and result["scaler"]:
+        scaler.load_state_dict(result["scaler"])
+    model.epoch = result["epoch"]
+    model.global_step = result["global_step"]
+    model.stop_training = result["stop_training"]
+    model._history_rows = result["history"]
+    model._step_rows = result["step_history"]
+    model._fit_state = result["fit_state"]
+    if callbacks:
+        checkpoint.restore_callbacks({"callbacks": result["callbacks"]}, list(callbacks))
+    if result["fit_state"] is not None:
+        checkpoint.set_rng_state(result["fit_state"]["rng"])
+
+
+# ------------------------------------------------------------------ a worker
+
+
+def _worker(rank_: int, world: int, port: int, model: Any, fit_kwargs: Dict[str, Any], out_dir: str,
+            device: Optional[str], threads: int, stop: Any, parent: int) -> None:
+    # Ctrl-C in a terminal reaches every process of the group: the parent decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
+    torch.set_num_threads(threads)
+    for key in _ENV:
+        os.environ.pop(key, None)
+    os.environ.update(RANK=str(rank_), WORLD_SIZE=str(world), LOCAL_RANK=str(rank_), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        if device == "cuda":
+            _move(model, torch.device("cuda", rank_))
+        from ..callbacks import Callback
+
+        class _StopOnInterrupt(Callback):
+            """Turns the parent's Ctrl-C into ``stop_training`` at a logging point or epoch end, where the
+            ranks agree on stopping (the strategy's sync callback runs after this one)."""
+
+            def on_train_batch_end(self, batch: int, logs: dict) -> None:
+                if logs and stop.is_set():
+                    self.model.stop_training = True
+
+            def on_epoch_end(self, epoch: int, logs: dict) -> None:
+                if stop.is_set():
+                    self.model.stop_training = True
+
+        user_callbacks = list(fit_kwargs.get("callbacks") or [])
+        model.fit(**{**fit_kwargs, "callbacks": user_callbacks + [_StopOnInterrupt()]})
+        result = _result(model, user_callbacks)  # collective under FSDP: every rank takes part
+        if rank_ == 0:
+            from ..checkpoint import atomic_save
+
+            atomic_save(result, os.path.join(out_dir, _RESULT))
+    except BaseException:
+        with open(os.path.join(out_dir, f"error{rank_}.txt"), "w") as f:
+            f.write(traceback.format_exc())
+        os._exit(1)  # no teardown: the other ranks may be blocked in a collective; the parent stops them
+    if _initialized():
+        _dist().destroy_process_group()
+
+
+def _result(model: Any, user_callbacks: List[Any]) -> Dict[str, Any]:
+    from .. import checkpoint
+
+    net, optimizer = checkpoint.full_state(model)
+    scaler = model.precision.scaler if model.precision is not None else None
+    return {
+        "net": net, "optimizer": optimizer,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": int(model.epoch), "global_step": int(model.global_step),
+        "stop_training": bool(model.stop_training),
+        "history": [dict(r) for r in model._history_rows], "step_history": [dict(r) for r in model._step_rows],
+        "fit_state": model._fit_state, "callbacks": checkpoint.callbacks_state(user_callbacks),
+    }
+
+
+def _move(model: Any, device: torch.device) -> None:
+    """Compile the worker's copy again for its own GPU: same loss, optimizer, metrics and options."""
+    model.compile(model.loss_fn, model.optimizer, model.metrics, device=device,
+                  precision=model.precision.name, jit_compile=model.jit_compile,
+                  **({"strategy": model.strategy} if hasattr(model, "strategy") else {}))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this worker when the process that started it dies (a killed kernel)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
