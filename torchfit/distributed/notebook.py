@@ -246,6 +246,8 @@ def _worker(rank_: int, world: int, port: int, model: Any, fit_kwargs: Dict[str,
         os.environ.pop(key, None)
     os.environ.update(RANK=str(rank_), WORLD_SIZE=str(world), LOCAL_RANK=str(rank_), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if _leave_the_kernel():
+        fit_kwargs = {**fit_kwargs, "progress_bar": False}  # a widget cannot be drawn from here
     try:
         if device == "cuda":
             _move(model, torch.device("cuda", rank_))
@@ -298,6 +300,25 @@ def _move(model: Any, device: torch.device) -> None:
     model.compile(model.loss_fn, model.optimizer, model.metrics, device=device,
                   precision=model.precision.name, jit_compile=model.jit_compile,
                   **({"strategy": model.strategy} if hasattr(model, "strategy") else {}))
+
+
+def _leave_the_kernel() -> bool:
+    """In a worker forked from a Jupyter kernel, make torchfit print text; returns whether it was one.
+
+    ipykernel refuses rich display messages from a forked process ("attempted to
+    send message from fork") but forwards what it prints to the cell's output, so
+    the worker's copy of the shell stops claiming a kernel (the parent's is untouched).
+    """
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    shell = get_ipython() if get_ipython is not None else None
+    if getattr(shell, "kernel", None) is None:
+        return False
+    try:
+        shell.kernel = None
+    except Exception:  # a traitlet that refuses None: hide the shell from torchfit's check instead
+        object.__setattr__(shell, "kernel", None)
+    return True
 
 
 def _die_with_parent(parent: int) -> None:
