@@ -20,6 +20,12 @@ objects)::
      "rng": {"torch": ..., "cuda": [...], "numpy": {...}, "python": {...}},
      "mid_epoch": None or {"epoch": 3}}
 
+A net sharded by ``compile(strategy="fsdp")`` is gathered into whole tensors
+first (every rank calls ``save``; rank 0 writes the file), so the file loads in a
+single process; ``torchfit.distributed.save_sharded`` writes a
+``torch.distributed.checkpoint`` directory instead, which ``load`` (and
+``fit(resume_from=...)``) also reads.
+
 The training state is taken as of the moment of saving during a fit (at an
 epoch end that is after every callback's ``on_epoch_end``: ``ModelCheckpoint``
 runs last), and as of the end of the last fit when saving outside one.
@@ -67,11 +73,22 @@ def atomic_save(obj: Any, path: PathLike) -> None:
 
 
 def save(model: Any, path: PathLike, weights_only: bool = False) -> None:
-    """Write ``model``'s full training state (or the net's ``state_dict`` alone) to ``path``."""
-    if weights_only:
-        atomic_save(model.net.state_dict(), path)
+    """Write ``model``'s full training state (or the net's ``state_dict`` alone) to ``path``.
+
+    A sharded (FSDP) net is gathered first: every rank must call this, and rank 0 writes.
+    """
+    from .distributed import fsdp
+
+    state = full_state(model)[0] if weights_only else build(model)
+    if fsdp.is_sharded(model.net) and _rank() != 0:
         return
-    atomic_save(build(model), path)
+    atomic_save(state, path)
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def full_state(model: Any) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, Any]]]:
@@ -94,6 +111,12 @@ def full_state(model: Any) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, 
 
 def build(model: Any) -> Dict[str, Any]:
     """The checkpoint dict for ``model``: see the module docstring."""
+    net, optimizer = full_state(model)
+    return {**build_extra(model), "net": net, "optimizer": optimizer}
+
+
+def build_extra(model: Any) -> Dict[str, Any]:
+    """The checkpoint dict without the net and the optimizer: counters, history, callbacks, loaders, RNG."""
     run = model._run
     if run is not None and run.config.loaders:
         extra = training_state(model, run)  # inside a fit: live
@@ -103,15 +126,12 @@ def build(model: Any) -> Dict[str, Any]:
         extra = {"callbacks": {}, "loaders": {}, "rng": rng_state(), "mid_epoch": None}
     precision = model.precision
     scaler = precision.scaler if precision is not None else None
-    net, optimizer = full_state(model)
     return {
         MARKER: VERSION,
         "epoch": int(model.epoch),
         "global_step": int(model.global_step),
         # Set by a callback (early stopping) at this epoch's end: the run is over, resume_from trains no more.
         "stop_training": bool(model.stop_training),
-        "net": net,
-        "optimizer": optimizer,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "precision": precision.name if precision is not None else None,
         "history": [dict(row) for row in model._history_rows],
@@ -230,16 +250,32 @@ def load(model: Any, path: PathLike) -> None:
     """Restore everything ``save`` wrote into a compiled ``model``; the next ``fit`` continues from it.
 
     Everything is checked before anything changes: a mismatch leaves the model as it was.
+    A directory is a sharded checkpoint (``torchfit.distributed.save_sharded``).
     """
+    from .distributed import fsdp
+
+    if os.path.isdir(path):
+        from .distributed.checkpoints import load_sharded
+
+        load_sharded(model, path)
+        return
     ckpt = read(path)
     _check_net(model.net, ckpt["net"], path)
     opt = model.optimizer
     if ckpt["optimizer"] is not None and opt is not None:
         _check_optimizer(opt, ckpt["optimizer"], path)
 
-    model.net.load_state_dict(ckpt["net"])
-    if ckpt["optimizer"] is not None and opt is not None and opt.param_groups:
-        opt.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
+    if fsdp.is_sharded(model.net):  # every rank loads the whole file and keeps its own shards
+        fsdp.load_full_state(model.net, opt, ckpt["net"], ckpt["optimizer"])
+    else:
+        model.net.load_state_dict(ckpt["net"])
+        if ckpt["optimizer"] is not None and opt is not None and opt.param_groups:
+            opt.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
+    apply_training_state(model, ckpt, path)
+
+
+def apply_training_state(model: Any, ckpt: Mapping[str, Any], path: PathLike) -> None:
+    """Restore what a checkpoint holds besides the net and the optimizer (counters, history, RNG, ...)."""
     scaler = model.precision.scaler if model.precision is not None else None
     if scaler is not None and ckpt["scaler"]:
         scaler.load_state_dict(ckpt["scaler"])
@@ -259,7 +295,7 @@ def load(model: Any, path: PathLike) -> None:
             f"the weights are part-way through it, but training continues with epoch {model.epoch + 1} from its "
             "first batch, so the result will differ from an uninterrupted run. Exact resume needs a checkpoint "
             "written at an epoch end (ModelCheckpoint writes only there)",
-            RuntimeWarning, stacklevel=3,
+            RuntimeWarning, stacklevel=4,
         )
 
 

@@ -41,6 +41,8 @@ import torch
 from .comm import DistributedContext, context
 from .ddp import DataParallel, FitPlan
 from .figures import ShardTracker
+from . import fsdp
+from .checkpoints import load_sharded, save_sharded
 from .fsdp import FSDP, FullySharded, check_strategy
 from .launch import (DEFAULT_TIMEOUT, LaunchInfo, init_process_group, is_main_process, launch_info,
                      local_device, rank, world_size)
@@ -63,9 +65,11 @@ __all__ = [
     "is_main_process",
     "launch_fit",
     "launch_info",
+    "load_sharded",
     "local_device",
     "rank",
     "real_samples",
+    "save_sharded",
     "shard",
     "strategy",
     "world_size",

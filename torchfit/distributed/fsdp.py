@@ -193,6 +193,16 @@ class _ShardedOptimizer(Callback):
     """
 
     def on_train_begin(self, logs: dict) -> None:
+        from ..callbacks import ModelCheckpoint
+
+        # A rank-0-only writer would gather the shards alone and wait for the other ranks for ever.
+        for cb in self.model._run.config.callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.rank_zero_only:
+                raise ValueError(
+                    "ModelCheckpoint runs on rank 0 only, but a sharded (strategy='fsdp') net is gathered or "
+                    "saved by every rank together: drop ModelCheckpoint and call model.save_checkpoint(path) "
+                    "(one gathered file) or torchfit.distributed.save_sharded(model, directory) on every rank "
+                    "after fit, e.g. fit one epoch at a time in a loop")
         retarget_optimizer(self.model.net, self.model.optimizer)
 
 
