@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "dist_scripts"))
 sys.path.insert(0, os.path.join(ROOT, "notebooks"))
 import scenarios as sc  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
 def children() -> list:
@@ -279,3 +280,61 @@ def test_fit_with_num_processes_in_a_real_jupyter_kernel(tmp_path):
     # rank 0 rendered its epoch table into the kernel's output (printed text: workers have no display)
     fit_out = "".join(o.get("text", "") + str(o.get("data", {}).get("text/html", "")) for o in done.cells[1].outputs)
     assert "val_loss" in fit_out
+
+
+# --------------------------------------------------------------- Slurm
+
+
+def test_a_slurm_task_without_torchrun_is_a_clear_error(monkeypatch):
+    env = {"SLURM_NTASKS": "4", "SLURM_PROCID": "2"}
+    with pytest.raises(RuntimeError, match=r"Slurm task 2 of SLURM_NTASKS=4.*srun --ntasks-per-node=1 torchrun"):
+        distributed.launch_info(env)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(RuntimeError, match="Slurm task 2"):
+        sc.compiled(sc.mlp(seed=0))  # refused before any weight moves
+
+
+def test_slurm_single_tasks_and_torchrun_under_slurm_are_fine():
+    assert distributed.launch_info({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) is None
+    assert distributed.launch_info({"SLURM_NTASKS": "8"}) is None  # an allocation, not a task of a step
+    under_torchrun = {"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1",
+                      "MASTER_ADDR": "node1", "MASTER_PORT": "29500"}
+    assert distributed.launch_info(under_torchrun).rank == 5
+
+
+def sbatch_script() -> str:
+    """The Slurm recipe as docs/distributed.md shows it (the bash block with #SBATCH lines)."""
+    with open(os.path.join(ROOT, "docs", "distributed.md")) as f:
+        blocks = f.read().split("```bash\n")[1:]
+    return next(b.split("```")[0] for b in blocks if "#SBATCH" in b)
+
+
+@pytest.mark.slow
+def test_the_documented_slurm_recipe_trains_on_two_nodes(tmp_path):
+    from test_distributed import free_port
+
+    scripts = os.path.join(ROOT, "tests", "dist_scripts")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text(f"#!/bin/sh\nexec {sys.executable} {scripts}/fake_srun.py \"$@\"\n")
+    (fake_bin / "scontrol").write_text("#!/bin/sh\necho 127.0.0.1\n")
+    for tool in ("srun", "scontrol"):
+        os.chmod(fake_bin / tool, 0o755)
+    script = sbatch_script().replace("train.py", f"{scripts}/slurm_train.py {tmp_path}")
+    script = script.replace(":29500", f":{free_port()}")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                              "MASTER_PORT")}
+    env.update(PATH=os.pathsep.join([str(fake_bin), os.path.dirname(sys.executable), env.get("PATH", "")]),
+               PYTHONPATH=ROOT, OMP_NUM_THREADS="1", SLURM_NNODES="2", GPUS_PER_NODE="1", SLURM_JOB_ID="4242",
+               SLURM_JOB_NODELIST="node[1-2]")
+    import subprocess
+
+    proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert r0["world"] == r1["world"] == 2 and {r0["slurm_procid"], r1["slurm_procid"]} == {"0", "1"}
+    ref = sc.compiled(sc.mlp(seed=0))
+    ref.fit(1, DataLoader(sc.data(64, 1), batch_size=16), verbose=0)
+    for k, v in ref.net.state_dict().items():
+        torch.testing.assert_close(r0["net"][k], v, rtol=1e-5, atol=1e-6)
