@@ -230,3 +230,16 @@ def test_num_processes_with_fsdp_hands_back_whole_weights():
     assert_close_state(model.net.state_dict(), ref.net.state_dict())
     assert list(history["loss"]) == pytest.approx(list(ref_history["loss"]), rel=1e-5)
     assert distributed.world_size() == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux")
+def test_model_checkpoint_under_fsdp_is_refused_with_the_fix(tmp_path):
+    from torchfit.callbacks import ModelCheckpoint
+
+    model = fs.model("fsdp")
+    with pytest.raises(distributed.WorkerError, match=r"ModelCheckpoint runs on rank 0 only.*save_sharded"):
+        model.fit(1, *fs.loaders(), verbose=0, callbacks=[ModelCheckpoint(str(tmp_path / "c.pt"))],
+                  num_processes=2)
+    assert not os.path.exists(tmp_path / "c.pt")
+

@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import torchfit
 from torchfit import distributed
 from torchfit.callbacks import EarlyStopping, LambdaCallback
 
@@ -338,3 +337,30 @@ def test_the_documented_slurm_recipe_trains_on_two_nodes(tmp_path):
     ref.fit(1, DataLoader(sc.data(64, 1), batch_size=16), verbose=0)
     for k, v in ref.net.state_dict().items():
         torch.testing.assert_close(r0["net"][k], v, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------- spawn (macOS, Windows)
+
+
+@pytest.mark.slow
+def test_spawn_start_method_hands_back_the_same_model():
+    from torchfit.distributed import launch_fit
+
+    model, ref = sc.compiled(sc.mlp(seed=0)), sc.compiled(sc.mlp(seed=0))
+    ds = sc.data(64, 1)
+    launch_fit(model, 2, {"epochs": 1, "dl_train": DataLoader(ds, batch_size=8), "verbose": 0}, method="spawn")
+    ref.fit(1, DataLoader(ds, batch_size=16), verbose=0)
+    for k, v in ref.net.state_dict().items():
+        torch.testing.assert_close(model.net.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+    assert model.epoch == 1
+
+
+def test_spawn_with_something_unpicklable_is_refused_before_starting():
+    from torchfit.callbacks import LambdaCallback
+    from torchfit.distributed import launch_fit
+
+    model = sc.compiled(sc.mlp(seed=0))
+    with pytest.raises(TypeError, match="'spawn'.*picklable.*Define your classes and functions in a module"):
+        launch_fit(model, 2, {"epochs": 1, "dl_train": loaders(8)[0],
+                              "callbacks": [LambdaCallback(on_epoch_end=lambda e, logs: None)]}, method="spawn")
+    assert model.epoch == 0

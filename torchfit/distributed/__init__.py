@@ -34,14 +34,14 @@ How a fit runs under ``torchrun --nproc_per_node=N script.py``::
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 
 from .comm import DistributedContext, context
 from .ddp import DataParallel, FitPlan
 from .figures import ShardTracker
-from . import fsdp
+from . import fsdp  # noqa: F401  (torchfit.distributed.fsdp, for checkpoint and the tests)
 from .checkpoints import load_sharded, save_sharded
 from .fsdp import FSDP, FullySharded, check_strategy
 from .launch import (DEFAULT_TIMEOUT, LaunchInfo, init_process_group, is_main_process, launch_info,

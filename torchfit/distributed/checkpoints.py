@@ -15,8 +15,6 @@ import os
 import warnings
 from typing import Any, Union
 
-import torch
-
 PathLike = Union[str, "os.PathLike[str]"]
 _EXTRA = "torchfit.pt"
 

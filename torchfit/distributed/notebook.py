@@ -104,13 +104,17 @@ def launch_fit(model: Any, num_processes: int, fit_kwargs: Mapping[str, Any], *,
     worker_device = _worker_device(model, device, n)
     import torch.multiprocessing as mp
 
-    ctx = mp.get_context(method or start_method())
+    method = method or start_method()
+    ctx = mp.get_context(method)
     stop = ctx.Event()
+    # Forked workers get copies of everything; spawned ones would get the parameters through torch's
+    # shared-memory pickler, all training the same storage as this process: send them plain bytes.
+    job: Any = (model, fit_kwargs) if method == "fork" else _to_bytes(model, fit_kwargs)
     threads = max(1, torch.get_num_threads() // n)  # the workers share this machine's cores
     with tempfile.TemporaryDirectory(prefix="torchfit-launch-") as out_dir:
         port = _free_port()
         procs = [ctx.Process(target=_worker, name=f"torchfit-rank{r}",
-                             args=(r, n, port, model, fit_kwargs, out_dir, worker_device, threads, stop, os.getpid()))
+                             args=(r, n, port, job, out_dir, worker_device, threads, stop, os.getpid()))
                  for r in range(n)]
         try:
             for p in procs:
@@ -236,7 +240,20 @@ def _hand_back(model: Any, result: Mapping[str, Any], callbacks: Any) -> None:
 # ------------------------------------------------------------------ a worker
 
 
-def _worker(rank_: int, world: int, port: int, model: Any, fit_kwargs: Dict[str, Any], out_dir: str,
+def _to_bytes(model: Any, fit_kwargs: Mapping[str, Any]) -> bytes:
+    import pickle
+
+    try:
+        return pickle.dumps((model, dict(fit_kwargs)))
+    except Exception as exc:
+        raise TypeError(
+            f"fit(num_processes=...) starts its workers with 'spawn' on {sys.platform}, which needs the model, the "
+            f"loaders and the callbacks to be picklable, and one is not ({type(exc).__name__}: {exc}). Define "
+            "your classes and functions in a module (not in the notebook), or run on Linux, where workers are "
+            "forked") from exc
+
+
+def _worker(rank_: int, world: int, port: int, job: Any, out_dir: str,
             device: Optional[str], threads: int, stop: Any, parent: int) -> None:
     # Ctrl-C in a terminal reaches every process of the group: the parent decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -246,9 +263,14 @@ def _worker(rank_: int, world: int, port: int, model: Any, fit_kwargs: Dict[str,
         os.environ.pop(key, None)
     os.environ.update(RANK=str(rank_), WORLD_SIZE=str(world), LOCAL_RANK=str(rank_), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if _leave_the_kernel():
-        fit_kwargs = {**fit_kwargs, "progress_bar": False}  # a widget cannot be drawn from here
     try:
+        if isinstance(job, bytes):
+            import pickle
+
+            job = pickle.loads(job)
+        model, fit_kwargs = job
+        if _leave_the_kernel():
+            fit_kwargs = {**fit_kwargs, "progress_bar": False}  # a widget cannot be drawn from here
         if device == "cuda":
             _move(model, torch.device("cuda", rank_))
         from ..callbacks import Callback
