@@ -41,7 +41,6 @@ import torch
 from .comm import DistributedContext, context
 from .ddp import DataParallel, FitPlan
 from .figures import ShardTracker
-from . import fsdp  # noqa: F401  (torchfit.distributed.fsdp, for checkpoint and the tests)
 from .checkpoints import load_sharded, save_sharded
 from .fsdp import FSDP, FullySharded, check_strategy
 from .launch import (DEFAULT_TIMEOUT, LaunchInfo, init_process_group, is_main_process, launch_info,

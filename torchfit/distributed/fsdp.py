@@ -50,16 +50,17 @@ class FSDP:
     ``torch.distributed.fsdp.MixedPrecisionPolicy``, or ``"bf16"`` / ``"16"``
     for parameters and computation in that dtype with float32 gradient
     reduction (the sharded parameters, optimizer and checkpoints stay float32).
-    ``reshard_after_forward``: FSDP's own option (False keeps the gathered
-    parameters from forward to backward: more memory, fewer all-gathers).
+    ``reshard_after_forward``: FSDP's own option; ``None`` (its default)
+    reshards every unit but the root after forward, ``True`` all of them (least
+    memory), ``False`` none (fewest all-gathers).
 
     >>> FSDP(shard=nn.TransformerEncoderLayer, mixed_precision="bf16")  # doctest: +ELLIPSIS
-    FSDP(shard=<class '...TransformerEncoderLayer'>, mixed_precision='bf16', reshard_after_forward=True)
+    FSDP(shard=<class '...TransformerEncoderLayer'>, mixed_precision='bf16', reshard_after_forward=None)
     """
 
     shard: ShardUnit = None
     mixed_precision: Any = None
-    reshard_after_forward: bool = True
+    reshard_after_forward: Optional[bool] = None
 
     def __post_init__(self) -> None:
         s = self.shard
@@ -96,7 +97,7 @@ def check_strategy(value: Any) -> Optional[Union[str, FSDP]]:
     """``compile(strategy=...)`` checked: ``None`` or ``"ddp"`` (the default), ``"fsdp"`` or an ``FSDP``.
 
     >>> check_strategy("fsdp")
-    FSDP(shard=None, mixed_precision=None, reshard_after_forward=True)
+    FSDP(shard=None, mixed_precision=None, reshard_after_forward=None)
     """
     if value is None or value == "ddp":
         return value
