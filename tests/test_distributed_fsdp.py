@@ -91,6 +91,8 @@ def test_the_net_stays_sharded_after_fit_and_a_second_fit_continues(launched):
     assert r0["local_rows"] == r1["local_rows"] == 8  # each rank holds half of the first layer's 16 rows
     assert r1["fsdp_state"] == {"net": {}, "optimizer": None}  # gathered on rank 0 only
     assert r0["fsdp_epoch_after_second_fit"] == 3
+    # the root unit (the whole net here) is not left gathered by validation or predict
+    assert r0["param_types_after_fit"] == r0["param_types_after_predict"] == ["DTensor"]
 
 
 @pytest.mark.slow

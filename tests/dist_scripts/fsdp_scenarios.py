@@ -69,6 +69,9 @@ def main(out: str) -> dict:
     r["acc_ddp"], r["acc_fsdp"] = whole(acc_ddp)["net"], whole(acc_fsdp)["net"]
 
     one, _ = fitted("fsdp", epochs=1)
+    r["param_types_after_fit"] = sorted({type(p).__name__ for p in one.net.parameters()})
+    one.predict(loaders()[1])
+    r["param_types_after_predict"] = sorted({type(p).__name__ for p in one.net.parameters()})
     one.save_checkpoint(os.path.join(out, "one.pt"))
     distributed.save_sharded(one, os.path.join(out, "one_dcp"))
     r["one_state"] = whole(one)

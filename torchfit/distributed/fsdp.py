@@ -142,7 +142,7 @@ class FullySharded(DataParallel):
         samplers = [getattr(dl, "sampler", None) for dl in (dl_train, dl_val)]
         sync = _DistributedSync(self.ctx, [s for s in samplers if hasattr(s, "set_epoch")])
         return FitPlan(
-            train_net=net, no_sync=no_sync, callbacks=[_ShardedOptimizer(), sync],
+            train_net=net, no_sync=no_sync, callbacks=[_ShardedFit(self.options.reshard_after_forward is None), sync],
             train_tracker=self._tracker(train_tracker, dl_train, recompute_train),
             val_tracker=self._tracker(val_tracker, dl_val, recompute_eval) if dl_val is not None else val_tracker,
         )
@@ -184,14 +184,33 @@ def _no_gradient_sync(net: Any) -> Callable[[], Any]:
     return lambda: _no_gradient_sync_ctx(net)
 
 
-class _ShardedOptimizer(Callback):
-    """Points ``model.optimizer`` at the sharded parameters at the start of a fit (FSDP only).
+class _ShardedFit(Callback):
+    """What a fit over a sharded net needs besides DDP's sync callback.
 
-    ``fully_shard`` replaces every parameter with a new DTensor parameter, and the
-    optimizer was built over the old ones: each is swapped for its sharded
-    successor (matched by name), and its state (momentum, Adam's moments) is
-    sharded the same way, so a resumed or continued run goes on exactly.
+    * ``on_train_begin``: ``fully_shard`` replaced every parameter with a new
+      DTensor parameter, and the optimizer was built over the old ones: each is
+      swapped for its sharded successor (matched by name), and its state
+      (momentum, Adam's moments) is sharded the same way, so a resumed or
+      continued run goes on exactly.
+    * with FSDP's default ``reshard_after_forward``, the root unit keeps its
+      gathered parameters from a training forward to its backward (which
+      reshards them), but reshards after every forward of validation,
+      ``evaluate`` and ``predict``, which have no backward: nothing stays
+      gathered after a call.
     """
+
+    def __init__(self, keep_root_for_backward: bool):
+        self.keep_root_for_backward = keep_root_for_backward
+
+    def on_epoch_begin(self, epoch: int, logs: dict) -> None:
+        if self.keep_root_for_backward:
+            self.model.net.set_reshard_after_forward(False, recurse=False)
+
+    def on_test_begin(self, logs: dict) -> None:
+        self.model.net.set_reshard_after_forward(True, recurse=False)
+
+    def on_train_end(self, logs: dict) -> None:
+        self.model.net.set_reshard_after_forward(True, recurse=False)
 
     def on_train_begin(self, logs: dict) -> None:
         from ..callbacks import ModelCheckpoint
