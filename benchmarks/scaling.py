@@ -111,14 +111,14 @@ def worker(name: str, epochs: int, device: str, out: str, scale: float = 1.0, st
 
 
 def raw_worker(name: str, epochs: int, device: str, out: str, scale: float = 1.0, strategy: str = "ddp",
-               keep: dict = None) -> None:
+               keep: dict = None, job: tuple = None) -> None:
     """The hand-written loop a careful user writes for the same job, DDP (or FSDP2) included when under torchrun."""
     import torch
     import torch.distributed as dist
     from torch import nn
     from torch.utils.data import DataLoader, DistributedSampler
 
-    ds, net, batch = workload(name, scale)
+    ds, net, batch = job if job is not None else workload(name, scale)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     dev = torch.device("cuda" if device.startswith("cuda") else "cpu")
     net.to(dev)
@@ -191,6 +191,9 @@ def notebook_worker(name: str, epochs: int, nproc: int, out: str, scale: float) 
         json.dump({"samples_per_s": epochs * len(ds) / seconds, "call_s": seconds}, f)
 
 
+_FORKED: dict = {}
+
+
 def _warm_imports() -> None:
     """What both callers' kernels have imported before the timed call: torch's distributed modules and
     torch._dynamo (DDP's constructor imports it: seconds). Forked workers then inherit them instead of
@@ -210,7 +213,7 @@ def _raw_notebook_rank(rank: int, nproc: int, port: int, name: str, epochs: int,
                       MASTER_PORT=str(port))
     dist.init_process_group("gloo")
     state = {}
-    raw_worker(name, epochs, "cpu", "", scale, keep=state)
+    raw_worker(name, epochs, "cpu", "", scale, keep=state, job=_FORKED["job"])  # the kernel's data and net
     if rank == 0:
         torch.save(state["net"], weights)
 
@@ -220,7 +223,8 @@ def raw_notebook_worker(name: str, epochs: int, nproc: int, out: str, scale: flo
     import torch
     import torch.multiprocessing as mp
 
-    ds, net, _ = workload(name, scale)
+    ds, net, batch = workload(name, scale)
+    _FORKED["job"] = (ds, net, batch)  # what a notebook's function closes over; the forked ranks inherit it
     _warm_imports()
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
