@@ -80,6 +80,7 @@ class Model(nn.Module):
         self.metrics: Dict[str, Any] = {}
         self.device: Optional[torch.device] = None
         self.precision: Optional[PrecisionPolicy] = None
+        self.strategy: Any = None  # compile(strategy=...): None/"ddp" or a distributed.FSDP
         self._compiled = False
         object.__setattr__(self, "loss_fn", None)  # not registered as a submodule: state_dict stays the net's
         self._foreign_optimizer: Optional[str] = None  # why fit must refuse the compiled optimizer
@@ -180,6 +181,7 @@ class Model(nn.Module):
             raise TypeError(f"loss is the class {loss.__name__}; pass an instance: {loss.__name__}()")
         dev = resolve_device(distributed.local_device(device))  # under torchrun: cuda:LOCAL_RANK
         prec = PrecisionPolicy(precision, dev)
+        parallel = distributed.check_strategy(strategy)
         if not isinstance(jit_compile, (bool, Mapping)):
             raise TypeError(f"jit_compile must be True, False or a dict of torch.compile options; got {jit_compile!r}")
         from_logits = True if isinstance(loss, nn.BCEWithLogitsLoss) or loss is nn.functional.binary_cross_entropy_with_logits else None
@@ -204,7 +206,7 @@ class Model(nn.Module):
         self.precision = prec
         self.jit_compile = jit_compile if isinstance(jit_compile, bool) else dict(jit_compile)
         object.__setattr__(self, "_jit_net", None)
-        self.strategy = distributed.check_strategy(strategy)
+        self.strategy = parallel
         self._compiled = True
         return self
 
