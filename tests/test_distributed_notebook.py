@@ -364,3 +364,33 @@ def test_spawn_with_something_unpicklable_is_refused_before_starting():
         launch_fit(model, 2, {"epochs": 1, "dl_train": loaders(8)[0],
                               "callbacks": [LambdaCallback(on_epoch_end=lambda e, logs: None)]}, method="spawn")
     assert model.epoch == 0
+
+
+@pytest.mark.slow
+@needs_fork
+def test_workers_die_with_a_killed_kernel(tmp_path):
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    parent = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "dist_scripts", "killed_parent.py"),
+                               str(tmp_path)], env=env)
+    pid_files = [tmp_path / f"worker{r}.pid" for r in range(2)]
+    deadline = time.monotonic() + 60
+    while not all(p.exists() and p.read_text() for p in pid_files):
+        assert parent.poll() is None and time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.1)
+    workers = [int(p.read_text()) for p in pid_files]
+    parent.kill()  # what a kernel restart does: no chance to clean up
+    parent.wait()
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if alive(pid)]
