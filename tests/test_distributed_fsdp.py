@@ -246,3 +246,21 @@ def test_model_checkpoint_under_fsdp_is_refused_with_the_fix(tmp_path):
                   num_processes=2)
     assert not os.path.exists(tmp_path / "c.pt")
 
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux")
+def test_clipping_schedules_and_restored_best_weights_work_on_shards_as_under_ddp():
+    from torchfit.callbacks import EarlyStopping
+
+    results = []
+    for strategy in (FSDP(shard=nn.Linear), None):
+        model = fs.model(strategy)
+        stopper = EarlyStopping(monitor="val_loss", patience=1, min_delta=0.05, restore_best_weights=True)
+        history = model.fit(6, *fs.loaders(), verbose=0, grad_clip_norm=0.05, num_processes=2, callbacks=[stopper],
+                            lr_scheduler=torch.optim.lr_scheduler.StepLR(model.optimizer, 1, 0.5))
+        results.append((model, history))
+    (fsdp_model, fsdp_history), (ddp_model, ddp_history) = results
+    assert len(fsdp_history) == len(ddp_history) < 6  # early stopping fired at the same epoch
+    assert list(fsdp_history["val_loss"]) == pytest.approx(list(ddp_history["val_loss"]), rel=1e-5)
+    assert_close_state(fsdp_model.net.state_dict(), ddp_model.net.state_dict())
