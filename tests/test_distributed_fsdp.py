@@ -136,6 +136,15 @@ def test_resume_in_a_fresh_launch_is_exact(launched, kind):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["file", "dcp"])
+def test_a_checkpoint_loaded_into_a_sharded_net_continues_exactly(launched, kind):
+    r0 = launched["main"][0]
+    assert_close_state(r0[f"reload_{kind}"]["net"], r0["straight"]["net"], exact=True)
+    for i, s in r0["straight"]["optimizer"]["state"].items():
+        assert torch.equal(r0[f"reload_{kind}"]["optimizer"]["state"][i]["exp_avg"], s["exp_avg"])
+
+
+@pytest.mark.slow
 def test_a_gathered_checkpoint_loads_in_one_process(launched):
     r0 = launched["main"][0]
     model = fs.model(seed=3).load_checkpoint(launched["dir"] / "fsdp.pt")

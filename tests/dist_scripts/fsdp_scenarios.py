@@ -77,6 +77,10 @@ def main(out: str) -> dict:
     r["one_state"] = whole(one)
     straight, _ = fitted("fsdp", epochs=2)
     r["straight"] = whole(straight)
+    for name, path in (("reload_file", "one.pt"), ("reload_dcp", "one_dcp")):  # into a net already sharded
+        straight.load_checkpoint(os.path.join(out, path))
+        straight.fit(1, *loaders(), verbose=0)
+        r[name] = whole(straight)
 
     seen = []
     mp = model(FSDP(mixed_precision="bf16"))
