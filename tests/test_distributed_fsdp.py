@@ -96,6 +96,12 @@ def test_the_net_stays_sharded_after_fit_and_a_second_fit_continues(launched):
 
 
 @pytest.mark.slow
+def test_every_rank_starts_from_rank_zeros_weights(launched):
+    r0 = launched["main"][0]
+    assert_close_state(r0["rank_seeded"]["net"], r0["straight"]["net"], exact=True)
+
+
+@pytest.mark.slow
 def test_evaluate_and_predict_cover_the_whole_dataset_in_order(launched):
     r0, r1 = launched["main"]
     assert r0["fsdp_eval"] == pytest.approx(r0["ddp_eval"], rel=1e-5)

@@ -4,10 +4,16 @@ import os
 import subprocess
 import sys
 
-nodes = int(os.environ["SLURM_NNODES"])
-procs = []
-for task in range(nodes):
-    env = dict(os.environ, SLURM_NTASKS=str(nodes), SLURM_PROCID=str(task), SLURM_NODEID=str(task),
-               SLURM_LOCALID="0", SLURM_STEP_ID="0")
-    procs.append(subprocess.Popen(sys.argv[1:], env=env))
-sys.exit(max(p.wait() for p in procs))
+
+def main() -> int:
+    nodes = int(os.environ["SLURM_NNODES"])
+    procs = []
+    for task in range(nodes):
+        env = dict(os.environ, SLURM_NTASKS=str(nodes), SLURM_PROCID=str(task), SLURM_NODEID=str(task),
+                   SLURM_LOCALID="0", SLURM_STEP_ID="0")
+        procs.append(subprocess.Popen(sys.argv[1:], env=env))
+    return max(p.wait() for p in procs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

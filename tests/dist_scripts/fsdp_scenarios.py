@@ -77,6 +77,10 @@ def main(out: str) -> dict:
     r["one_state"] = whole(one)
     straight, _ = fitted("fsdp", epochs=2)
     r["straight"] = whole(straight)
+    # each rank built its net with another seed: rank 0's weights are the ones sharded and trained
+    seeded = model("fsdp", seed=distributed.rank())
+    seeded.fit(2, *loaders(), verbose=0)
+    r["rank_seeded"] = whole(seeded)
     for name, path in (("reload_file", "one.pt"), ("reload_dcp", "one_dcp")):  # into a net already sharded
         straight.load_checkpoint(os.path.join(out, path))
         straight.fit(1, *loaders(), verbose=0)

@@ -13,16 +13,19 @@ import scenarios as sc  # noqa: E402
 import torchfit  # noqa: E402
 from torchfit import distributed  # noqa: E402
 
-out = sys.argv[1]
-torch.set_num_threads(1)
+
+def main(out: str) -> None:
+    torch.set_num_threads(1)
+
+    def begin(logs):
+        with open(os.path.join(out, f"worker{distributed.rank()}.pid"), "w") as f:
+            f.write(str(os.getpid()))
+
+    model = sc.compiled(sc.mlp(seed=0))
+    model.fit(1000, DataLoader(sc.data(64, 1), batch_size=8), verbose=0, num_processes=2,
+              callbacks=[torchfit.LambdaCallback(on_train_begin=begin,
+                                                 on_train_batch_end=lambda batch, logs: time.sleep(0.05))])
 
 
-def begin(logs):
-    with open(os.path.join(out, f"worker{distributed.rank()}.pid"), "w") as f:
-        f.write(str(os.getpid()))
-
-
-model = sc.compiled(sc.mlp(seed=0))
-model.fit(1000, DataLoader(sc.data(64, 1), batch_size=8), verbose=0, num_processes=2,
-          callbacks=[torchfit.LambdaCallback(on_train_begin=begin,
-                                             on_train_batch_end=lambda batch, logs: time.sleep(0.05))])
+if __name__ == "__main__":
+    main(sys.argv[1])

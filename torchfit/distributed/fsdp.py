@@ -137,6 +137,7 @@ class FullySharded(DataParallel):
         if not any(p.requires_grad for p in net.parameters()):
             raise ValueError("strategy='fsdp' needs a net with trainable parameters; this one has none")
         if not is_sharded(net):
+            self.ctx.broadcast_state(net)  # every rank shards rank 0's weights (DDP's constructor does the same)
             shard(net, self.options)
         no_sync = _no_gradient_sync(net) if accum_steps > 1 else None
         samplers = [getattr(dl, "sampler", None) for dl in (dl_train, dl_val)]
@@ -151,16 +152,10 @@ class FullySharded(DataParallel):
 def shard(net: nn.Module, options: FSDP) -> nn.Module:
     """``fully_shard`` each chosen unit (innermost first), then the whole net; in place, returns ``net``.
 
-    Every rank must call this on identical weights: rank 0's are broadcast first,
-    as DDP's constructor does.
+    A collective: every rank calls it, on identical weights (each keeps its own rows).
     """
     from torch.distributed.fsdp import fully_shard
 
-    import torch.distributed as dist
-
-    with torch.no_grad():
-        for t in list(net.parameters()) + list(net.buffers()):
-            dist.broadcast(t.data, src=0)
     names = {id(p): name for name, p in net.named_parameters()}
     kwargs = {"mp_policy": options.policy(), "reshard_after_forward": options.reshard_after_forward}
     units = [m for name, m in net.named_modules() if m is not net and options.wants_unit(name, m)]
