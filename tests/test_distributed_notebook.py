@@ -276,9 +276,13 @@ def test_fit_with_num_processes_in_a_real_jupyter_kernel(tmp_path):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in done.cells[2].outputs)
     assert "epoch 2 rows 2 close True" in text
-    # rank 0 rendered its epoch table into the kernel's output (printed text: workers have no display)
-    fit_out = "".join(o.get("text", "") + str(o.get("data", {}).get("text/html", "")) for o in done.cells[1].outputs)
-    assert "val_loss" in fit_out
+    # rank 0's printer drew through the kernel: one HTML epoch table (updated in place, so the stored
+    # notebook holds its final state with both epochs) and the step line, no text tables, no stderr noise
+    fit_outputs = done.cells[1].outputs
+    tables = [o for o in fit_outputs if 'class="torchfit-epochs"' in o.get("data", {}).get("text/html", "")]
+    assert len(tables) == 1 and tables[0]["data"]["text/html"].count("<tr>") == 3  # header + 2 epochs
+    assert not any("| epoch |" in o.get("text", "") for o in fit_outputs)
+    assert not any(o.get("name") == "stderr" for o in fit_outputs), [o.get("text") for o in fit_outputs]
 
 
 # --------------------------------------------------------------- Slurm

@@ -111,15 +111,19 @@ def launch_fit(model: Any, num_processes: int, fit_kwargs: Mapping[str, Any], *,
     # shared-memory pickler, all training the same storage as this process: send them plain bytes.
     job: Any = (model, fit_kwargs) if method == "fork" else _to_bytes(model, fit_kwargs)
     threads = max(1, torch.get_num_threads() // n)  # the workers share this machine's cores
+    # In a kernel, rank 0's tables and step line are drawn here: a forked process cannot send
+    # rich outputs to the notebook itself.
+    screen = _Screen(ctx) if method == "fork" and _in_kernel() else None
     with tempfile.TemporaryDirectory(prefix="torchfit-launch-") as out_dir:
         port = _free_port()
         procs = [ctx.Process(target=_worker, name=f"torchfit-rank{r}",
-                             args=(r, n, port, job, out_dir, worker_device, threads, stop, os.getpid()))
+                             args=(r, n, port, job, out_dir, worker_device, threads, stop, os.getpid(),
+                                   screen.sender if screen is not None and r == 0 else None))
                  for r in range(n)]
         try:
             for p in procs:
                 p.start()
-            interrupted = _wait(procs, stop, out_dir)
+            interrupted = _wait(procs, stop, out_dir, screen)
         except BaseException:
             _stop_all(procs)
             raise
@@ -161,7 +165,58 @@ def _worker_device(model: Any, device: Optional[str], n: int) -> Optional[str]:
     return "cuda"
 
 
-def _wait(procs: List[Any], stop: Any, out_dir: str) -> bool:
+def _in_kernel() -> bool:
+    from ..callbacks.printing import in_notebook
+
+    return in_notebook()
+
+
+class _Screen:
+    """Draws, in the calling kernel, what rank 0's printer displays (tables, the step line).
+
+    The worker's ``IPython.display.display`` is replaced by one that sends each
+    bundle down a pipe; here each arrives as a display or an in-place update.
+    """
+
+    def __init__(self, ctx: Any):
+        self.receiver, self.sender = ctx.Pipe(duplex=False)
+        self.handles: Dict[int, Any] = {}
+
+    def drain(self) -> None:
+        from IPython.display import display
+
+        while self.receiver.poll():
+            try:
+                kind, key, bundle = self.receiver.recv()
+            except EOFError:
+                return
+            if kind == "display":
+                self.handles[key] = display(bundle, raw=True, display_id=True)
+            elif key in self.handles:
+                self.handles[key].update(bundle, raw=True)
+
+
+class _ForwardedDisplay:
+    """``IPython.display.display`` in a worker forked from a kernel: bundles go to the parent's ``_Screen``."""
+
+    def __init__(self, sender: Any):
+        self.sender = sender
+        self.count = 0
+
+    def __call__(self, bundle: Any, raw: bool = True, display_id: bool = True) -> Any:
+        self.count += 1
+        key = self.count
+        self.sender.send(("display", key, bundle))
+        sender = self.sender
+
+        class Handle:
+            def update(self, bundle: Any, raw: bool = True) -> None:
+                sender.send(("update", key, bundle))
+
+        return Handle()
+
+
+def _wait(procs: List[Any], stop: Any, out_dir: str, screen: Optional[_Screen] = None) -> bool:
     """Wait for every worker; returns whether a Ctrl-C stopped training early.
 
     A worker that fails ends the call with its error after every other worker
@@ -172,7 +227,10 @@ def _wait(procs: List[Any], stop: Any, out_dir: str) -> bool:
     pending = list(procs)
     while pending:
         try:
-            ready = multiprocessing.connection.wait([p.sentinel for p in pending], timeout=1.0)
+            waiting = [p.sentinel for p in pending] + ([screen.receiver] if screen is not None else [])
+            ready = multiprocessing.connection.wait(waiting, timeout=1.0)
+            if screen is not None:
+                screen.drain()
         except KeyboardInterrupt:
             if interrupted:
                 raise  # the second Ctrl-C: launch_fit stops every worker and re-raises
@@ -188,6 +246,8 @@ def _wait(procs: List[Any], stop: Any, out_dir: str) -> bool:
                 rank_ = int(p.name.rsplit("rank", 1)[1])
                 _stop_all(pending)
                 raise WorkerError(_failure(rank_, p.exitcode, out_dir))
+    if screen is not None:
+        screen.drain()  # what rank 0 showed just before it exited
     if not os.path.exists(os.path.join(out_dir, _RESULT)):
         raise WorkerError("fit(num_processes=...): every worker exited cleanly but rank 0 handed back no result")
     return interrupted
@@ -254,7 +314,7 @@ def _to_bytes(model: Any, fit_kwargs: Mapping[str, Any]) -> bytes:
 
 
 def _worker(rank_: int, world: int, port: int, job: Any, out_dir: str,
-            device: Optional[str], threads: int, stop: Any, parent: int) -> None:
+            device: Optional[str], threads: int, stop: Any, parent: int, screen: Any = None) -> None:
     # Ctrl-C in a terminal reaches every process of the group: the parent decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
@@ -269,8 +329,13 @@ def _worker(rank_: int, world: int, port: int, job: Any, out_dir: str,
 
             job = pickle.loads(job)
         model, fit_kwargs = job
-        if _leave_the_kernel():
-            fit_kwargs = {**fit_kwargs, "progress_bar": False}  # a widget cannot be drawn from here
+        if screen is not None:  # rank 0 of a kernel's launch: its displays are drawn by the parent
+            import IPython.display
+
+            IPython.display.display = _ForwardedDisplay(screen)
+            fit_kwargs = {**fit_kwargs, "progress_bar": False}  # a widget's comm cannot be forwarded
+        elif _leave_the_kernel():
+            fit_kwargs = {**fit_kwargs, "progress_bar": False}
         if device == "cuda":
             _move(model, torch.device("cuda", rank_))
         from ..callbacks import Callback
@@ -324,11 +389,12 @@ def _move(model: Any, device: torch.device) -> None:
 
 
 def _leave_the_kernel() -> bool:
-    """In a worker forked from a Jupyter kernel, make torchfit print text; returns whether it was one.
+    """In a worker forked from a Jupyter kernel that does not draw for the parent, print text.
 
     ipykernel refuses rich display messages from a forked process ("attempted to
     send message from fork") but forwards what it prints to the cell's output, so
     the worker's copy of the shell stops claiming a kernel (the parent's is untouched).
+    Returns whether it was a kernel.
     """
     ipython = sys.modules.get("IPython")
     get_ipython = getattr(ipython, "get_ipython", None)
