@@ -107,6 +107,13 @@ def test_a_checkpoint_saved_after_a_launched_fit_resumes_it(tmp_path):
     for k, v in model.net.state_dict().items():
         assert torch.equal(fresh.net.state_dict()[k], v), k
     assert fresh.epoch == 1 and len(fresh.history) == 1
+    # resuming through the launcher continues the run, and the loaded state is not applied twice
+    fresh.fit(2, *loaders(8), verbose=0, resume_from=tmp_path / "c.pt", num_processes=2)
+    straight = sc.compiled(sc.mlp(seed=0))
+    straight.fit(2, *loaders(8), verbose=0, num_processes=2)
+    for k, v in straight.net.state_dict().items():
+        assert torch.equal(fresh.net.state_dict()[k], v), k
+    assert fresh.epoch == 2 and fresh._resume_state is None
 
 
 # --------------------------------------------------------------- refusals

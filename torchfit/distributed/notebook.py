@@ -291,6 +291,7 @@ def _hand_back(model: Any, result: Mapping[str, Any], callbacks: Any) -> None:
     model._history_rows = result["history"]
     model._step_rows = result["step_history"]
     model._fit_state = result["fit_state"]
+    model._resume_state = None  # a loaded checkpoint's loader and callback state went to the workers' fit
     if callbacks:
         checkpoint.restore_callbacks({"callbacks": result["callbacks"]}, list(callbacks))
     if result["fit_state"] is not None:
