@@ -292,6 +292,9 @@ def check_first_batch(model: Any, dl_val: Iterable, run: Run) -> None:
         probe.reset()
         probe.update(out)
         probe.compute()
+        reshard = getattr(model.net, "reshard", None)
+        if callable(reshard):  # FSDP's root keeps its gathered weights after a forward: the fit needs the shards
+            reshard()
 
 
 # ------------------------------------------------------------------- fit

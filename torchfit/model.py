@@ -85,6 +85,7 @@ class Model(nn.Module):
         self.metrics: Dict[str, Any] = {}
         self.device: Optional[torch.device] = None
         self.precision: Optional[PrecisionPolicy] = None
+        self.strategy: Any = None  # compile(strategy=...): None/"ddp" or a distributed.FSDP
         self._compiled = False
         object.__setattr__(self, "loss_fn", None)  # not registered as a submodule: state_dict stays the net's
         self._foreign_optimizer: Optional[str] = None  # why fit must refuse the compiled optimizer
@@ -160,6 +161,7 @@ class Model(nn.Module):
         loss_weights: Union[Mapping[str, float], Sequence[float], None] = None,
         precision: str = "32",
         jit_compile: Union[bool, Mapping[str, Any]] = False,
+        strategy: Any = None,
     ) -> "Model":
         """Set the loss, optimizer, metrics, device and precision; returns the model.
 
@@ -178,7 +180,8 @@ class Model(nn.Module):
         or ``"16-mixed"`` (CUDA). ``jit_compile=True`` (Keras' name) runs the
         training forward through ``torch.compile(net)``; a dict is passed to
         ``torch.compile`` as options, e.g. ``{"mode": "max-autotune"}``.
-        evaluate/predict stay eager.
+        evaluate/predict stay eager. ``strategy``: how several processes train:
+        ``"ddp"`` (the default) or ``"fsdp"`` / ``torchfit.distributed.FSDP(...)``.
         """
         if loss is not None and loss_func is not None:
             raise TypeError("compile got both loss= and loss_func= (its torchkeras alias); pass only one")
@@ -196,6 +199,7 @@ class Model(nn.Module):
             raise TypeError(f"loss is the class {loss.__name__}; pass an instance: {loss.__name__}()")
         dev = resolve_device(distributed.local_device(device))  # under torchrun: cuda:LOCAL_RANK
         prec = PrecisionPolicy(precision, dev)
+        parallel = distributed.check_strategy(strategy)
         if not isinstance(jit_compile, (bool, Mapping)):
             raise TypeError(f"jit_compile must be True, False or a dict of torch.compile options; got {jit_compile!r}")
         from_logits = True if isinstance(loss, nn.BCEWithLogitsLoss) or loss is nn.functional.binary_cross_entropy_with_logits else None
@@ -223,6 +227,7 @@ class Model(nn.Module):
         self.precision = prec
         self.jit_compile = jit_compile if isinstance(jit_compile, bool) else dict(jit_compile)
         object.__setattr__(self, "_jit_net", None)
+        self.strategy = parallel
         self._compiled = True
         return self
 
@@ -298,6 +303,7 @@ class Model(nn.Module):
         shuffle: Optional[bool] = None,
         seed: int = 0,
         fast_path: bool = True,
+        num_processes: Optional[int] = None,
     ) -> pd.DataFrame:
         """Train for ``epochs`` more epochs; returns the history as a DataFrame.
 
@@ -362,8 +368,19 @@ class Model(nn.Module):
         fetches batches of a DataLoader over a TensorDataset by indexing its
         tensors: the same batches, several times faster (see ``torchfit.fast_path``);
         ``fast_path=False`` iterates every loader as it is. Ctrl-C stops
-        cleanly and returns the finished epochs.
+        cleanly and returns the finished epochs. ``num_processes=N`` trains on N
+        processes started here (a notebook or a script; see ``torchfit.distributed.launch_fit``).
         """
+        if num_processes is not None:
+            return distributed.launch_fit(self, num_processes, dict(
+                epochs=epochs, dl_train=dl_train, dl_val=dl_val, log_step_freq=log_step_freq, callbacks=callbacks,
+                verbose=verbose, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                validation_steps=validation_steps, validation_freq=validation_freq, overfit_batches=overfit_batches,
+                class_weight=class_weight, sample_weight=sample_weight, plot=plot, grad_accum_steps=grad_accum_steps,
+                grad_clip_norm=grad_clip_norm, grad_clip_value=grad_clip_value, lr_scheduler=lr_scheduler,
+                resume_from=resume_from, progress_bar=progress_bar, x=x, y=y, target=target, batch_size=batch_size,
+                validation_split=validation_split, validation_data=validation_data, shuffle=shuffle, seed=seed,
+                fast_path=fast_path))
         self._require_compiled("fit")
         epochs = check_count("epochs", epochs, minimum=0)
         options = FitOptions.check(verbose, log_step_freq, grad_accum_steps, grad_clip_norm, grad_clip_value,
@@ -422,7 +439,7 @@ class Model(nn.Module):
     def _prepare_fit(self, options: FitOptions, start: int, epochs: int, dl_train: Iterable, dl_val: Optional[Iterable],
                      user_callbacks: List[Callback], weighting: Optional[SampleWeighting] = None) -> tuple:
         """The run of one fit: this rank's loaders, callbacks, trackers, the optimizer step, the params."""
-        strategy = distributed.strategy(self.device)
+        strategy = distributed.strategy(self.device, self.strategy)
         if strategy is not None:  # under torchrun: this rank's loaders, DDP, exact figures
             dl_train, dl_val = strategy.fit_loaders(dl_train, dl_val)
         callbacks = self._default_callbacks(options, user_callbacks) + user_callbacks
@@ -587,7 +604,7 @@ class Model(nn.Module):
             return out
 
     def _eval_run(self, callbacks: Optional[Sequence[Callback]], fast_path: bool) -> tuple:
-        strategy = distributed.strategy(self.device)
+        strategy = distributed.strategy(self.device, self.strategy)
         cbs = CallbackList(check_callbacks(callbacks), self, is_main_process=strategy is None or strategy.is_main)
         return Run(self._run_config(cbs, strategy, fast_path)), strategy
 

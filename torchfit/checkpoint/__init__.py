@@ -34,14 +34,16 @@ The training state is taken as of the moment of saving during a fit (at an
 epoch end that is after every callback's ``on_epoch_end``: ``ModelCheckpoint``
 runs last), and as of the end of the last fit when saving outside one.
 """
-from .loading import Resume, apply, check, load, read, read_checked
-from .saving import (MARKER, VERSION, atomic_save, build, digest, save, tensor_sha256, to_plain,
-                     training_state)
+from ..errors import CheckpointError
+from .loading import Resume, apply, apply_training_state, check, load, read, read_checked
+from .saving import (MARKER, VERSION, atomic_save, build, build_extra, digest, full_state, save, tensor_sha256,
+                     to_plain, training_state)
 from .state import (callback_keys, callbacks_state, check_callbacks_state, preserved_rng, restore_callbacks,
                     restore_loaders, rng_state, set_rng_state)
 
 __all__ = [
-    "MARKER", "VERSION", "Resume", "apply", "atomic_save", "build", "callback_keys", "callbacks_state",
+    "MARKER", "VERSION", "CheckpointError", "Resume", "apply", "apply_training_state", "atomic_save", "build",
+    "build_extra", "callback_keys", "callbacks_state", "full_state",
     "check", "check_callbacks_state", "digest", "load", "preserved_rng", "read", "read_checked",
     "restore_callbacks", "restore_loaders", "rng_state", "save", "set_rng_state", "tensor_sha256",
     "to_plain", "training_state",

@@ -51,8 +51,14 @@ def load(model: Any, path: PathLike) -> None:
     Every entry is checked against this model, and every tensor against the
     file's digest, before anything changes (``check``); a failure while applying
     (Ctrl-C, out of memory) rolls back what was applied. Either way a failed
-    load leaves the model as it was.
+    load leaves the model as it was. A directory is a sharded checkpoint
+    (``torchfit.distributed.save_sharded``), checked and loaded by ``torch.distributed.checkpoint``.
     """
+    if os.path.isdir(path):
+        from ..distributed.checkpoints import load_sharded
+
+        load_sharded(model, path)
+        return
     apply(model, read_checked(model, path), path, stacklevel=4)
 
 
@@ -91,10 +97,21 @@ def apply(model: Any, ckpt: Mapping[str, Any], path: PathLike, stacklevel: int =
 
 
 def _apply(model: Any, ckpt: Mapping[str, Any]) -> None:
-    model.net.load_state_dict(ckpt["net"])
+    from ..distributed import fsdp
+
     opt = model.optimizer
-    if ckpt["optimizer"] is not None and opt is not None and opt.param_groups:
-        opt.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
+    if fsdp.is_sharded(model.net):  # every rank loads the whole file and keeps its own shards
+        fsdp.load_full_state(model.net, opt, ckpt["net"], ckpt["optimizer"])
+    else:
+        model.net.load_state_dict(ckpt["net"])
+        if ckpt["optimizer"] is not None and opt is not None and opt.param_groups:
+            opt.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
+    apply_training_state(model, ckpt)
+
+
+def apply_training_state(model: Any, ckpt: Mapping[str, Any], path: Optional[PathLike] = None) -> None:
+    """What a checkpoint holds besides the net and the optimizer, put back: counters, history, RNG, state
+    for the next fit's loaders and callbacks."""
     scaler = model.precision.scaler if model.precision is not None else None
     if scaler is not None and ckpt["scaler"]:
         scaler.load_state_dict(ckpt["scaler"])
@@ -116,8 +133,13 @@ class _Undo:
     _ATTRS = ("epoch", "global_step", "stop_training", "_history_rows", "_step_rows", "_fit_state", "_resume_state")
 
     def __init__(self, model: Any):
+        from ..distributed import fsdp
+
         self.model = model
-        self.net = {k: v.detach().to("cpu", copy=True) for k, v in model.net.state_dict().items()}
+        # A sharded net is not copied aside (its shards live on every rank): a failed apply there is
+        # not rolled back for the weights, only for everything else.
+        self.net = None if fsdp.is_sharded(model.net) else {
+            k: v.detach().to("cpu", copy=True) for k, v in model.net.state_dict().items()}
         opt = model.optimizer
         # load_state_dict builds new state and groups: the old objects, held here, stay as they were.
         self.opt = (opt.state, opt.param_groups) if opt is not None else None
@@ -128,7 +150,8 @@ class _Undo:
 
     def restore(self) -> None:
         model = self.model
-        model.net.load_state_dict(self.net)
+        if self.net is not None:
+            model.net.load_state_dict(self.net)
         if self.opt is not None:
             model.optimizer.__setstate__({"state": self.opt[0], "param_groups": self.opt[1]})
         if self.scaler:
@@ -379,7 +402,12 @@ class Resume:
         """``epochs`` is the run's total; a missing file means a fresh start of all of them."""
         if not os.path.exists(path):
             return cls(path, None, epochs, None)
-        ckpt = read_checked(model, path)
+        if os.path.isdir(path):  # a sharded directory: its small file of counters and state is read now
+            from ..distributed.checkpoints import EXTRA
+
+            ckpt = read(os.path.join(path, EXTRA))
+        else:
+            ckpt = read_checked(model, path)
         done = int(ckpt["epoch"])
         message = f"Resuming from {os.fspath(path)}: {done} of {epochs} epoch(s) done."
         if bool(ckpt["stop_training"]):  # e.g. early stopping ended the saved run: it is finished
@@ -391,6 +419,9 @@ class Resume:
         """Check the callbacks' saved states against this fit's callbacks, then load everything."""
         if self.ckpt is not None:
             check_callbacks_state(self.ckpt, callbacks)
-            apply(model, self.ckpt, self.path, stacklevel=5)
+            if os.path.isdir(self.path):
+                load(model, self.path)  # torch.distributed.checkpoint checks the tensors as it loads
+            else:
+                apply(model, self.ckpt, self.path, stacklevel=5)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import numbers
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -37,15 +37,54 @@ def save(model: Any, path: PathLike, weights_only: bool = False, owner: str = "s
     Everything is checked first (the path can be written, every value is one
     ``weights_only`` loading accepts); a refusal leaves any existing file as it was.
     """
-    check_writable(owner, path)
-    if weights_only:
-        atomic_save(model.net.state_dict(), path)
-        return
-    atomic_save(build(model), path)
+    from ..distributed import fsdp
+
+    writes = not fsdp.is_sharded(model.net) or _rank() == 0  # a sharded net: every rank gathers, rank 0 writes
+    if writes:
+        check_writable(owner, path)
+    state = full_state(model)[0] if weights_only else build(model)
+    if writes:
+        atomic_save(state, path)
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def full_state(model: Any) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, Any]]]:
+    """The net's and the optimizer's ``state_dict`` with whole tensors, as one process holds them.
+
+    A net sharded by ``compile(strategy="fsdp")`` is gathered first: a collective,
+    so every rank must call this (only rank 0 gets the tensors; the others get
+    empty dicts). Anywhere else these are ``model.net.state_dict()`` and
+    ``model.optimizer.state_dict()``.
+
+    >>> # net_state, optimizer_state = full_state(model)
+    """
+    from ..distributed import fsdp
+
+    if fsdp.is_sharded(model.net):
+        return fsdp.full_state(model.net, model.optimizer)
+    opt = model.optimizer
+    return model.net.state_dict(), opt.state_dict() if opt is not None and opt.param_groups else None
 
 
 def build(model: Any) -> Dict[str, Any]:
     """The checkpoint dict for ``model``: see the module docstring."""
+    net, optimizer = full_state(model)
+    opt = model.optimizer
+    ckpt = build_extra(model)
+    ckpt.update(net=net, optimizer=optimizer,
+                optimizer_class=type(opt).__name__ if opt is not None and opt.param_groups else None)
+    ckpt["digest"] = digest(ckpt)
+    return ckpt
+
+
+def build_extra(model: Any) -> Dict[str, Any]:
+    """The checkpoint dict without the net and the optimizer: counters, history, callbacks, loaders, RNG
+    (what a sharded ``torch.distributed.checkpoint`` directory keeps beside its tensors)."""
     run = model._run
     if run is not None and run.config.loaders:
         extra = training_state(model, run)  # inside a fit: live
@@ -55,16 +94,12 @@ def build(model: Any) -> Dict[str, Any]:
         extra = {"callbacks": {}, "loaders": {}, "rng": rng_state(), "mid_epoch": None}
     precision = model.precision
     scaler = precision.scaler if precision is not None else None
-    opt = model.optimizer
     ckpt = {
         MARKER: VERSION,
         "epoch": int(model.epoch),
         "global_step": int(model.global_step),
         # Set by a callback (early stopping) at this epoch's end: the run is over, resume_from trains no more.
         "stop_training": bool(model.stop_training),
-        "net": model.net.state_dict(),
-        "optimizer": opt.state_dict() if opt is not None and opt.param_groups else None,
-        "optimizer_class": type(opt).__name__ if opt is not None and opt.param_groups else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "precision": precision.name if precision is not None else None,
         "history": _plain_rows(model._history_rows, "model.history", "history"),
@@ -75,7 +110,6 @@ def build(model: Any) -> Dict[str, Any]:
     # it becomes plain values (a numpy score an EarlyStopping kept would make the file unloadable).
     ckpt["callbacks"] = {key: to_plain(state, f"callback {key}", f"callbacks[{key!r}]")
                          for key, state in ckpt["callbacks"].items()}
-    ckpt["digest"] = digest(ckpt)
     return ckpt
 
 

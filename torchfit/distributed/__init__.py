@@ -17,8 +17,11 @@ single-process defaults.
 
 Modules: ``launch`` (the environment and the process group), ``comm`` (the
 collectives, also the metrics' reducer), ``sharding`` (each rank's loader),
-``figures`` (exact epoch figures over shards) and ``ddp`` (the strategy that
-fit, evaluate and predict ask for pieces).
+``figures`` (exact epoch figures over shards), ``ddp`` (the strategy that
+fit, evaluate and predict ask for pieces), ``fsdp`` (the fully sharded
+strategy beside it, ``compile(strategy="fsdp")``), ``notebook``
+(``fit(num_processes=N)``: workers started from a notebook or script) and
+``checkpoints`` (sharded ``torch.distributed.checkpoint`` directories).
 
 How a fit runs under ``torchrun --nproc_per_node=N script.py``::
 
@@ -31,42 +34,59 @@ How a fit runs under ``torchrun --nproc_per_node=N script.py``::
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 from .comm import DistributedContext, context
 from .ddp import DataParallel, FitPlan
 from .figures import ShardTracker
+from .checkpoints import load_sharded, save_sharded
+from .fsdp import FSDP, FullySharded, check_strategy
 from .launch import (DEFAULT_TIMEOUT, LaunchInfo, init_process_group, is_main_process, launch_info,
                      local_device, rank, world_size)
+from .notebook import WorkerError, launch_fit
 from .sharding import real_samples, shard
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "DataParallel",
     "DistributedContext",
+    "FSDP",
     "FitPlan",
+    "FullySharded",
     "LaunchInfo",
     "ShardTracker",
+    "WorkerError",
+    "check_strategy",
     "context",
     "init_process_group",
     "is_main_process",
+    "launch_fit",
     "launch_info",
+    "load_sharded",
     "local_device",
     "rank",
     "real_samples",
+    "save_sharded",
     "shard",
     "strategy",
     "world_size",
 ]
 
 
-def strategy(device: torch.device) -> Optional[DataParallel]:
+def strategy(device: torch.device, choice: Union[None, str, FSDP] = None) -> Optional[DataParallel]:
     """The multi-process strategy of a fit/evaluate/predict on ``device``, or ``None`` in one process.
+
+    ``choice`` is what ``compile(strategy=...)`` stored: ``None``/``"ddp"`` for
+    DDP, an ``FSDP`` (``"fsdp"``) for fully sharded training.
 
     >>> strategy(torch.device("cpu")) is None   # a plain `python script.py`
     True
     """
     ctx = context(device)
-    return None if ctx is None else DataParallel(ctx)
+    if ctx is None:
+        return None
+    if isinstance(choice, FSDP):
+        return FullySharded(ctx, choice)
+    return DataParallel(ctx)

@@ -66,6 +66,7 @@ def launch_info(environ: Optional[Mapping[str, str]] = None) -> Optional[LaunchI
     """
     env = os.environ if environ is None else environ
     if "RANK" not in env and "WORLD_SIZE" not in env:
+        _check_not_a_bare_slurm_task(env)
         return None
     missing = [k for k in ("RANK", "WORLD_SIZE") if k not in env]
     if missing:
@@ -94,6 +95,22 @@ def launch_info(environ: Optional[Mapping[str, str]] = None) -> Optional[LaunchI
         raise RuntimeError(f"RANK={rank_} and WORLD_SIZE={world} do not fit together (0 <= RANK < WORLD_SIZE)")
     return LaunchInfo(rank_, world, number("LOCAL_RANK"), number("LOCAL_WORLD_SIZE"),
                       env.get("MASTER_ADDR"), env.get("MASTER_PORT"))
+
+
+def _check_not_a_bare_slurm_task(env: Mapping[str, str]) -> None:
+    """One of several Slurm tasks without torchrun's variables would train alone on the whole data,
+    as many times as there are tasks: refuse, with the recipe."""
+    tasks, procid = env.get("SLURM_NTASKS", ""), env.get("SLURM_PROCID")
+    if procid is None or not tasks.isdigit() or int(tasks) <= 1:
+        return
+    raise RuntimeError(
+        f"this process is Slurm task {procid} of SLURM_NTASKS={tasks}, but torchrun's RANK/WORLD_SIZE are not set, "
+        f"so each of the {tasks} tasks would train alone on all the data. Start one torchrun per node: "
+        "srun --ntasks-per-node=1 torchrun --nnodes=$SLURM_NNODES --nproc_per_node=<GPUs per node> "
+        "--rdzv-backend=c10d --rdzv-endpoint=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1):29500 "
+        "--rdzv-id=$SLURM_JOB_ID train.py (see docs/distributed.md, 'Slurm'); for independent single-process runs, "
+        "launch each with srun --ntasks=1"
+    )
 
 
 def local_device(device: Any = None, environ: Optional[Mapping[str, str]] = None) -> Any:

@@ -1,0 +1,306 @@
+"""Fully sharded data parallel: ``compile(strategy="fsdp")``, for nets that do not fit one device.
+
+Owns the FSDP2 strategy (``torch.distributed.fsdp.fully_shard``) beside
+``ddp.DataParallel``: sharding the net in place once (its parameters become
+DTensors holding each rank's part; the sharding unit is choosable), pointing
+the optimizer at the sharded parameters (its state sharded the same way),
+FSDP's own ``MixedPrecisionPolicy``, skipping the gradient reduction inside an
+accumulation window, and whole-tensor ``state_dict``s for checkpoints and for
+handing weights to one process. Loaders, exact figures and ``predict``'s
+gathering are the DDP strategy's (the data is split the same way); the batch
+loop is ``torchfit.loop``'s.
+
+What a sharded net is afterwards: ``model.net`` stays the same object (its
+class becomes FSDP's ``FSDP<Name>``), sharded until the process ends, so
+``evaluate``/``predict`` (every rank calls them: each forward gathers the
+parameters) and later fits reuse the shards. ``model.net.state_dict()`` gives
+DTensors; ``model.save_checkpoint(path)`` (called on every rank) gathers them
+into one file that loads in a single process, and
+``torchfit.distributed.save_sharded`` writes a ``torch.distributed.checkpoint``
+directory, each rank its own part.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Type, Union
+
+import torch
+from torch import nn
+
+from ..callbacks import Callback
+from ..metrics import Tracker
+from .comm import DistributedContext
+from .ddp import DataParallel, FitPlan, Recompute, _DistributedSync
+
+#: Which submodules get their own ``fully_shard`` call (besides the root, always sharded).
+ShardUnit = Union[None, Type[nn.Module], Tuple[Type[nn.Module], ...], Callable[[str, nn.Module], bool]]
+
+_NAMES = "_torchfit_fqn_of"  # on a sharded net: id(unsharded parameter) -> its name, for the optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class FSDP:
+    """The FSDP2 strategy's options: ``compile(..., strategy=FSDP(...))`` (``strategy="fsdp"`` is ``FSDP()``).
+
+    ``shard``: the sharding unit: submodules of these classes (e.g. your
+    transformer block), or ``shard(name, module) -> bool``, each get their own
+    ``fully_shard`` call, so only one unit's parameters are gathered at a time;
+    ``None`` shards the whole net as one unit. ``mixed_precision``: a
+    ``torch.distributed.fsdp.MixedPrecisionPolicy``, or ``"bf16"`` / ``"16"``
+    for parameters and computation in that dtype with float32 gradient
+    reduction (the sharded parameters, optimizer and checkpoints stay float32).
+    ``reshard_after_forward``: FSDP's own option; ``None`` (its default)
+    reshards every unit but the root after forward, ``True`` all of them (least
+    memory), ``False`` none (fewest all-gathers).
+
+    >>> FSDP(shard=nn.TransformerEncoderLayer, mixed_precision="bf16")  # doctest: +ELLIPSIS
+    FSDP(shard=<class '...TransformerEncoderLayer'>, mixed_precision='bf16', reshard_after_forward=None)
+    """
+
+    shard: ShardUnit = None
+    mixed_precision: Any = None
+    reshard_after_forward: Optional[bool] = None
+
+    def __post_init__(self) -> None:
+        s = self.shard
+        classes = s if isinstance(s, tuple) else (s,)
+        if not (s is None or all(isinstance(c, type) and issubclass(c, nn.Module) for c in classes)
+                or (callable(s) and not isinstance(s, type))):
+            raise TypeError(f"FSDP(shard=...) takes nn.Module classes or a function (name, module) -> bool; "
+                            f"got {s!r}")
+        self.policy()  # a wrong mixed_precision is an error at compile, not at the first fit
+
+    def policy(self) -> Any:
+        """The ``MixedPrecisionPolicy`` to hand ``fully_shard``."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        mp = self.mixed_precision
+        if mp is None or isinstance(mp, MixedPrecisionPolicy):
+            return mp if mp is not None else MixedPrecisionPolicy()
+        dtypes = {"bf16": torch.bfloat16, "16": torch.float16, "32": None}
+        if mp not in dtypes:
+            raise ValueError(f"FSDP(mixed_precision={mp!r}): use 'bf16', '16', '32' or a "
+                             "torch.distributed.fsdp.MixedPrecisionPolicy")
+        return MixedPrecisionPolicy(param_dtype=dtypes[mp], reduce_dtype=torch.float32 if dtypes[mp] else None)
+
+    def wants_unit(self, name: str, module: nn.Module) -> bool:
+        s = self.shard
+        if s is None:
+            return False
+        if isinstance(s, type) or isinstance(s, tuple):
+            return isinstance(module, s)
+        return bool(s(name, module))
+
+
+def check_strategy(value: Any) -> Optional[Union[str, FSDP]]:
+    """``compile(strategy=...)`` checked: ``None`` or ``"ddp"`` (the default), ``"fsdp"`` or an ``FSDP``.
+
+    >>> check_strategy("fsdp")
+    FSDP(shard=None, mixed_precision=None, reshard_after_forward=None)
+    """
+    if value is None or value == "ddp":
+        return value
+    if value == "fsdp":
+        return FSDP()
+    if isinstance(value, FSDP):
+        return value
+    raise ValueError(f"compile(strategy={value!r}): use 'ddp' (the default under torchrun), 'fsdp', or "
+                     "torchfit.distributed.FSDP(shard=..., mixed_precision=...)")
+
+
+def is_sharded(net: Any) -> bool:
+    """Whether ``net`` was sharded by ``fully_shard`` (its parameters are DTensors)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a build without torch.distributed
+        return False
+    return isinstance(net, FSDPModule)
+
+
+class FullySharded(DataParallel):
+    """The FSDP2 strategy of one call on one rank: DDP's loaders and figures, a sharded net."""
+
+    def __init__(self, ctx: DistributedContext, options: FSDP):
+        super().__init__(ctx)
+        self.options = options
+
+    def prepare_fit(self, net: nn.Module, train_net: Callable, device: torch.device, accum_steps: int,
+                    dl_train: Any, dl_val: Any, train_tracker: Tracker, val_tracker: Tracker,
+                    recompute_train: Recompute, recompute_eval: Recompute) -> FitPlan:
+        """Shard ``net`` in place (once), then the DDP strategy's loaders, trackers and sync callback."""
+        if train_net is not net:
+            raise ValueError("compile(jit_compile=...) with strategy='fsdp' is not supported yet: compile with "
+                             "jit_compile=False, or use the DDP strategy")
+        if isinstance(net, nn.parallel.DistributedDataParallel):
+            raise TypeError("model.net is a DistributedDataParallel; pass the plain module to torchfit.Model(net)")
+        if not any(p.requires_grad for p in net.parameters()):
+            raise ValueError("strategy='fsdp' needs a net with trainable parameters; this one has none")
+        if not is_sharded(net):
+            self.ctx.broadcast_state(net)  # every rank shards rank 0's weights (DDP's constructor does the same)
+            shard(net, self.options)
+        no_sync = _no_gradient_sync(net) if accum_steps > 1 else None
+        samplers = [getattr(dl, "sampler", None) for dl in (dl_train, dl_val)]
+        sync = _DistributedSync(self.ctx, [s for s in samplers if hasattr(s, "set_epoch")])
+        return FitPlan(
+            train_net=net, no_sync=no_sync, callbacks=[_ShardedFit(self.options.reshard_after_forward is None), sync],
+            train_tracker=self._tracker(train_tracker, dl_train, recompute_train),
+            val_tracker=self._tracker(val_tracker, dl_val, recompute_eval) if dl_val is not None else val_tracker,
+        )
+
+
+def shard(net: nn.Module, options: FSDP) -> nn.Module:
+    """``fully_shard`` each chosen unit (innermost first), then the whole net; in place, returns ``net``.
+
+    A collective: every rank calls it, on identical weights (each keeps its own rows).
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    names = {id(p): name for name, p in net.named_parameters()}
+    kwargs = {"mp_policy": options.policy(), "reshard_after_forward": options.reshard_after_forward}
+    units = [m for name, m in net.named_modules() if m is not net and options.wants_unit(name, m)]
+    for module in reversed(units):  # named_modules lists parents first; fully_shard wants children first
+        fully_shard(module, **kwargs)
+    fully_shard(net, **kwargs)
+    object.__setattr__(net, _NAMES, names)
+    return net
+
+
+@contextlib.contextmanager
+def _no_gradient_sync_ctx(net: Any) -> Iterator[None]:
+    net.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        net.set_requires_gradient_sync(True)
+
+
+def _no_gradient_sync(net: Any) -> Callable[[], Any]:
+    return lambda: _no_gradient_sync_ctx(net)
+
+
+class _ShardedFit(Callback):
+    """What a fit over a sharded net needs besides DDP's sync callback.
+
+    * ``on_train_begin``: ``fully_shard`` replaced every parameter with a new
+      DTensor parameter, and the optimizer was built over the old ones: each is
+      swapped for its sharded successor (matched by name), and its state
+      (momentum, Adam's moments) is sharded the same way, so a resumed or
+      continued run goes on exactly.
+    * with FSDP's default ``reshard_after_forward``, the root unit keeps its
+      gathered parameters from a training forward to its backward (which
+      reshards them), but reshards after every forward of validation,
+      ``evaluate`` and ``predict``, which have no backward: nothing stays
+      gathered after a call.
+    """
+
+    def __init__(self, keep_root_for_backward: bool):
+        self.keep_root_for_backward = keep_root_for_backward
+
+    def on_epoch_begin(self, epoch: int, logs: dict) -> None:
+        if self.keep_root_for_backward:
+            self.model.net.set_reshard_after_forward(False, recurse=False)
+
+    def on_test_begin(self, logs: dict) -> None:
+        self.model.net.set_reshard_after_forward(True, recurse=False)
+
+    def on_train_end(self, logs: dict) -> None:
+        self.model.net.set_reshard_after_forward(True, recurse=False)
+
+    def on_train_begin(self, logs: dict) -> None:
+        from ..callbacks import ModelCheckpoint
+
+        # A rank-0-only writer would gather the shards alone and wait for the other ranks for ever.
+        for cb in self.model._run.config.callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.rank_zero_only:
+                raise ValueError(
+                    "ModelCheckpoint runs on rank 0 only, but a sharded (strategy='fsdp') net is gathered or "
+                    "saved by every rank together: drop ModelCheckpoint and call model.save_checkpoint(path) "
+                    "(one gathered file) or torchfit.distributed.save_sharded(model, directory) on every rank "
+                    "after fit, e.g. fit one epoch at a time in a loop")
+        retarget_optimizer(self.model.net, self.model.optimizer)
+
+
+def retarget_optimizer(net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Swap ``optimizer``'s unsharded parameters for ``net``'s sharded ones, sharding their state."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    current = dict(net.named_parameters())
+    live = {id(p) for p in current.values()}
+    names = getattr(net, _NAMES, {})
+    for group in optimizer.param_groups:
+        params = []
+        for p in group["params"]:
+            if id(p) in live:
+                params.append(p)
+                continue
+            name = names.get(id(p))
+            if name is None or name not in current:
+                raise RuntimeError("model.optimizer holds a parameter that is not one of model.net's: compile the "
+                                   "model with an optimizer over model.net.parameters()")
+            new = current[name]
+            state = optimizer.state.pop(p, None)
+            if state:
+                optimizer.state[new] = {
+                    k: distribute_tensor(v.to(new.device), new.device_mesh, new.placements)
+                    if isinstance(v, torch.Tensor) and not isinstance(v, DTensor) and v.shape == new.shape else v
+                    for k, v in state.items()}
+            params.append(new)
+        group["params"] = params
+
+
+# ------------------------------------------------------------------ whole tensors
+
+
+def full_state(net: nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> Tuple[Dict[str, Any], Any]:
+    """Gather a sharded net's and optimizer's state into whole CPU tensors on rank 0 (collective).
+
+    The optimizer's comes in ``torch.optim``'s own layout (parameters numbered
+    in ``param_groups`` order), so ``optimizer.load_state_dict`` of the same
+    model in one process takes it. Ranks other than 0 get ``({}, None)``.
+    """
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    net_state = get_model_state_dict(net, options=options)
+    if optimizer is None or not optimizer.param_groups:
+        return net_state, None
+    by_name = get_optimizer_state_dict(net, optimizer, options=options)
+    if not by_name:
+        return net_state, None
+    return net_state, _numbered(by_name)
+
+
+def _numbered(by_name: Dict[str, Any]) -> Dict[str, Any]:
+    order: Dict[str, int] = {}
+    groups = []
+    for group in by_name["param_groups"]:
+        ids = [order.setdefault(name, len(order)) for name in group["params"]]
+        groups.append({**group, "params": ids})
+    return {"state": {order[name]: s for name, s in by_name["state"].items()}, "param_groups": groups}
+
+
+def _named(net: nn.Module, optimizer: torch.optim.Optimizer, numbered: Dict[str, Any]) -> Dict[str, Any]:
+    names = {id(p): name for name, p in net.named_parameters()}
+    flat = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    groups = []
+    for group, saved in zip(optimizer.param_groups, numbered["param_groups"]):
+        groups.append({**saved, "params": [names[id(p)] for p in group["params"]]})
+    return {"state": {flat[int(i)]: s for i, s in numbered["state"].items()}, "param_groups": groups}
+
+
+def load_full_state(net: nn.Module, optimizer: Optional[torch.optim.Optimizer], net_state: Dict[str, Any],
+                    optimizer_state: Optional[Dict[str, Any]]) -> None:
+    """Load whole-tensor state (a single-file checkpoint) into a sharded net and its optimizer.
+
+    Every rank calls this with the same dicts; each keeps its own shards.
+    """
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(net, net_state, options=options)
+    if optimizer is not None and optimizer_state is not None and optimizer.param_groups:
+        retarget_optimizer(net, optimizer)
+        set_optimizer_state_dict(net, optimizer, _named(net, optimizer, optimizer_state), options=options)
