@@ -217,3 +217,13 @@ def test_weights_that_cannot_work_are_refused_before_training():
     with pytest.raises(TypeError, match="sample_weight= with a loader"):
         model.fit(1, loader(blobs(16), 8), sample_weight=torch.ones(16), verbose=0)
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items()) and model.epoch == 0
+
+
+def test_checkpoint_names_with_val_figures_are_written_on_the_epochs_that_validate(tmp_path):
+    from torchfit.callbacks import ModelCheckpoint
+
+    model = compile_(torchfit.Model(mlp()))
+    ckpt = ModelCheckpoint(str(tmp_path / "e{epoch}-{val_loss:.3f}.pt"), save_last=True)
+    model.fit(4, loader(blobs(16), 8), loader(blobs(8), 8), validation_freq=2, callbacks=[ckpt], verbose=0)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert [n.split("-")[0] for n in names if n.startswith("e")] == ["e2", "e4"] and "last.pt" in names

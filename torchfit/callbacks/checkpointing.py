@@ -98,8 +98,8 @@ class ModelCheckpoint(Callback):
             if is_improvement(current, self.best, self.mode):
                 self.best, self.best_epoch = current, epoch
                 self._write(self.path.format(**logs), f" ({self.monitor} improved to {current:.6g})")
-        else:
-            self._write(self.path.format(**logs), "")
+        elif all(f in logs for f in self.fields):  # an epoch without validation (validation_freq) cannot
+            self._write(self.path.format(**logs), "")  # fill "{val_loss}": it keeps only the last file
         if self.last_path is not None:
             self._write(self.last_path, "")
 
