@@ -15,7 +15,7 @@ from torch import nn
 from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-from torchfit import distributed
+from torchfit import distributed, runs
 from torchfit.loop import StepResult
 from torchfit.metrics import Tracker
 from torchfit.metrics import resolve_metrics
@@ -321,7 +321,7 @@ def test_a_single_process_gets_no_distributed_context(monkeypatch):
     assert distributed.context(torch.device("cpu")) is None
     assert distributed.is_main_process() and distributed.world_size() == 1
     model = sc.compiled(sc.mlp())
-    run, strategy = model._eval_run(None, fast_path=True)
+    run, strategy = runs.eval_run(model, None, fast_path=True)
     assert strategy is None and run.config.reducer is None and run.config.is_main_process
     # torchrun with one process is a single process too
     monkeypatch.setenv("RANK", "0")

@@ -18,27 +18,24 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import checkpoint, distributed, inputs, loop
+from . import checkpoint, distributed, inputs, loop, runs
 from .arguments import (FitOptions, announcer, check_count, check_initial_epoch, check_loader, check_reiterable,
                         weighting_for)
 from .batch import as_tensors, batch_size_of, call_net, detach, predict_inputs, split_batch, to_device
-from .callbacks import Callback, CallbackList, History, ProgressPrinter
+from .callbacks import Callback
 from .callbacks.base import check_callbacks
-from .callbacks.history import StepHistory
 from .callbacks.history import frame as history_frame
 from .callbacks.liveplot import LivePlot
-from .callbacks.progress import ProgressBar, wants_bar
-from .callbacks.schedulers import from_fit_argument, learning_rates, lr_log_keys
-from .device import batch_mover, resolve_device
+from .callbacks.schedulers import from_fit_argument
+from .device import resolve_device
 from .diagnose import LossError, loss_failure, user_traceback
 from .errors import NotCompiledError
-from .fast_path import iter_batches
 from .formatting import Figures
 from .heads import MultiLoss, head_metrics, is_per_output, resolve_loss
 from .losses import SampleWeighting, adapt_targets, check_targets
-from .loop import Run, RunConfig, StepResult
+from .loop import Run, StepResult
 from .metrics import Tracker, copy_metrics, resolve_metrics
-from .optim import ForeignOptimizerError, OptimizerStep, move_optimizer_state, resolve_optimizer
+from .optim import ForeignOptimizerError, move_optimizer_state, resolve_optimizer
 from .precision import PrecisionPolicy
 
 
@@ -411,7 +408,7 @@ class Model(nn.Module):
             epochs, first_epoch = resume.epochs_left, resume.start
         start = self.epoch if first_epoch is None else first_epoch
         check_reiterable(epochs, dl_train, dl_val, options.steps_per_epoch)
-        run, (dl_train, dl_val), trackers, params = self._prepare_fit(options, start, epochs, dl_train, dl_val,
+        run, (dl_train, dl_val), trackers, params = runs.fit_run(self, options, start, epochs, dl_train, dl_val,
                                                                       user_callbacks, weighting)
         if dl_val is not None and epochs:
             loop.check_first_batch(self, dl_val, run)  # a validation loader that cannot work fails now
@@ -436,95 +433,8 @@ class Model(nn.Module):
             self._run = None
         return self.history
 
-    def _prepare_fit(self, options: FitOptions, start: int, epochs: int, dl_train: Iterable, dl_val: Optional[Iterable],
-                     user_callbacks: List[Callback], weighting: Optional[SampleWeighting] = None) -> tuple:
-        """The run of one fit: this rank's loaders, callbacks, trackers, the optimizer step, the params."""
-        strategy = distributed.strategy(self.device, self.strategy)
-        if strategy is not None:  # under torchrun: this rank's loaders, DDP, exact figures
-            dl_train, dl_val = strategy.fit_loaders(dl_train, dl_val)
-        callbacks = self._default_callbacks(options, user_callbacks) + user_callbacks
-        train_net, no_sync = self._training_net(), None
-        trackers = (Tracker(copy_metrics(self.metrics)), Tracker(copy_metrics(self.metrics), prefix="val_"))
-        if strategy is not None:
-            plan = strategy.prepare_fit(self.net, train_net, self.device, options.grad_accum_steps, dl_train, dl_val,
-                                        *trackers, self._recompute("train_step"), self._recompute("eval_step"))
-            train_net, no_sync, trackers = plan.train_net, plan.no_sync, (plan.train_tracker, plan.val_tracker)
-            callbacks += plan.callbacks
-        cbs = CallbackList(callbacks, self, is_main_process=strategy is None or strategy.is_main)
-        optim = OptimizerStep(
-            self.optimizer, [p for p in self.net.parameters() if p.requires_grad],
-            accum_steps=options.grad_accum_steps, sum_reduction=getattr(self.loss_fn, "reduction", "mean") == "sum",
-            clip_norm=options.grad_clip_norm, clip_value=options.grad_clip_value, scaler=self.precision.scaler,
-            on_backward_end=cbs.on_backward_end, on_step=self._count_step, no_sync=no_sync)
-        loaders = {"dl_train": dl_train, "dl_val": dl_val}  # as given: their generators go into checkpoints
-        iterate = iter_batches if options.fast_path else iter
-        dl_train = loop.limit_steps(dl_train, options.steps_per_epoch, iterate)
-        if dl_val is not None:
-            dl_val = loop.limit_steps(dl_val, options.validation_steps, iterate)
-        n_train = loop.loader_length(dl_train)
-        config = self._run_config(cbs, strategy, options.fast_path, log_every=options.log_every(n_train),
-                                  train_net=train_net, optim=optim, loaders=loaders,
-                                  validation_freq=options.validation_freq, weighting=weighting)
-        log_lr = any(cb.changes_lr for cb in cbs)
-        batch_size = getattr(dl_train, "batch_size", None)
-        params = {"epochs": start + epochs, "initial_epoch": start, "steps": n_train,
-                  "verbose": options.verbose, "log_keys": self._epoch_log_keys(dl_val is not None, log_lr),
-                  "grad_accum_steps": options.grad_accum_steps,
-                  "batch_size": batch_size if isinstance(batch_size, int) else None}
-        cbs.set_params(params)  # a callback monitoring a key this run never produces raises here
-        params = {**params, "log_lr": (lambda: learning_rates(self.optimizer)) if log_lr else None}
-        run = Run(config, preflight=bool(self.metrics), check_targets=self.loss_fn is not None)
-        return run, (dl_train, dl_val), trackers, params
-
-    def _default_callbacks(self, options: FitOptions, user_callbacks: Sequence[Callback]) -> List[Callback]:
-        callbacks: List[Callback] = [History(), StepHistory()]
-        if options.verbose:
-            own_bar = any(isinstance(cb, ProgressBar) for cb in user_callbacks)  # as Keras does with its Progbar
-            bar = own_bar or wants_bar(options.progress_bar, options.verbose)
-            if bar and not own_bar:  # the bar shows the steps; the printer the epoch tables (as with verbose=2)
-                callbacks.append(ProgressBar())
-            callbacks.append(ProgressPrinter(2 if bar else options.verbose))
-        return callbacks
-
-    def _run_config(self, cbs: CallbackList, strategy: Any, fast_path: bool, **fit_parts: Any) -> RunConfig:
-        return RunConfig(
-            device=self.device, precision=self.precision, callbacks=cbs,
-            move=batch_mover(self.device, non_blocking=self.device.type == "cuda"),
-            iterate=iter_batches if fast_path else iter,
-            reducer=None if strategy is None else strategy.reducer,
-            is_main_process=strategy is None or strategy.is_main, **fit_parts)
-
-    def _recompute(self, step: str) -> Optional[Callable[[Any, Any], tuple]]:
-        """The batch loss (and per-output losses) on given rows, for trimming padded batches under
-        torchrun (default steps only)."""
-        if not self._default_step(step):
-            return None
-
-        training = step == "train_step"
-
-        def recompute(preds: Any, targets: Any) -> tuple:
-            with torch.no_grad(), self.precision.autocast():
-                loss, logs = self._loss_and_logs(preds, targets, None, training)
-                return loss.detach(), logs
-
-        return recompute
-
     def _count_step(self) -> None:
         self.__dict__["global_step"] += 1  # nn.Module.__setattr__ would cost a few µs per step
-
-    def _epoch_log_keys(self, has_val: bool, log_lr: bool) -> Optional[List[str]]:
-        """The keys every epoch's logs will have, or None when an overridden step decides them."""
-        if not self._default_step("train_step") or (has_val and not self._default_step("eval_step")):
-            return None
-        names = list(self.metrics)
-        if isinstance(self.loss_fn, MultiLoss):  # each output's loss, logged like an extra step figure
-            names += [f"{name}_loss" for name in self.loss_fn.names]
-        keys = ["epoch", "loss", *names]
-        if has_val:
-            keys += ["val_loss", *("val_" + n for n in names)]
-        if log_lr:
-            keys += lr_log_keys(self.optimizer)
-        return keys
 
     # ------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: Union[str, "os.PathLike[str]"]) -> None:
@@ -569,10 +479,10 @@ class Model(nn.Module):
         self._require_compiled("evaluate")
         dl = inputs.eval_loader(dl, x=x, y=y, target=target, batch_size=batch_size, loss_fn=self.loss_fn)
         check_loader("dl", dl)
-        run, strategy = self._eval_run(callbacks, fast_path)
+        run, strategy = runs.eval_run(self, callbacks, fast_path)
         tracker = Tracker(copy_metrics(self.metrics), prefix="val_")
         if strategy is not None:  # under torchrun: this rank's part, figures over the whole dataset
-            dl, tracker = strategy.evaluate_loader(dl, tracker, self._recompute("eval_step"))
+            dl, tracker = strategy.evaluate_loader(dl, tracker, runs.recompute_for(self, "eval_step"))
         with self._calling(run):
             return Figures(loop.validate(self, dl, run, tracker))
 
@@ -592,7 +502,7 @@ class Model(nn.Module):
         self._require_compiled("predict")
         dl = inputs.predict_loader(dl, x=x, target=target, batch_size=batch_size)
         check_loader("dl", dl)
-        run, strategy = self._eval_run(callbacks, fast_path)
+        run, strategy = runs.eval_run(self, callbacks, fast_path)
         cbs = run.config.callbacks
         with self._calling(run):
             cbs.on_predict_begin({})
@@ -602,11 +512,6 @@ class Model(nn.Module):
                 out = strategy.predict(dl, lambda shard: loop.predict(self, shard, run))
             cbs.on_predict_end({})
             return out
-
-    def _eval_run(self, callbacks: Optional[Sequence[Callback]], fast_path: bool) -> tuple:
-        strategy = distributed.strategy(self.device, self.strategy)
-        cbs = CallbackList(check_callbacks(callbacks), self, is_main_process=strategy is None or strategy.is_main)
-        return Run(self._run_config(cbs, strategy, fast_path)), strategy
 
     @contextlib.contextmanager
     def _calling(self, run: Run) -> Iterator[None]:
