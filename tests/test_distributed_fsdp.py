@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "dist_scripts"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import fsdp_scenarios as fs  # noqa: E402
 import scenarios as sc  # noqa: E402
-from test_distributed import free_port  # noqa: E402
+from test_distributed import assert_same_state as assert_close_state, free_port  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "tests", "dist_scripts", "fsdp_scenarios.py")
 
@@ -48,15 +48,6 @@ def launched(tmp_path_factory):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
         results[mode] = [torch.load(out / f"{mode}-rank{r}.pt", weights_only=True) for r in range(2)]
     return {**results, "dir": out}
-
-
-def assert_close_state(a, b, exact=False):
-    assert a.keys() == b.keys()
-    for k in a:
-        if exact:
-            assert torch.equal(a[k], b[k]), k
-        else:
-            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
 def assert_same_history(a, b, rel=1e-5):
