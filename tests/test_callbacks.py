@@ -145,7 +145,7 @@ def test_csv_logger_read_gives_the_figures_back_exactly_on_any_pandas(tmp_path):
     rows = [{"epoch": 1, "loss": 1.0590504288673401, "lr": 0.009000000000000001},
             {"epoch": 2, "loss": float("inf"), "lr": 0.006561000000000002, "val_loss": 0.30000000000000004}]
     model = compiled()
-    model._history_rows = rows
+    model.training_state.history = rows
     path = tmp_path / "h.csv"
     logger = CSVLogger(path)
     logger.set_model(model)

@@ -192,7 +192,7 @@ class InterruptAt(torchfit.Callback):
         self.at = (epoch, batch)
 
     def on_train_batch_begin(self, batch, logs):
-        if (self.model._run.epoch, batch) == self.at:
+        if (self.model.run.epoch, batch) == self.at:
             raise KeyboardInterrupt
 
 

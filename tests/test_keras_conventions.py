@@ -86,7 +86,7 @@ class Batches(Callback):
         self.seen = []
 
     def on_train_batch_begin(self, batch, logs):
-        self.seen.append((self.model._run.epoch, batch))
+        self.seen.append((self.model.run.epoch, batch))
 
 
 def test_initial_epoch_numbers_epochs_as_keras_does():

@@ -16,7 +16,7 @@ class Recorder(Callback):
         self.calls = []
 
     def on_predict_batch_begin(self, batch, logs):
-        self.calls.append(("begin", batch, self.model._run.batch_idx))
+        self.calls.append(("begin", batch, self.model.run.batch_idx))
 
     def on_predict_batch_end(self, batch, logs):
         self.calls.append(("end", batch))
@@ -56,7 +56,7 @@ class Boom(Callback):
         self.exc, self.at = exc, at
 
     def on_train_batch_begin(self, batch, logs):
-        if (self.model._run.epoch, batch) == self.at:
+        if (self.model.run.epoch, batch) == self.at:
             raise self.exc
 
 
@@ -128,4 +128,4 @@ def test_the_run_is_gone_after_each_call():
     model.fit(1, loader(blobs(8), 4), loader(blobs(8), 4), verbose=0)
     model.evaluate(loader(blobs(8), 4))
     model.predict(loader(blobs(8), 4))
-    assert model._run is None
+    assert model.run is None

@@ -30,7 +30,7 @@ def sync_log(monkeypatch):
         def wrapper(self, *args, __original=original, __name=name, **kwargs):
             caller = sys._getframe(1).f_code.co_filename
             if caller.startswith(TORCHFIT_DIR):
-                run = calls.model._run if calls.model is not None else None
+                run = calls.model.run if calls.model is not None else None
                 calls.append((__name, run.epoch if run else None, run.batch_idx if run else None, caller))
             return __original(self, *args, **kwargs)
 
@@ -109,7 +109,7 @@ class DeviceSyncAudit(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if name in DEVICE_SYNCING_OPS or (name in MASK_INDEXING_OPS and _is_mask(args[1:])):
             if not self._from_cpu_only_reader():
-                run = self.model._run
+                run = self.model.run
                 self.seen.append((name, run.epoch if run else None, run.batch_idx if run else None))
         return func(*args, **(kwargs or {}))
 

@@ -4,6 +4,11 @@ Owns the argument checks that do not need the model's state: counts, clipping
 thresholds, verbosity, loaders, and ``FitOptions`` (fit's settings that shape
 a run, checked together). Each error names the argument and the fix. The
 checks that need the model (its net, optimizer, loss) stay in ``Model``.
+
+``FitArgs`` is fit's arguments as one value (the notebook launcher hands it to
+its workers whole), and ``check_fit`` turns it into a ``CheckedFit``: everything
+fit decided before the run is assembled, with the checkpoint of ``resume_from``
+read and checked but not applied.
 """
 from __future__ import annotations
 
@@ -11,14 +16,17 @@ import dataclasses
 import numbers
 import warnings
 from collections.abc import Iterator
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from . import distributed
-from .callbacks import CallbackList, ProgressPrinter
+from . import checkpoint, distributed, inputs
+from .callbacks import Callback, CallbackList, ProgressPrinter
+from .callbacks.base import check_callbacks
+from .callbacks.liveplot import LivePlot
+from .callbacks.schedulers import from_fit_argument
 from .heads import MultiLoss
-from .loop import loader_length
+from .loaders import first_batches, loader_length
 from .losses import SampleWeighting
 
 
@@ -66,6 +74,99 @@ class FitOptions:
         if self.log_step_freq is not None:
             return self.log_step_freq
         return max(1, -(-n_batches // 10)) if n_batches else 100  # ceil: at most ten logging points
+
+
+@dataclasses.dataclass(frozen=True)
+class FitArgs:
+    """``Model.fit``'s arguments as given, one field per parameter (a test keeps them equal to the
+    signature). ``kwargs()`` calls ``fit`` again with them (the launcher's workers do)."""
+
+    epochs: Any = 1
+    dl_train: Any = None
+    dl_val: Any = None
+    log_step_freq: Any = None
+    callbacks: Any = None
+    verbose: Any = 1
+    initial_epoch: Any = None
+    steps_per_epoch: Any = None
+    validation_steps: Any = None
+    validation_freq: Any = 1
+    overfit_batches: Any = None
+    class_weight: Any = None
+    sample_weight: Any = None
+    plot: Any = False
+    grad_accum_steps: Any = 1
+    grad_clip_norm: Any = None
+    grad_clip_value: Any = None
+    lr_scheduler: Any = None
+    resume_from: Any = None
+    progress_bar: Any = None
+    x: Any = None
+    y: Any = None
+    target: Any = None
+    batch_size: Any = None
+    validation_split: Any = None
+    validation_data: Any = None
+    shuffle: Any = None
+    seed: Any = 0
+    fast_path: Any = True
+    num_processes: Any = None
+
+    def kwargs(self, **changes: Any) -> Dict[str, Any]:
+        """The keyword arguments of ``fit`` for these values (``num_processes`` left out), with ``changes``."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "num_processes"}
+        values.update(changes)
+        return values
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckedFit:
+    """What ``check_fit`` decided: the run's settings, epochs, loaders, callbacks and the resume to apply."""
+
+    options: FitOptions
+    start: int  # epochs finished before this fit
+    epochs: int  # epochs this fit runs
+    dl_train: Any
+    dl_val: Any
+    callbacks: List[Callback]
+    weighting: Optional[SampleWeighting]
+    resume: Optional[checkpoint.Resume]
+
+
+def check_fit(model: Any, args: FitArgs) -> CheckedFit:
+    """Every argument of ``fit`` checked against ``model`` before anything changes; ``resume_from``'s
+    checkpoint is read and checked, not applied."""
+    epochs = check_count("epochs", args.epochs, minimum=0)
+    options = FitOptions.check(args.verbose, args.log_step_freq, args.grad_accum_steps, args.grad_clip_norm,
+                               args.grad_clip_value, args.progress_bar, args.fast_path, args.steps_per_epoch,
+                               args.validation_steps, args.validation_freq)
+    first_epoch = check_initial_epoch(args.initial_epoch, epochs, args.resume_from)
+    dl_train, dl_val = inputs.fit_loaders(
+        args.dl_train, args.dl_val, x=args.x, y=args.y, target=args.target, batch_size=args.batch_size,
+        validation_split=args.validation_split, validation_data=args.validation_data, shuffle=args.shuffle,
+        seed=args.seed, loss_fn=model.loss_fn, epoch=model.epoch, sample_weight=args.sample_weight)
+    if dl_train is None:
+        raise TypeError("fit needs a training loader: model.fit(epochs, dl_train, dl_val=None)")
+    weighting = weighting_for(model.loss_fn, args.class_weight, args.sample_weight, model._default_step("train_step"))
+    check_loader("dl_train", dl_train)
+    if dl_val is not None:
+        check_loader("dl_val", dl_val)
+    callbacks = check_callbacks(args.callbacks)
+    if args.plot:
+        callbacks.append(LivePlot())
+    if args.lr_scheduler is not None:
+        callbacks.append(from_fit_argument(args.lr_scheduler, dl_val is not None, model.optimizer))
+    if args.overfit_batches is not None:  # the same first n batches for training and validation, every epoch
+        dl_train = dl_val = first_batches(dl_train, check_count("overfit_batches", args.overfit_batches, 1))
+    resume = None
+    if first_epoch is not None:  # Keras' initial_epoch: epochs is the number of the last epoch
+        epochs -= first_epoch
+    elif args.resume_from is not None:  # read and checked now, applied once fit's own checks pass
+        resume = checkpoint.Resume.plan(model, args.resume_from, epochs)
+        epochs, first_epoch = resume.epochs_left, resume.start
+    start = model.epoch if first_epoch is None else first_epoch
+    check_reiterable(epochs, dl_train, dl_val, options.steps_per_epoch)
+    return CheckedFit(options, start, epochs, dl_train, dl_val, callbacks, weighting, resume)
 
 
 def announcer(cbs: CallbackList) -> Callable[..., None]:

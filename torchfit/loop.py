@@ -40,6 +40,7 @@ from .metrics import Tracker, copy_metrics
 from .errors import MetricError, StepError
 from .losses import TargetError
 from .fast_path import iter_batches
+from .loaders import loader_length
 
 EMPTY: Mapping[str, float] = {}
 _CPU = torch.device("cpu")
@@ -78,12 +79,14 @@ class RunConfig:
     loaders: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # fit's loaders by argument name
     validation_freq: int = 1  # validate every n-th epoch
     weighting: Any = None  # losses.SampleWeighting: Keras' sample_weight / class_weight
+    strategy: Any = None  # distributed's strategy of the call (SingleProcess in one process)
+    train_step: Optional[Callable[[Any], Any]] = None  # an overridden train_step, windowed (optim.OptimizerStep.around)
 
 
 class Run:
     """One call's config plus the counters the loop advances while it runs.
 
-    ``model._run`` during a call: steps read ``config`` (precision, the net to
+    ``model.run`` during a call: steps read ``config`` (precision, the net to
     call, the optimizer step); callbacks may read ``epoch``, ``batch_idx`` and
     ``last_result`` and end training with ``stop(reason)``.
     """
@@ -104,13 +107,6 @@ class Run:
         if self.stopped_reason is None:
             self.stopped_reason = reason
         model.stop_training = True
-
-
-def loader_length(loader: Iterable) -> Optional[int]:
-    try:
-        return len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 def nonfinite_loss(value: Optional[float], where: str) -> Optional[str]:
@@ -143,7 +139,8 @@ def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: 
     """
     config = run.config
     cbs = config.callbacks
-    begin, end, step_fn = getattr(cbs, phase.begin), getattr(cbs, phase.end), getattr(model, phase.step)
+    begin, end = getattr(cbs, phase.begin), getattr(cbs, phase.end)
+    step_fn = config.train_step if phase is TRAIN and config.train_step is not None else getattr(model, phase.step)
     n_batches = run.n_batches = loader_length(loader)
     training = phase is TRAIN
     optim = config.optim if training else None
@@ -230,44 +227,6 @@ def predict(model: Any, loader: Iterable, run: Run) -> Any:
     return concat(outputs)
 
 
-class _StepLimit:
-    """``steps`` batches of ``loader`` per pass, starting it again when it runs out (Keras' steps_per_epoch)."""
-
-    def __init__(self, loader: Iterable, steps: int, iterate: Callable[[Iterable], Iterator]):
-        self.loader, self.steps, self.iterate = loader, steps, iterate
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self) -> Iterator[Any]:
-        given = 0
-        while given < self.steps:
-            fresh = True
-            for batch in self.iterate(self.loader):
-                fresh = False
-                yield batch
-                given += 1
-                if given == self.steps:
-                    return
-            if fresh:
-                raise ValueError("the loader yielded no batches; steps_per_epoch/validation_steps need at least one")
-
-
-def limit_steps(loader: Iterable, steps: Optional[int], iterate: Callable[[Iterable], Iterator]) -> Iterable:
-    """``loader`` cut (or extended, by starting it again) to ``steps`` batches per pass; as is for None."""
-    return loader if steps is None else _StepLimit(loader, steps, iterate)
-
-
-def first_batches(loader: Iterable, n: int) -> List[Any]:
-    """The first ``n`` batches of ``loader``, drawn once (``fit(overfit_batches=n)``)."""
-    batches: List[Any] = []
-    for batch in loader:
-        batches.append(batch)
-        if len(batches) == n:
-            break
-    return batches
-
-
 def check_first_batch(model: Any, dl_val: Iterable, run: Run) -> None:
     """``eval_step`` and the metrics on ``dl_val``'s first batch, before training: weights, BatchNorm
     statistics, train/eval modes and every RNG (loaders' generators included) are left as found.
@@ -292,9 +251,7 @@ def check_first_batch(model: Any, dl_val: Iterable, run: Run) -> None:
         probe.reset()
         probe.update(out)
         probe.compute()
-        reshard = getattr(model.net, "reshard", None)
-        if callable(reshard):  # FSDP's root keeps its gathered weights after a forward: the fit needs the shards
-            reshard()
+        run.config.strategy.settle(model.net)  # e.g. a sharded net's root gathered by this forward
 
 
 # ------------------------------------------------------------------- fit

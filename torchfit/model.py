@@ -1,42 +1,41 @@
 """``torchfit.Model``: the thin front users call.
 
-Owns argument checking (once per call, before any weight changes), assembling
-a call's run from the pieces below, and the step functions ``train_step`` /
-``eval_step`` / ``predict_step``: the one seam a subclass overrides for custom
-training. The epoch and batch loops live in ``loop``, the optimizer step in
-``optim``, metric maths in ``metrics``, printing and history in ``callbacks``,
-batches in ``batch``, devices in ``device``, autocast and the grad scaler in
-``precision``, multi-process pieces in ``distributed``, files in ``checkpoint``.
+Owns checking what a user passes (once per call, before any weight changes:
+``compiling``, ``arguments``), running a call through the pieces below, the
+training state (``state.TrainingState``, ``model.training_state``), and the step
+functions ``train_step`` / ``eval_step`` / ``predict_step``: the one seam a
+subclass overrides for custom training. An overridden ``train_step`` is right by
+construction (``optim``: it runs under the fit's autocast, and
+``self.optimizer`` inside it follows the accumulation window and the
+strategy's gradient averaging). The epoch and batch loops live in ``loop``,
+assembling a call in ``runs``, the default steps' loss in ``steps``, the
+optimizer step in ``optim``, metric maths in ``metrics``, printing and history
+in ``callbacks``, batches in ``batch``, multi-process strategies in
+``distributed``, files in ``checkpoint``.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import pandas as pd
 import torch
 from torch import nn
 
-from . import checkpoint, distributed, inputs, loop, runs
-from .arguments import (FitOptions, announcer, check_count, check_initial_epoch, check_loader, check_reiterable,
-                        weighting_for)
+from . import checkpoint, compiling, distributed, inputs, loop, runs, steps
+from .arguments import FitArgs, announcer, check_fit, check_loader
 from .batch import as_tensors, batch_size_of, call_net, detach, predict_inputs, split_batch, to_device
 from .callbacks import Callback
-from .callbacks.base import check_callbacks
 from .callbacks.history import frame as history_frame
-from .callbacks.liveplot import LivePlot
-from .callbacks.schedulers import from_fit_argument
-from .device import resolve_device
-from .diagnose import LossError, loss_failure, user_traceback
+from .diagnose import user_traceback
 from .errors import NotCompiledError
 from .formatting import Figures
-from .heads import MultiLoss, head_metrics, is_per_output, resolve_loss
-from .losses import SampleWeighting, adapt_targets, check_targets
+from .losses import adapt_targets
 from .loop import Run, StepResult
-from .metrics import Tracker, copy_metrics, resolve_metrics
-from .optim import ForeignOptimizerError, move_optimizer_state, resolve_optimizer
+from .metrics import Tracker, copy_metrics
 from .precision import PrecisionPolicy
+from .state import TrainingState
 
 
 class Model(nn.Module):
@@ -78,24 +77,19 @@ class Model(nn.Module):
             )
         else:
             self.net = net
-        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self._optimizer: Optional[torch.optim.Optimizer] = None
         self.metrics: Dict[str, Any] = {}
         self.device: Optional[torch.device] = None
         self.precision: Optional[PrecisionPolicy] = None
-        self.strategy: Any = None  # compile(strategy=...): None/"ddp" or a distributed.FSDP
+        self.strategy: Any = None  # compile(strategy=...): None/"ddp" or a strategy's options (FSDP(...))
         self._compiled = False
         object.__setattr__(self, "loss_fn", None)  # not registered as a submodule: state_dict stays the net's
         self._foreign_optimizer: Optional[str] = None  # why fit must refuse the compiled optimizer
-        self._history_rows: List[Dict[str, float]] = []
-        self._step_rows: List[Dict[str, float]] = []  # logging points, across fit calls (StepHistory)
-        self.epoch = 0  # epochs finished so far, across fit calls
-        self.global_step = 0  # optimizer steps taken so far
+        self.training_state = TrainingState()  # epochs, steps, histories, what the next save/fit continues from
         self.stop_training = False
         self._run: Optional[Run] = None
         self.jit_compile: Union[bool, Mapping[str, Any]] = False
         object.__setattr__(self, "_jit_net", None)  # torch.compile's wrapper; not a submodule either
-        self._fit_state: Optional[dict] = None  # RNG/loaders/callbacks as the last fit left them (checkpoints)
-        self._resume_state: Optional[dict] = None  # loaded from a checkpoint, for the next fit
 
     # ------------------------------------------------------------------ basics
     @property
@@ -121,9 +115,54 @@ class Model(nn.Module):
         return f"torchfit.Model(\n  {inner}\n)"
 
     @property
+    def optimizer(self) -> Optional[torch.optim.Optimizer]:
+        """The compiled optimizer; inside an overridden ``train_step``, a view of it whose ``zero_grad``
+        and ``step`` follow the accumulation window (``optim.WindowedOptimizer``)."""
+        run = self.__dict__["_run"]
+        if run is not None and run.config.optim is not None and run.config.optim.in_user_step:
+            return run.config.optim.gate
+        return self.__dict__["_optimizer"]
+
+    @optimizer.setter
+    def optimizer(self, value: Optional[torch.optim.Optimizer]) -> None:
+        self.__dict__["_optimizer"] = value
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """``nn.Module.zero_grad``; inside an overridden ``train_step`` (Keras' recipe calls
+        ``self.zero_grad()``) it clears the gradients at the start of an accumulation window only."""
+        if self.optimizer is not self._optimizer:
+            self.optimizer.zero_grad()
+        else:
+            super().zero_grad(set_to_none)
+
+    @property
+    def run(self) -> Optional[Run]:
+        """The fit, evaluate or predict call in progress (``None`` outside one); callbacks read its
+        ``epoch``, ``batch_idx``, ``last_result`` and ``config``."""
+        return self._run
+
+    @property
+    def epoch(self) -> int:
+        """Epochs finished so far, across fit calls."""
+        return self.training_state.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.training_state.epoch = int(value)
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken so far, across fit calls."""
+        return self.training_state.global_step
+
+    @global_step.setter
+    def global_step(self, value: int) -> None:
+        self.training_state.global_step = int(value)
+
+    @property
     def history(self) -> pd.DataFrame:
         """Every finished epoch so far: ``epoch``, ``loss``, metrics, ``val_`` figures."""
-        return history_frame(self._history_rows, ["epoch"])
+        return history_frame(self.training_state.history, ["epoch"])
 
     @property
     def step_history(self) -> pd.DataFrame:
@@ -134,7 +173,7 @@ class Model(nn.Module):
 
         >>> # model.step_history.plot(x="global_step", y="loss")
         """
-        return history_frame(self._step_rows, ["epoch", "step", "global_step"])
+        return history_frame(self.training_state.step_history, ["epoch", "step", "global_step"])
 
     def plot_history(self, metrics: Optional[Sequence[str]] = None, **kwargs: Any) -> Any:
         """``torchfit.plot_history(model.history, metrics)``: a matplotlib Figure, a panel per quantity.
@@ -180,51 +219,14 @@ class Model(nn.Module):
         evaluate/predict stay eager. ``strategy``: how several processes train:
         ``"ddp"`` (the default) or ``"fsdp"`` / ``torchfit.distributed.FSDP(...)``.
         """
-        if loss is not None and loss_func is not None:
-            raise TypeError("compile got both loss= and loss_func= (its torchkeras alias); pass only one")
-        if metrics is not None and metrics_dict is not None:
-            raise TypeError("compile got both metrics= and metrics_dict= (its torchkeras alias); pass only one")
-        loss = loss if loss is not None else loss_func
-        metrics = metrics if metrics is not None else metrics_dict
-        loss = resolve_loss(loss, loss_weights)
-        if loss is not None and not callable(loss):
-            raise TypeError(
-                f"loss must be callable as loss(preds, targets) -> scalar tensor; got {type(loss).__name__}. "
-                "Pass e.g. nn.CrossEntropyLoss() (an instance, not the class)"
-            )
-        if isinstance(loss, type):
-            raise TypeError(f"loss is the class {loss.__name__}; pass an instance: {loss.__name__}()")
-        dev = resolve_device(distributed.local_device(device))  # under torchrun: cuda:LOCAL_RANK
-        prec = PrecisionPolicy(precision, dev)
-        parallel = distributed.check_strategy(strategy)
-        if not isinstance(jit_compile, (bool, Mapping)):
-            raise TypeError(f"jit_compile must be True, False or a dict of torch.compile options; got {jit_compile!r}")
-        from_logits = True if isinstance(loss, nn.BCEWithLogitsLoss) or loss is nn.functional.binary_cross_entropy_with_logits else None
-        if is_per_output(metrics, loss):  # {"a": ["accuracy"], "b": ["mae"]}: a_accuracy, b_mae
-            resolved_metrics = head_metrics(metrics, loss, resolve_metrics)
-        else:
-            resolved_metrics = resolve_metrics(metrics, from_logits=from_logits)
-        try:
-            opt, foreign = resolve_optimizer(optimizer, self.net), None
-        except ForeignOptimizerError as exc:
-            opt, foreign = exc.optimizer, str(exc)
-        self.net.to(dev)
-        if isinstance(loss, (nn.Module, MultiLoss)):
-            loss.to(dev)
-        if foreign is None:
-            move_optimizer_state(opt, dev)
-        for m in resolved_metrics.values():
-            if isinstance(m, nn.Module):
-                m.to(dev)
-        object.__setattr__(self, "loss_fn", loss)
-        self.optimizer = opt
-        self._foreign_optimizer = foreign
-        self.metrics = resolved_metrics
-        self.device = dev
-        self.precision = prec
-        self.jit_compile = jit_compile if isinstance(jit_compile, bool) else dict(jit_compile)
+        c = compiling.resolve(self.net, loss, optimizer, metrics, device, loss_func=loss_func,
+                              metrics_dict=metrics_dict, loss_weights=loss_weights, precision=precision,
+                              jit_compile=jit_compile, strategy=strategy)
+        c.move_to_device(self.net)
+        object.__setattr__(self, "loss_fn", c.loss)
+        self.optimizer, self._foreign_optimizer, self.metrics = c.optimizer, c.foreign_optimizer, c.metrics
+        self.device, self.precision, self.jit_compile, self.strategy = c.device, c.precision, c.jit_compile, c.strategy
         object.__setattr__(self, "_jit_net", None)
-        self.strategy = parallel
         self._compiled = True
         return self
 
@@ -267,6 +269,12 @@ class Model(nn.Module):
     def _default_step(self, name: str) -> bool:
         """Whether ``train_step``/``eval_step`` is torchfit's own (not overridden by a subclass)."""
         return getattr(type(self), name) is getattr(Model, name)
+
+    def _strategy(self) -> Any:
+        """The strategy a call outside fit (saving, loading) runs under: SingleProcess in one process."""
+        return distributed.strategy(self.device, self.strategy)
+
+    # --------------------------------------------------------------------- fit
     @user_traceback
     def fit(
         self,
@@ -368,73 +376,39 @@ class Model(nn.Module):
         cleanly and returns the finished epochs. ``num_processes=N`` trains on N
         processes started here (a notebook or a script; see ``torchfit.distributed.launch_fit``).
         """
+        args = FitArgs(epochs, dl_train, dl_val, log_step_freq, callbacks, verbose, initial_epoch, steps_per_epoch,
+                       validation_steps, validation_freq, overfit_batches, class_weight, sample_weight, plot,
+                       grad_accum_steps, grad_clip_norm, grad_clip_value, lr_scheduler, resume_from, progress_bar, x,
+                       y, target, batch_size, validation_split, validation_data, shuffle, seed, fast_path,
+                       num_processes)
         if num_processes is not None:
-            return distributed.launch_fit(self, num_processes, dict(
-                epochs=epochs, dl_train=dl_train, dl_val=dl_val, log_step_freq=log_step_freq, callbacks=callbacks,
-                verbose=verbose, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                validation_steps=validation_steps, validation_freq=validation_freq, overfit_batches=overfit_batches,
-                class_weight=class_weight, sample_weight=sample_weight, plot=plot, grad_accum_steps=grad_accum_steps,
-                grad_clip_norm=grad_clip_norm, grad_clip_value=grad_clip_value, lr_scheduler=lr_scheduler,
-                resume_from=resume_from, progress_bar=progress_bar, x=x, y=y, target=target, batch_size=batch_size,
-                validation_split=validation_split, validation_data=validation_data, shuffle=shuffle, seed=seed,
-                fast_path=fast_path))
+            return distributed.launch_fit(self, num_processes, args)
         self._require_compiled("fit")
-        epochs = check_count("epochs", epochs, minimum=0)
-        options = FitOptions.check(verbose, log_step_freq, grad_accum_steps, grad_clip_norm, grad_clip_value,
-                                   progress_bar, fast_path, steps_per_epoch, validation_steps, validation_freq)
-        first_epoch = check_initial_epoch(initial_epoch, epochs, resume_from)
-        dl_train, dl_val = inputs.fit_loaders(
-            dl_train, dl_val, x=x, y=y, target=target, batch_size=batch_size, validation_split=validation_split,
-            validation_data=validation_data, shuffle=shuffle, seed=seed, loss_fn=self.loss_fn, epoch=self.epoch,
-            sample_weight=sample_weight)
-        if dl_train is None:
-            raise TypeError("fit needs a training loader: model.fit(epochs, dl_train, dl_val=None)")
-        weighting = weighting_for(self.loss_fn, class_weight, sample_weight, self._default_step("train_step"))
-        check_loader("dl_train", dl_train)
-        if dl_val is not None:
-            check_loader("dl_val", dl_val)
-        user_callbacks = check_callbacks(callbacks)
-        if plot:
-            user_callbacks.append(LivePlot())
-        if lr_scheduler is not None:
-            user_callbacks.append(from_fit_argument(lr_scheduler, dl_val is not None, self.optimizer))
-        if overfit_batches is not None:  # the same first n batches for training and validation, every epoch
-            dl_train = dl_val = loop.first_batches(dl_train, check_count("overfit_batches", overfit_batches, 1))
-        resume = None
-        if first_epoch is not None:  # Keras' initial_epoch: epochs is the number of the last epoch
-            epochs -= first_epoch
-        elif resume_from is not None:  # read and checked now, applied once fit's own checks pass
-            resume = checkpoint.Resume.plan(self, resume_from, epochs)
-            epochs, first_epoch = resume.epochs_left, resume.start
-        start = self.epoch if first_epoch is None else first_epoch
-        check_reiterable(epochs, dl_train, dl_val, options.steps_per_epoch)
-        run, (dl_train, dl_val), trackers, params = runs.fit_run(self, options, start, epochs, dl_train, dl_val,
-                                                                      user_callbacks, weighting)
-        if dl_val is not None and epochs:
+        checked = check_fit(self, args)
+        run, (dl_train, dl_val), trackers, params = runs.fit_run(self, checked)
+        if dl_val is not None and checked.epochs:
             loop.check_first_batch(self, dl_val, run)  # a validation loader that cannot work fails now
         say = announcer(run.config.callbacks)
-        if resume is not None:
-            resume.apply(self, list(run.config.callbacks))  # the last thing checked; now things change
-            if resume.message:
-                say(resume.message)
-        resume_state, self._resume_state = self._resume_state, None
+        if checked.resume is not None:  # the last thing checked; now things change
+            checked.resume.apply(self, list(run.config.callbacks), run.config.strategy)
+            if checked.resume.message:
+                say(checked.resume.message)
+        resume_state = self.training_state.take_pending_resume()
         if resume_state is not None:
             checkpoint.restore_loaders(resume_state, run.config.loaders)
+        start = checked.start
         self._run = run
         try:
-            loop.fit_loop(self, run, range(start + 1, start + epochs + 1), dl_train, dl_val, trackers, params,
-                          resume_state, say)
+            loop.fit_loop(self, run, range(start + 1, start + checked.epochs + 1), dl_train, dl_val, trackers,
+                          params, resume_state, say)
         except BaseException as exc:  # what the next save_checkpoint writes; never replaces the error
-            self._fit_state = loop.call_quietly(checkpoint.training_state, exc, self, run)
+            self.training_state.last_fit = loop.call_quietly(checkpoint.run_state, exc, self, run)
             raise
         else:
-            self._fit_state = checkpoint.training_state(self, run)
+            self.training_state.last_fit = checkpoint.run_state(self, run)
         finally:
             self._run = None
         return self.history
-
-    def _count_step(self) -> None:
-        self.__dict__["global_step"] += 1  # nn.Module.__setattr__ would cost a few µs per step
 
     # ------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: Union[str, "os.PathLike[str]"]) -> None:
@@ -446,10 +420,11 @@ class Model(nn.Module):
         Holds the net, optimizer, grad scaler, epoch, global step, history, the
         callbacks' state (schedulers, early stopping...), the RNG states (torch,
         CUDA, numpy, Python) and the loaders' generators, as of the end of the
-        last fit. Loads with ``torch.load(path, weights_only=True)``.
+        last fit. Loads with ``torch.load(path, weights_only=True)``. Under a sharded
+        strategy every rank calls it (the net is gathered) and rank 0 writes.
         """
         self._require_compiled("save_checkpoint")
-        checkpoint.save(self, path)
+        checkpoint.save(self, path, self._run.config.strategy if self._run is not None else self._strategy())
 
     def load_checkpoint(self, path: Union[str, "os.PathLike[str]"]) -> "Model":
         """Restore a checkpoint written by ``save_checkpoint`` / ``ModelCheckpoint``; returns the model.
@@ -463,7 +438,7 @@ class Model(nn.Module):
         Tensors are read onto the CPU first, so GPU checkpoints load anywhere.
         """
         self._require_compiled("load_checkpoint")
-        checkpoint.load(self, path)
+        checkpoint.load(self, path, self._strategy())
         return self
 
     # ------------------------------------------------------- evaluate, predict
@@ -479,10 +454,10 @@ class Model(nn.Module):
         self._require_compiled("evaluate")
         dl = inputs.eval_loader(dl, x=x, y=y, target=target, batch_size=batch_size, loss_fn=self.loss_fn)
         check_loader("dl", dl)
-        run, strategy = runs.eval_run(self, callbacks, fast_path)
-        tracker = Tracker(copy_metrics(self.metrics), prefix="val_")
-        if strategy is not None:  # under torchrun: this rank's part, figures over the whole dataset
-            dl, tracker = strategy.evaluate_loader(dl, tracker, runs.recompute_for(self, "eval_step"))
+        run = runs.eval_run(self, callbacks, fast_path)
+        # under torchrun: this rank's part, figures over the whole dataset
+        dl, tracker = run.config.strategy.evaluate_loader(dl, Tracker(copy_metrics(self.metrics), prefix="val_"),
+                                                          runs.recompute_for(self, "eval_step"))
         with self._calling(run):
             return Figures(loop.validate(self, dl, run, tracker))
 
@@ -502,20 +477,18 @@ class Model(nn.Module):
         self._require_compiled("predict")
         dl = inputs.predict_loader(dl, x=x, target=target, batch_size=batch_size)
         check_loader("dl", dl)
-        run, strategy = runs.eval_run(self, callbacks, fast_path)
+        run = runs.eval_run(self, callbacks, fast_path)
         cbs = run.config.callbacks
         with self._calling(run):
             cbs.on_predict_begin({})
-            if strategy is None:
-                out = loop.predict(self, dl, run)
-            else:  # under torchrun every rank predicts its part and gets the whole dataset's outputs back
-                out = strategy.predict(dl, lambda shard: loop.predict(self, shard, run))
+            # under torchrun every rank predicts its part and gets the whole dataset's outputs back
+            out = run.config.strategy.predict(dl, lambda shard: loop.predict(self, shard, run))
             cbs.on_predict_end({})
             return out
 
     @contextlib.contextmanager
     def _calling(self, run: Run) -> Iterator[None]:
-        """``self._run`` is ``run`` inside; the net's modes and an enclosing fit's run come back after."""
+        """``self.run`` is ``run`` inside; the net's modes and an enclosing fit's run come back after."""
         modes = loop.save_modes(self.net)
         previous, self._run = self._run, run  # called from a callback inside fit: give fit its run back
         try:
@@ -577,6 +550,13 @@ class Model(nn.Module):
         accumulation window; forward and loss under autocast; ``self.backward``;
         ``self.optimizer_step()``. Return a ``StepResult`` (detached loss, preds,
         targets, batch size); the loop updates the metrics from it.
+
+        An override runs under the fit's autocast, and may write the recipes people
+        know: ``self.optimizer.zero_grad(); loss.backward(); self.optimizer.step()``
+        (torch, Keras' ``self.zero_grad()``, torchkeras' step-then-zero order) trains as
+        this step does under torchrun, clipping and bf16. With ``grad_accum_steps`` or
+        fp16, call ``self.backward(loss)`` instead of ``loss.backward()`` (it is refused,
+        with that fix, before the first optimizer step).
         """
         run = self._run
         config = run.config
@@ -586,14 +566,15 @@ class Model(nn.Module):
             preds = call_net(config.train_net, x)
             if run.check_targets:  # once per fit, before any weight changes: labels the loss cannot mean
                 run.check_targets = False
-                self._check_targets(preds, y)
+                steps.check_first_targets(self.loss_fn, preds, y)
             y = adapt_targets(self.loss_fn, preds, y)  # Keras' reading of labels: shapes and dtypes only
-            loss, logs = self._loss_and_logs(preds, y, w, training=True)
+            loss, logs = steps.loss_and_logs(self, preds, y, w, training=True)
         n = batch_size_of(y, x)
         self.backward(loss, n)
         preds = detach(preds)
-        if run.preflight:
-            self._preflight_metrics(preds, y, n)
+        if run.preflight:  # once per fit, before the first optimizer step, on throwaway copies
+            run.preflight = False
+            steps.preflight_metrics(self.metrics, preds, y, n)
         self.optimizer_step()
         return StepResult(loss.detach(), preds, y, n, logs)
 
@@ -603,7 +584,7 @@ class Model(nn.Module):
         with self._run.config.precision.autocast():
             preds = call_net(self.net, x)
             y = adapt_targets(self.loss_fn, preds, y)
-            loss, logs = self._loss_and_logs(preds, y, w, training=False)
+            loss, logs = steps.loss_and_logs(self, preds, y, w, training=False)
         return StepResult(loss, preds, y, batch_size_of(y, x), logs)
 
     def predict_step(self, batch: Any) -> Any:
@@ -613,59 +594,13 @@ class Model(nn.Module):
 
     def compute_loss(self, preds: Any, targets: Any) -> torch.Tensor:
         """``loss_fn(preds, targets)``, checked to be a scalar; a failing loss says what it got and expects."""
-        try:
-            loss = self.loss_fn(preds, targets)
-        except Exception as exc:
-            raise LossError(loss_failure(self.loss_fn, preds, targets, exc)) from exc
-        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
-            raise ValueError(
-                f"the loss must return a scalar (0-d) tensor; it returned {got}. Use a mean-reduced loss "
-                "(e.g. nn.CrossEntropyLoss() with reduction='mean') or end your loss function with .mean()"
-            )
-        return loss
-
-    def _loss_and_logs(self, preds: Any, targets: Any, weights: Any, training: bool) -> tuple:
-        """The batch loss and the per-output losses (several outputs), sample-weighted when asked."""
-        weighting = self._run.config.weighting
-        if isinstance(self.loss_fn, MultiLoss):
-            if weights is not None or (weighting is not None and weighting.applies(None, training)):
-                raise TypeError("sample_weight / class_weight with several losses is not supported; weigh "
-                                "inside your losses, or train one output at a time")
-            try:
-                return self.loss_fn.parts(preds, targets)
-            except Exception as exc:
-                raise LossError(f"{type(exc).__name__} in the loss of several outputs: {exc}") from exc
-        if weighting is None or not weighting.applies(weights, training):
-            if weights is None:
-                return self.compute_loss(preds, targets), None
-            weighting = SampleWeighting(self.loss_fn)  # weights in the batch, fit not told: Keras weighs them
-        try:
-            return weighting.loss(preds, targets, weights, training), None
-        except TypeError:
-            raise
-        except Exception as exc:
-            raise LossError(loss_failure(self.loss_fn, preds, targets, exc)) from exc
-
-    def _check_targets(self, preds: Any, targets: Any) -> None:
-        if isinstance(self.loss_fn, MultiLoss):
-            self.loss_fn.check_targets(preds, targets)
-        elif self.loss_fn is not None:
-            check_targets(self.loss_fn, preds, targets)
+        return steps.compute_loss(self.loss_fn, preds, targets)
 
     def backward(self, loss: torch.Tensor, batch_size: Optional[int] = None) -> None:
-        """``loss.backward()`` with the grad scaler and accumulation weighting applied (``optim.OptimizerStep``)."""
+        """``loss.backward()`` with the grad scaler and accumulation weighting applied (``optim.OptimizerStep``);
+        ``batch_size`` defaults to the rows of the step's batch."""
         self._run.config.optim.backward(loss, batch_size)
 
     def optimizer_step(self) -> bool:
         """Step the optimizer if this batch closes an accumulation window; returns whether it did."""
         return self._run.config.optim.step()
-
-    def _preflight_metrics(self, preds: Any, targets: Any, n: int) -> None:
-        # Runs once per fit, before the first optimizer step, on throwaway copies:
-        # a metric that cannot handle the net's outputs fails before weights change.
-        self._run.preflight = False
-        probe = Tracker(copy_metrics(self.metrics))
-        probe.reset()  # a metric may set its state up in reset(), as the Metric docstring shows
-        probe.update(StepResult(None, preds, targets, n))
-        probe.compute()

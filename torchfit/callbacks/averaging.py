@@ -24,7 +24,7 @@ __all__ = ["EMA", "SWA"]
 
 def _current_run(model: Any) -> Any:
     """The run of the fit in progress (None outside one): the one place this module reads fit internals."""
-    return getattr(model, "_run", None)
+    return model.run
 
 
 def _fit_train_loader(model: Any) -> Any:

@@ -39,12 +39,16 @@ class Callback:
     torchrun only the process of rank 0 runs them. Set ``runs_last = True`` on
     callbacks that save the training state (checkpoints): they run after all the
     others at every hook, so what they save includes what the others did at that
-    point (a scheduler's step, early stopping's counter). Set ``changes_lr = True``
+    point (a scheduler's step, early stopping's counter). Set ``saves_checkpoints = True``
+    on a rank-zero-only callback that saves through ``torchfit.checkpoint``: where the
+    strategy saves collectively (a sharded net is gathered by every rank) it then runs
+    on every rank, and only the writing rank writes. Set ``changes_lr = True``
     on callbacks that change the learning rate: fit then records the optimizer's
     rate in an ``lr`` column.
     """
 
     rank_zero_only: bool = False
+    saves_checkpoints: bool = False
     runs_last: bool = False
     changes_lr: bool = False
     model: Any = None
@@ -169,7 +173,8 @@ class CallbackList:
     """Runs hooks on callbacks in list order (``runs_last`` ones after the rest); hooks are
     attributes named like ``Callback``'s."""
 
-    def __init__(self, callbacks: Iterable[Callback], model: Any, is_main_process: bool = True):
+    def __init__(self, callbacks: Iterable[Callback], model: Any, is_main_process: bool = True,
+                 collective_saves: bool = False):
         callbacks = list(callbacks)
         for cb in callbacks:
             if not isinstance(cb, Callback):
@@ -177,7 +182,8 @@ class CallbackList:
                     f"callbacks must be torchfit.callbacks.Callback instances; got {type(cb).__name__}. "
                     "Subclass Callback, or wrap functions in LambdaCallback(on_epoch_end=...)"
                 )
-        kept = [cb for cb in callbacks if is_main_process or not cb.rank_zero_only]
+        kept = [cb for cb in callbacks if is_main_process or not cb.rank_zero_only
+                or (collective_saves and cb.saves_checkpoints)]
         # Stable: list order, except that state-saving callbacks go after the rest.
         self.callbacks = sorted(kept, key=lambda cb: cb.runs_last)
         for cb in self.callbacks:

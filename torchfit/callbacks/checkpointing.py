@@ -41,6 +41,7 @@ class ModelCheckpoint(Callback):
     """
 
     rank_zero_only = True
+    saves_checkpoints = True  # under a sharded strategy every rank takes part in each save
     runs_last = True
 
     def __init__(
@@ -104,8 +105,10 @@ class ModelCheckpoint(Callback):
             self._write(self.last_path, "")
 
     def _write(self, path: str, why: str) -> None:
-        checkpoint.save(self.model, path, weights_only=self.weights_only, owner=f"ModelCheckpoint({self.path!r})")
-        if self.verbose:
+        strategy = self.model.run.config.strategy
+        checkpoint.save(self.model, path, strategy, weights_only=self.weights_only,
+                        owner=f"ModelCheckpoint({self.path!r})")
+        if self.verbose and strategy.writes_files:
             self.sink(f"Epoch {self.model.epoch}: saved {'weights' if self.weights_only else 'checkpoint'} "
                       f"to {path}{why}")
 

@@ -28,7 +28,7 @@ class History(Callback):
     """
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        self.model._history_rows.append(dict(logs))
+        self.model.training_state.record_epoch(logs)
 
 
 class StepHistory(Callback):
@@ -56,4 +56,4 @@ class StepHistory(Callback):
         if groups:
             row["lr"] = float(groups[0]["lr"])
         row.update((k, v) for k, v in logs.items() if k != "step")
-        self.model._step_rows.append(row)
+        self.model.training_state.record_step(row)

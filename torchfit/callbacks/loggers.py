@@ -84,7 +84,7 @@ class CSVLogger(Callback):
             with open(self.path, newline="") as f:
                 self._columns = next(csv.reader(f, delimiter=self.separator), None)
             return
-        rows = [] if self.append else list(self.model._history_rows)
+        rows = [] if self.append else list(self.model.training_state.history)
         self._columns = _columns(rows) if rows else None
         self._rewrite(rows)
 

@@ -131,7 +131,7 @@ class TerminateOnNaN(Callback):
     """
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
-        run = self.model._run
+        run = self.model.run
         out = run.last_result
         if out is None or out.loss is None:
             return
