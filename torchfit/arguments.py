@@ -25,6 +25,7 @@ from .callbacks import Callback, CallbackList, ProgressPrinter
 from .callbacks.base import check_callbacks
 from .callbacks.liveplot import LivePlot
 from .callbacks.schedulers import from_fit_argument
+from .errors import NotCompiledError
 from .heads import MultiLoss
 from .loaders import first_batches, loader_length
 from .losses import SampleWeighting
@@ -131,6 +132,46 @@ class CheckedFit:
     callbacks: List[Callback]
     weighting: Optional[SampleWeighting]
     resume: Optional[checkpoint.Resume]
+
+
+def check_net(net: Any, own_forward: bool) -> Any:
+    """``Model(net)``'s argument: a module, or None for a subclass with its own ``forward``; returns ``net``."""
+    if net is None and not own_forward:
+        raise TypeError("torchfit.Model(net) needs the torch.nn.Module to train, e.g. Model(nn.Sequential(...)); "
+                        "or subclass torchfit.Model, define your layers in __init__ and a forward method")
+    if net is not None and not isinstance(net, torch.nn.Module):
+        raise TypeError(f"torchfit.Model(net) needs a torch.nn.Module; got {type(net).__name__}. "
+                        "Define your network as an nn.Module subclass (or nn.Sequential) and pass that")
+    return net
+
+
+def check_compiled(model: Any, verb: str, setup: Any) -> None:
+    """``model.<verb>`` can run: compiled (``setup`` is what compile resolved), with a loss unless the
+    step is the user's own; ``fit`` also needs something to train and no call in progress."""
+    if setup is None:
+        raise NotCompiledError(f"call model.compile(loss=..., optimizer=..., metrics=...) before model.{verb}(...)")
+    overridden = {"fit": "train_step", "evaluate": "eval_step"}.get(verb)
+    if model.loss_fn is None and overridden and model._default_step(overridden):
+        raise NotCompiledError(
+            f"model.{verb} needs a loss: call model.compile(loss=nn.CrossEntropyLoss(), ...) "
+            f"(or override {overridden} to compute your own)"
+        )
+    if verb != "fit":
+        return
+    if model._default_step("train_step") and not any(p.requires_grad for p in model.net.parameters()):
+        raise ValueError(
+            "fit has nothing to train: every parameter of the net has requires_grad=False (frozen). "
+            "Unfreeze what should learn, e.g. for p in model.net.head.parameters(): p.requires_grad_(True), "
+            "then compile again; evaluate and predict work on a frozen net as it is"
+        )
+    if setup.foreign_optimizer is not None:
+        raise ValueError(f"fit cannot train with the compiled optimizer: {setup.foreign_optimizer}")
+    if model.run is not None:
+        raise RuntimeError(
+            "model.fit was called while this model is already in a fit, evaluate or predict call "
+            "(from a callback?). Finish that call first: set model.stop_training = True in the "
+            "callback and call fit again after it returns"
+        )
 
 
 def check_fit(model: Any, args: FitArgs) -> CheckedFit:

@@ -20,9 +20,10 @@ from .optim import ForeignOptimizerError, move_optimizer_state, resolve_optimize
 from .precision import PrecisionPolicy
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Compiled:
-    """What ``compile`` decided, checked; ``move_to_device`` is the one step that changes anything."""
+    """What ``compile`` decided, checked; ``move_to_device`` is the one step that changes anything.
+    It also keeps ``torch.compile``'s wrapper of the net (``jit_compile``), built at the first fit."""
 
     loss: Optional[Callable]
     optimizer: torch.optim.Optimizer
@@ -32,6 +33,16 @@ class Compiled:
     precision: PrecisionPolicy
     jit_compile: Union[bool, Dict[str, Any]]
     strategy: Any
+    _jit_net: Any = dataclasses.field(default=None, init=False, repr=False)
+
+    def training_net(self, net: nn.Module) -> Callable:
+        """What the default train step calls: the net, or its ``torch.compile`` wrapper (built once)."""
+        if not self.jit_compile:
+            return net
+        if self._jit_net is None:
+            options = self.jit_compile if isinstance(self.jit_compile, dict) else {}
+            self._jit_net = torch.compile(net, **options)
+        return self._jit_net
 
     def move_to_device(self, net: nn.Module) -> None:
         dev = self.device

@@ -267,10 +267,7 @@ def lr_find(model: Any, dl_train: Iterable, start_lr: float = 1e-7, end_lr: floa
     also when it raises.
     """
     _check_arguments(start_lr, end_lr, num_steps, mode, smooth, diverge_threshold)
-    if not getattr(model, "_compiled", False) or model.optimizer is None:
-        from .errors import NotCompiledError
-
-        raise NotCompiledError("call model.compile(loss=..., optimizer=...) before lr_find(...)")
+    model._require_compiled("lr_find")
     if _in_fit(model):
         raise RuntimeError("lr_find cannot run inside fit (from a callback); call it before or after fit")
     if not model.optimizer.param_groups:

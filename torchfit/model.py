@@ -24,18 +24,16 @@ import torch
 from torch import nn
 
 from . import checkpoint, compiling, distributed, inputs, loop, runs, steps
-from .arguments import FitArgs, announcer, check_fit, check_loader
+from .arguments import FitArgs, announcer, check_compiled, check_fit, check_loader, check_net
 from .batch import as_tensors, batch_size_of, call_net, detach, predict_inputs, split_batch, to_device
 from .callbacks import Callback
 from .callbacks.history import frame as history_frame
 from .diagnose import user_traceback
-from .errors import NotCompiledError
 from .formatting import Figures
 from .losses import adapt_targets
 from .loop import Run, StepResult
-from .metrics import Tracker, copy_metrics
 from .precision import PrecisionPolicy
-from .state import TrainingState
+from .state import TrainingState, state_field
 
 
 class Model(nn.Module):
@@ -44,13 +42,9 @@ class Model(nn.Module):
     >>> model = Model(nn.Linear(4, 2))
     >>> model.compile(loss=nn.CrossEntropyLoss(), metrics=["accuracy"], device="cpu")  # doctest: +ELLIPSIS
     torchfit.Model(...)
-    >>> # history = model.fit(5, dl_train, dl_val)
 
-    ``model(x)`` calls the net, ``model.parameters()`` are the net's and
-    ``model.net`` is the net itself (its ``state_dict`` keeps its own key names).
-
-    A subclass that defines its own layers and ``forward`` is its own net, as in
-    torchkeras 1.x (``model.net`` is then the model itself):
+    ``model(x)`` calls the net, ``model.parameters()`` are the net's and ``model.net`` is the net
+    itself. A subclass with its own layers and ``forward`` is its own net (torchkeras 1.x):
 
     >>> class Net(Model):
     ...     def __init__(self):
@@ -64,32 +58,19 @@ class Model(nn.Module):
 
     def __init__(self, net: Optional[nn.Module] = None):
         super().__init__()
-        if net is None:
-            if type(self).forward is Model.forward:
-                raise TypeError(
-                    "torchfit.Model(net) needs the torch.nn.Module to train, e.g. Model(nn.Sequential(...)); "
-                    "or subclass torchfit.Model, define your layers in __init__ and a forward method"
-                )
-        elif not isinstance(net, nn.Module):
-            raise TypeError(
-                f"torchfit.Model(net) needs a torch.nn.Module; got {type(net).__name__}. "
-                "Define your network as an nn.Module subclass (or nn.Sequential) and pass that"
-            )
-        else:
+        if check_net(net, own_forward=type(self).forward is not Model.forward) is not None:
             self.net = net
         self._optimizer: Optional[torch.optim.Optimizer] = None
         self.metrics: Dict[str, Any] = {}
         self.device: Optional[torch.device] = None
         self.precision: Optional[PrecisionPolicy] = None
         self.strategy: Any = None  # compile(strategy=...): None/"ddp" or a strategy's options (FSDP(...))
-        self._compiled = False
+        self._setup: Optional[compiling.Compiled] = None  # what compile resolved (None before compile)
         object.__setattr__(self, "loss_fn", None)  # not registered as a submodule: state_dict stays the net's
-        self._foreign_optimizer: Optional[str] = None  # why fit must refuse the compiled optimizer
         self.training_state = TrainingState()  # epochs, steps, histories, what the next save/fit continues from
         self.stop_training = False
         self._run: Optional[Run] = None
         self.jit_compile: Union[bool, Mapping[str, Any]] = False
-        object.__setattr__(self, "_jit_net", None)  # torch.compile's wrapper; not a submodule either
 
     # ------------------------------------------------------------------ basics
     @property
@@ -141,23 +122,8 @@ class Model(nn.Module):
         ``epoch``, ``batch_idx``, ``last_result`` and ``config``."""
         return self._run
 
-    @property
-    def epoch(self) -> int:
-        """Epochs finished so far, across fit calls."""
-        return self.training_state.epoch
-
-    @epoch.setter
-    def epoch(self, value: int) -> None:
-        self.training_state.epoch = int(value)
-
-    @property
-    def global_step(self) -> int:
-        """Optimizer steps taken so far, across fit calls."""
-        return self.training_state.global_step
-
-    @global_step.setter
-    def global_step(self, value: int) -> None:
-        self.training_state.global_step = int(value)
+    epoch = state_field("epoch", "Epochs finished so far, across fit calls.")
+    global_step = state_field("global_step", "Optimizer steps taken so far, across fit calls.")
 
     @property
     def history(self) -> pd.DataFrame:
@@ -166,105 +132,53 @@ class Model(nn.Module):
 
     @property
     def step_history(self) -> pd.DataFrame:
-        """One row per training logging point: ``epoch``, ``step``, ``global_step``, ``lr``, ``loss``, metrics.
-
-        The figures are running means since the start of the epoch, as printed in the step
-        dicts; rows are recorded only at logging points (``log_step_freq``), so no extra sync.
-
-        >>> # model.step_history.plot(x="global_step", y="loss")
+        """One row per training logging point: ``epoch``, ``step``, ``global_step``, ``lr``, ``loss``, metrics
+        (running means since the epoch's start, as printed). ``model.step_history.plot(x="global_step", y="loss")``
         """
         return history_frame(self.training_state.step_history, ["epoch", "step", "global_step"])
 
     def plot_history(self, metrics: Optional[Sequence[str]] = None, **kwargs: Any) -> Any:
-        """``torchfit.plot_history(model.history, metrics)``: a matplotlib Figure, a panel per quantity.
-
-        >>> # fig = model.plot_history(); fig.savefig("history.png")
-        """
+        """``torchfit.plot_history(model.history, metrics)``: a matplotlib Figure, a panel per quantity."""
         from .plot import plot_history
 
         return plot_history(self.history, metrics, **kwargs)
 
     # ----------------------------------------------------------------- compile
-    def compile(
-        self,
-        loss: Optional[Callable] = None,
-        optimizer: Union[torch.optim.Optimizer, str, Callable, None] = None,
-        metrics: Union[Mapping[str, Any], Sequence[Any], None] = None,
-        device: Union[str, torch.device, None] = None,
-        *,
-        loss_func: Optional[Callable] = None,
-        metrics_dict: Optional[Mapping[str, Any]] = None,
-        loss_weights: Union[Mapping[str, float], Sequence[float], None] = None,
-        precision: str = "32",
-        jit_compile: Union[bool, Mapping[str, Any]] = False,
-        strategy: Any = None,
-    ) -> "Model":
+    def compile(self, loss: Optional[Callable] = None,
+                optimizer: Union[torch.optim.Optimizer, str, Callable, None] = None,
+                metrics: Union[Mapping[str, Any], Sequence[Any], None] = None,
+                device: Union[str, torch.device, None] = None, *, loss_func: Optional[Callable] = None,
+                metrics_dict: Optional[Mapping[str, Any]] = None,
+                loss_weights: Union[Mapping[str, float], Sequence[float], None] = None, precision: str = "32",
+                jit_compile: Union[bool, Mapping[str, Any]] = False, strategy: Any = None) -> "Model":
         """Set the loss, optimizer, metrics, device and precision; returns the model.
 
         >>> model = Model(nn.Linear(4, 1)).compile(nn.MSELoss(), "sgd", ["mae"], device="cpu")
 
-        ``optimizer``: an optimizer over ``model.parameters()``, a name (``"adam"``,
-        ``"sgd"``...) or a factory called with the parameters; default
-        ``Adam(lr=1e-3)``. An optimizer built on another model's parameters is
-        accepted for ``evaluate``/``predict`` (torchkeras tutorials compile clones
-        that way) and refused by ``fit``. ``loss_func`` / ``metrics_dict`` are
-        torchkeras 1.x's names. ``loss`` may be a Keras name (``"sparse_categorical_crossentropy"``, ``"mse"``...:
-        ``torchfit.losses``), or, for a net returning a dict (or tuple) of outputs, a dict
-        (list) of losses with ``loss_weights``: the history then has ``loss`` (the
-        weighted total) and ``<output>_loss``, and ``metrics={"a": ["accuracy"]}`` gives
-        ``a_accuracy``. ``precision``: ``"32"``, ``"bf16"`` (CPU or CUDA)
-        or ``"16-mixed"`` (CUDA). ``jit_compile=True`` (Keras' name) runs the
-        training forward through ``torch.compile(net)``; a dict is passed to
-        ``torch.compile`` as options, e.g. ``{"mode": "max-autotune"}``.
-        evaluate/predict stay eager. ``strategy``: how several processes train:
-        ``"ddp"`` (the default) or ``"fsdp"`` / ``torchfit.distributed.FSDP(...)``.
+        ``optimizer``: an optimizer over ``model.parameters()``, a name (``"adam"``, ``"sgd"``...) or a
+        factory called with the parameters; default ``Adam(lr=1e-3)`` (one built on another model's
+        parameters serves evaluate/predict, and fit refuses it). ``loss_func`` / ``metrics_dict``:
+        torchkeras 1.x's names. ``loss``: a callable or a Keras name (``torchfit.losses``); for a net
+        with several outputs a dict (list) of losses with ``loss_weights`` (history: ``loss``,
+        ``<output>_loss``; ``metrics={"a": ["accuracy"]}`` gives ``a_accuracy``). ``precision``: ``"32"``,
+        ``"bf16"`` or ``"16-mixed"`` (CUDA). ``jit_compile``: True or ``torch.compile`` options for the
+        training forward. ``strategy``: ``"ddp"`` (the default under torchrun), ``"fsdp"`` or ``FSDP(...)``.
         """
         c = compiling.resolve(self.net, loss, optimizer, metrics, device, loss_func=loss_func,
                               metrics_dict=metrics_dict, loss_weights=loss_weights, precision=precision,
                               jit_compile=jit_compile, strategy=strategy)
         c.move_to_device(self.net)
         object.__setattr__(self, "loss_fn", c.loss)
-        self.optimizer, self._foreign_optimizer, self.metrics = c.optimizer, c.foreign_optimizer, c.metrics
-        self.device, self.precision, self.jit_compile, self.strategy = c.device, c.precision, c.jit_compile, c.strategy
-        object.__setattr__(self, "_jit_net", None)
-        self._compiled = True
+        self.optimizer, self.metrics, self.device, self.precision = c.optimizer, c.metrics, c.device, c.precision
+        self.jit_compile, self.strategy, self._setup = c.jit_compile, c.strategy, c
         return self
 
     def _training_net(self) -> Callable:
         """The callable the train step runs: the net, or its torch.compile wrapper (built once)."""
-        if not self.jit_compile:
-            return self.net
-        if self._jit_net is None:
-            options = self.jit_compile if isinstance(self.jit_compile, dict) else {}
-            object.__setattr__(self, "_jit_net", torch.compile(self.net, **options))
-        return self._jit_net
+        return self._setup.training_net(self.net)
 
     def _require_compiled(self, verb: str) -> None:
-        if not self._compiled:
-            raise NotCompiledError(
-                f"call model.compile(loss=..., optimizer=..., metrics=...) before model.{verb}(...)"
-            )
-        overridden = {"fit": "train_step", "evaluate": "eval_step"}.get(verb)
-        if self.loss_fn is None and overridden and self._default_step(overridden):
-            raise NotCompiledError(
-                f"model.{verb} needs a loss: call model.compile(loss=nn.CrossEntropyLoss(), ...) "
-                f"(or override {overridden} to compute your own)"
-            )
-        if verb == "fit":
-            if self._default_step("train_step") and not any(p.requires_grad for p in self.net.parameters()):
-                raise ValueError(
-                    "fit has nothing to train: every parameter of the net has requires_grad=False (frozen). "
-                    "Unfreeze what should learn, e.g. for p in model.net.head.parameters(): p.requires_grad_(True), "
-                    "then compile again; evaluate and predict work on a frozen net as it is"
-                )
-            if self._foreign_optimizer is not None:
-                raise ValueError(f"fit cannot train with the compiled optimizer: {self._foreign_optimizer}")
-            if self._run is not None:
-                raise RuntimeError(
-                    "model.fit was called while this model is already in a fit, evaluate or predict call "
-                    "(from a callback?). Finish that call first: set model.stop_training = True in the "
-                    "callback and call fit again after it returns"
-                )
+        check_compiled(self, verb, self._setup)
 
     def _default_step(self, name: str) -> bool:
         """Whether ``train_step``/``eval_step`` is torchfit's own (not overridden by a subclass)."""
@@ -276,51 +190,22 @@ class Model(nn.Module):
 
     # --------------------------------------------------------------------- fit
     @user_traceback
-    def fit(
-        self,
-        epochs: int = 1,
-        dl_train: Optional[Iterable] = None,
-        dl_val: Optional[Iterable] = None,
-        log_step_freq: Optional[int] = None,
-        callbacks: Optional[Sequence[Callback]] = None,
-        verbose: Union[int, str] = 1,
-        *,
-        initial_epoch: Optional[int] = None,
-        steps_per_epoch: Optional[int] = None,
-        validation_steps: Optional[int] = None,
-        validation_freq: int = 1,
-        overfit_batches: Optional[int] = None,
-        class_weight: Optional[Mapping[int, float]] = None,
-        sample_weight: Any = None,
-        plot: bool = False,
-        grad_accum_steps: int = 1,
-        grad_clip_norm: Optional[float] = None,
-        grad_clip_value: Optional[float] = None,
-        lr_scheduler: Any = None,
-        resume_from: Union[str, "os.PathLike[str]", None] = None,
-        progress_bar: Optional[bool] = None,
-        x: Any = None,
-        y: Any = None,
-        target: Union[str, Sequence[str], None] = None,
-        batch_size: Optional[int] = None,
-        validation_split: Optional[float] = None,
-        validation_data: Any = None,
-        shuffle: Optional[bool] = None,
-        seed: int = 0,
-        fast_path: bool = True,
-        num_processes: Optional[int] = None,
-    ) -> pd.DataFrame:
+    def fit(self, epochs: int = 1, dl_train: Optional[Iterable] = None, dl_val: Optional[Iterable] = None,
+            log_step_freq: Optional[int] = None, callbacks: Optional[Sequence[Callback]] = None,
+            verbose: Union[int, str] = 1, *, initial_epoch: Optional[int] = None,
+            steps_per_epoch: Optional[int] = None, validation_steps: Optional[int] = None, validation_freq: int = 1,
+            overfit_batches: Optional[int] = None, class_weight: Optional[Mapping[int, float]] = None,
+            sample_weight: Any = None, plot: bool = False, grad_accum_steps: int = 1,
+            grad_clip_norm: Optional[float] = None, grad_clip_value: Optional[float] = None, lr_scheduler: Any = None,
+            resume_from: Union[str, "os.PathLike[str]", None] = None, progress_bar: Optional[bool] = None,
+            x: Any = None, y: Any = None, target: Union[str, Sequence[str], None] = None,
+            batch_size: Optional[int] = None, validation_split: Optional[float] = None, validation_data: Any = None,
+            shuffle: Optional[bool] = None, seed: int = 0, fast_path: bool = True,
+            num_processes: Optional[int] = None) -> pd.DataFrame:
         """Train for ``epochs`` more epochs; returns the history as a DataFrame.
 
         >>> # history = model.fit(10, dl_train, dl_val, log_step_freq=100)
         >>> # history = model.fit(10, x=X, y=Y, batch_size=32, validation_split=0.2)
-        >>> # history = model.fit(10, df, target="label", validation_data=df_val)
-
-        Data: loaders (``dl_train``, ``dl_val``), or Keras-style ``x``/``y`` arrays or
-        tensors, a ``Dataset``, or a DataFrame with ``target`` column(s), batched by
-        ``batch_size`` (32) and shuffled (``shuffle=True``) with a generator seeded by
-        ``seed``; ``validation_split=0.2`` validates on a seeded draw of rows
-        (``torchfit.inputs.split_indices``) or ``validation_data=(Xv, Yv)``.
 
         What runs, in order (callbacks' hooks in brackets; ``torchfit.loop``)::
 
@@ -328,8 +213,7 @@ class Model(nn.Module):
             [set_params(params)]                       # monitors are checked here
             [on_train_begin]; callbacks get their state back when resuming
             for epoch in epochs:                       # numbered from model.epoch + 1
-                [on_epoch_begin]
-                net.train()
+                [on_epoch_begin]; net.train()
                 for batch in dl_train:                 # moved to the device
                     [on_train_batch_begin]
                     train_step(batch): zero_grad (at the start of an accumulation window);
@@ -342,39 +226,24 @@ class Model(nn.Module):
                 stop if model.stop_training
             [on_train_end]
 
-        verbose: 0 silent, 1 step dicts (or a progress bar) and tables, 2 tables
-        only, ``"auto"`` (Keras) 1. ``log_step_freq`` defaults to about ten logging
-        points per epoch. Keras' words mean what they mean there:
-        ``initial_epoch=k`` numbers epochs from k + 1 and makes ``epochs`` the
-        number of the last one (``fit(10, dl, initial_epoch=5)`` runs epochs 6-10);
-        ``steps_per_epoch`` / ``validation_steps`` end an epoch (a validation pass)
-        after that many batches, starting the loader again if it runs out (so a
-        loader without ``len()`` can train in epochs); ``validation_freq=n``
-        validates every n-th epoch. ``overfit_batches=n`` trains and validates on
-        the same first n batches of ``dl_train`` every epoch (a debugging run a unit
-        test can assert on). ``class_weight={class: weight}`` and ``sample_weight``
-        (one per row of ``x``; or loaders yielding ``(x, y, sample_weight)``) weigh each
-        sample's loss as Keras does: the batch loss is ``sum(w_i * loss_i) / N``, for
-        any loss that gives per-sample values (``reduction='none'``); class weights
-        apply to training only. ``plot=True`` adds a ``LivePlot`` (a history figure
-        redrawn each epoch in Jupyter, a PNG elsewhere).
-        ``grad_accum_steps=k`` steps the optimizer every k batches (and at the end
-        of the epoch) on the sample-weighted mean gradient of the window;
-        ``grad_clip_norm`` / ``grad_clip_value`` clip before each optimizer step
-        (off by default). ``lr_scheduler``: a torch LR scheduler on
-        ``model.optimizer``, stepped after each epoch (a ``ReduceLROnPlateau``
-        watches ``val_loss``, or ``loss`` without ``dl_val``); for per-step
-        schedules use the ``LearningRateScheduler`` callback. ``resume_from``: a
-        checkpoint path; ``epochs`` is then the run's total (Keras'
-        BackupAndRestore): an existing file is loaded and only the remaining
-        epochs run, a missing one means a fresh start. ``progress_bar``: None
-        shows a tqdm bar instead of the step dicts when ``verbose=1`` and stdout
-        is a terminal or notebook; True/False force it on/off. ``fast_path``
-        fetches batches of a DataLoader over a TensorDataset by indexing its
-        tensors: the same batches, several times faster (see ``torchfit.fast_path``);
-        ``fast_path=False`` iterates every loader as it is. Ctrl-C stops
-        cleanly and returns the finished epochs. ``num_processes=N`` trains on N
-        processes started here (a notebook or a script; see ``torchfit.distributed.launch_fit``).
+        Data: loaders, or Keras' ``x``/``y`` (arrays, tensors, a Dataset, a DataFrame with ``target``
+        columns) batched by ``batch_size`` (32), shuffled with a generator seeded by ``seed``;
+        ``validation_split`` (a seeded draw of rows) or ``validation_data``. ``verbose``: 0 silent,
+        1 step dicts (or a bar: ``progress_bar``) and tables, 2 tables, ``"auto"`` 1; ``log_step_freq``
+        defaults to about ten logging points per epoch. Keras' words mean what they mean there:
+        ``initial_epoch=k`` numbers epochs from k + 1 (``epochs`` is then the last one);
+        ``steps_per_epoch`` / ``validation_steps`` cut an epoch (or restart a short loader);
+        ``validation_freq=n`` validates every n-th epoch; ``class_weight`` / ``sample_weight`` (or
+        ``(x, y, w)`` batches) weigh each sample's loss, ``sum(w_i * loss_i) / N``.
+        ``overfit_batches=n`` trains and validates on the first n batches (a debugging run);
+        ``plot=True`` adds a ``LivePlot``. ``grad_accum_steps=k`` steps every k batches on the window's
+        sample-weighted mean gradient; ``grad_clip_norm`` / ``grad_clip_value`` clip before each
+        step. ``lr_scheduler``: a torch scheduler on ``model.optimizer`` stepped per epoch (per step:
+        the ``LearningRateScheduler`` callback). ``resume_from``: a checkpoint; ``epochs`` is then the
+        run's total (Keras' BackupAndRestore). ``fast_path`` indexes a ``TensorDataset``'s tensors for
+        the same batches, faster (``torchfit.fast_path``). ``num_processes=N`` trains on N processes
+        started here (``torchfit.distributed.launch_fit``). Ctrl-C stops cleanly and returns the
+        finished epochs. docs/api.md has a line per argument.
         """
         args = FitArgs(epochs, dl_train, dl_val, log_step_freq, callbacks, verbose, initial_epoch, steps_per_epoch,
                        validation_steps, validation_freq, overfit_batches, class_weight, sample_weight, plot,
@@ -414,14 +283,11 @@ class Model(nn.Module):
     def save_checkpoint(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Write everything needed to continue training exactly to ``path`` (atomically).
 
-        >>> # model.fit(2, dl_train, dl_val); model.save_checkpoint("ckpt.pt")
-        >>> # later, in a new process:  model.load_checkpoint("ckpt.pt"); model.fit(2, dl_train, dl_val)
+        >>> # model.save_checkpoint("ckpt.pt"); later: model.load_checkpoint("ckpt.pt"); model.fit(2, dl)
 
-        Holds the net, optimizer, grad scaler, epoch, global step, history, the
-        callbacks' state (schedulers, early stopping...), the RNG states (torch,
-        CUDA, numpy, Python) and the loaders' generators, as of the end of the
-        last fit. Loads with ``torch.load(path, weights_only=True)``. Under a sharded
-        strategy every rank calls it (the net is gathered) and rank 0 writes.
+        The net, optimizer, grad scaler, ``training_state``, callbacks' state, RNG states and the
+        loaders' generators, as of the end of the last fit; ``torch.load(weights_only=True)`` reads it.
+        Under a sharded strategy every rank calls it (the net is gathered) and rank 0 writes.
         """
         self._require_compiled("save_checkpoint")
         checkpoint.save(self, path, self._run.config.strategy if self._run is not None else self._strategy())
@@ -429,13 +295,9 @@ class Model(nn.Module):
     def load_checkpoint(self, path: Union[str, "os.PathLike[str]"]) -> "Model":
         """Restore a checkpoint written by ``save_checkpoint`` / ``ModelCheckpoint``; returns the model.
 
-        >>> # model.load_checkpoint("ckpt.pt").fit(2, dl_train, dl_val)   # 2 more epochs
-
-        Compile first (same net and optimizer setup). RNG states are restored at
-        once; the next ``fit`` hands the loaders and callbacks their saved state
-        (match them to the saved run's). A file that is not a torchfit checkpoint,
-        or one from a different net, raises ``CheckpointError`` and changes nothing.
-        Tensors are read onto the CPU first, so GPU checkpoints load anywhere.
+        Compile first (same net and optimizer setup). RNG states come back at once; the next ``fit``
+        hands the loaders and callbacks their saved state. A file that does not fit this model raises
+        ``CheckpointError`` and changes nothing; GPU checkpoints load anywhere.
         """
         self._require_compiled("load_checkpoint")
         checkpoint.load(self, path, self._strategy())
@@ -455,9 +317,7 @@ class Model(nn.Module):
         dl = inputs.eval_loader(dl, x=x, y=y, target=target, batch_size=batch_size, loss_fn=self.loss_fn)
         check_loader("dl", dl)
         run = runs.eval_run(self, callbacks, fast_path)
-        # under torchrun: this rank's part, figures over the whole dataset
-        dl, tracker = run.config.strategy.evaluate_loader(dl, Tracker(copy_metrics(self.metrics), prefix="val_"),
-                                                          runs.recompute_for(self, "eval_step"))
+        dl, tracker = runs.evaluate_parts(self, dl, run)  # under torchrun: this rank's part, whole-dataset figures
         with self._calling(run):
             return Figures(loop.validate(self, dl, run, tracker))
 
@@ -499,10 +359,7 @@ class Model(nn.Module):
 
     # ----------------------------------------------------------------- summary
     def summary(self, input_shape: Any = None, **kwargs: Any) -> pd.DataFrame:
-        """Print the layer table and return its rows; see ``torchfit.summary``.
-
-        >>> # model.summary(input_shape=(1, 28, 28))
-        """
+        """Print the layer table and return its rows (``torchfit.summary``): ``model.summary(input_shape=(1, 28, 28))``"""
         from .summary import summary
 
         if not distributed.is_main_process():  # under torchrun only rank 0 prints
@@ -512,32 +369,22 @@ class Model(nn.Module):
     # ---------------------------------------------------------- around fit
     def lr_find(self, dl_train: Any, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
                 **kwargs: Any) -> pd.DataFrame:
-        """Train with a rising learning rate and record the loss; the model comes back bit for bit.
-
-        >>> # df = model.lr_find(dl_train); df.attrs["suggested_lr"]; torchfit.plot_lr_find(df)
-
-        See ``torchfit.lr_finder.lr_find`` for the columns, the suggestion and the options.
-        """
+        """A learning-rate range test (``torchfit.lr_finder``); the model comes back bit for bit.
+        ``df = model.lr_find(dl_train); df.attrs["suggested_lr"]; torchfit.plot_lr_find(df)``"""
         from .lr_finder import lr_find
 
         return lr_find(self, dl_train, start_lr, end_lr, num_steps, **kwargs)
 
     def confusion_matrix(self, dl: Any, labels: Any = None, normalize: Optional[str] = None,
                          **kwargs: Any) -> pd.DataFrame:
-        """Counts of true (rows) against predicted (columns) classes over ``dl``; see ``torchfit.evaluation``.
-
-        >>> # model.confusion_matrix(dl_test)
-        """
+        """Counts of true (rows) against predicted (columns) classes over ``dl`` (``torchfit.evaluation``)."""
         from .evaluation import confusion_matrix
 
         return confusion_matrix(self, dl, labels, normalize, **kwargs)
 
     def classification_report(self, dl: Any, target_names: Any = None, output_dict: bool = False,
                               **kwargs: Any) -> Any:
-        """scikit-learn's classification report over ``self.predict(dl)`` and the loader's targets.
-
-        >>> # print(model.classification_report(dl_test))
-        """
+        """scikit-learn's classification report over ``self.predict(dl)`` and the loader's targets."""
         from .evaluation import classification_report
 
         return classification_report(self, dl, target_names, output_dict, **kwargs)
@@ -546,17 +393,13 @@ class Model(nn.Module):
     def train_step(self, batch: Any) -> StepResult:
         """One training step on a batch already on the device. Override for custom training.
 
-        The default: split ``(x, y)``; zero the gradients at the start of an
-        accumulation window; forward and loss under autocast; ``self.backward``;
-        ``self.optimizer_step()``. Return a ``StepResult`` (detached loss, preds,
-        targets, batch size); the loop updates the metrics from it.
-
-        An override runs under the fit's autocast, and may write the recipes people
-        know: ``self.optimizer.zero_grad(); loss.backward(); self.optimizer.step()``
-        (torch, Keras' ``self.zero_grad()``, torchkeras' step-then-zero order) trains as
-        this step does under torchrun, clipping and bf16. With ``grad_accum_steps`` or
-        fp16, call ``self.backward(loss)`` instead of ``loss.backward()`` (it is refused,
-        with that fix, before the first optimizer step).
+        The default: split ``(x, y)``; zero the gradients at a window's start; forward and loss under
+        autocast; ``self.backward``; ``self.optimizer_step()``; return a ``StepResult`` (detached loss,
+        preds, targets, batch size). An override runs under the fit's autocast, and the recipes people
+        know (``self.optimizer.zero_grad(); loss.backward(); self.optimizer.step()``, Keras'
+        ``self.zero_grad()``, torchkeras' step-then-zero order) train as this step does, also under
+        torchrun and with clipping. With ``grad_accum_steps`` or fp16 call ``self.backward(loss)``, not
+        ``loss.backward()`` (refused with that fix before the first optimizer step).
         """
         run = self._run
         config = run.config

@@ -130,3 +130,9 @@ def eval_run(model: Any, callbacks: Optional[Sequence[Callback]], fast_path: boo
     strategy = distributed.strategy(model.device, model.strategy)
     cbs = CallbackList(check_callbacks(callbacks), model, is_main_process=strategy.is_main)
     return Run(run_config(model, cbs, strategy, fast_path))
+
+
+def evaluate_parts(model: Any, dl: Any, run: Run) -> tuple:
+    """The loader and tracker of an evaluate call: this rank's part and figures over the whole dataset."""
+    tracker = Tracker(copy_metrics(model.metrics), prefix="val_")
+    return run.config.strategy.evaluate_loader(dl, tracker, recompute_for(model, "eval_step"))

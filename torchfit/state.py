@@ -85,3 +85,15 @@ class TrainingState:
                  "mid_epoch": ckpt["mid_epoch"]}
         self.last_fit = state  # saving again before the next fit writes the same state
         self.pending_resume = state  # the next fit hands loaders and callbacks their part
+
+
+def state_field(name: str, doc: str) -> property:
+    """A ``Model`` attribute that reads and writes ``model.training_state.<name>`` (``model.epoch``...)."""
+
+    def get(model: Any) -> int:
+        return getattr(model.training_state, name)
+
+    def set_(model: Any, value: int) -> None:
+        setattr(model.training_state, name, int(value))
+
+    return property(get, set_, doc=doc)
