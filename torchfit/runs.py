@@ -12,7 +12,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
-from . import distributed
+from . import distributed, steps
 from .arguments import CheckedFit, FitOptions
 from .callbacks import Callback, CallbackList, History, ProgressPrinter
 from .callbacks.base import check_callbacks
@@ -41,7 +41,7 @@ def fit_run(model: Any, checked: CheckedFit) -> tuple:
         dl_train=dl_train, dl_val=dl_val, train_tracker=Tracker(copy_metrics(model.metrics)),
         val_tracker=Tracker(copy_metrics(model.metrics), prefix="val_"),
         recompute_train=recompute_for(model, "train_step"), recompute_eval=recompute_for(model, "eval_step"),
-        custom_step=custom_step))
+        custom_step=custom_step, optimizer=model.optimizer))
     callbacks = default_callbacks(options, user_callbacks) + user_callbacks + list(plan.callbacks)
     cbs = CallbackList(callbacks, model, is_main_process=strategy.is_main,
                        collective_saves=strategy.saves_collectively)
@@ -104,7 +104,7 @@ def recompute_for(model: Any, step: str) -> Optional[Callable[[Any, Any], tuple]
 
     def recompute(preds: Any, targets: Any) -> tuple:
         with torch.no_grad(), model.precision.autocast():
-            loss, logs = model._loss_and_logs(preds, targets, None, training)
+            loss, logs = steps.loss_and_logs(model, preds, targets, None, training)
             return loss.detach(), logs
 
     return recompute

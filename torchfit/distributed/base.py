@@ -39,6 +39,7 @@ class FitRequest:
     recompute_train: Recompute = None
     recompute_eval: Recompute = None
     custom_step: bool = False  # an overridden train_step: it may call model.net, not the wrapper
+    optimizer: Any = None  # the compiled optimizer (a strategy that replaces parameters points it at the new ones)
 
 
 @dataclasses.dataclass(frozen=True)

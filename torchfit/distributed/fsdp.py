@@ -39,7 +39,6 @@ from .multiprocess import MultiProcess
 #: Which submodules get their own ``fully_shard`` call (besides the root, always sharded).
 ShardUnit = Union[None, Type[nn.Module], Tuple[Type[nn.Module], ...], Callable[[str, nn.Module], bool]]
 
-_NAMES = "_torchfit_fqn_of"  # on a sharded net: id(unsharded parameter) -> its name, for the optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +131,10 @@ class FullySharded(MultiProcess):
             raise ValueError("strategy='fsdp' needs a net with trainable parameters; this one has none")
         if not is_sharded(net):
             self.ctx.broadcast_state(net)  # every rank shards rank 0's weights (DDP's constructor does the same)
+            names = {id(p): name for name, p in net.named_parameters()}
             shard(net, self.options)
+            if request.optimizer is not None:  # built over the parameters fully_shard has just replaced
+                retarget_optimizer(net, request.optimizer, names)
         no_sync = _no_gradient_sync(net) if request.accum_steps > 1 else None
         train_tracker, val_tracker = self.trackers(request)
         fit = _ShardedFit(self.options.reshard_after_forward is None)
@@ -173,13 +175,11 @@ def shard(net: nn.Module, options: FSDP) -> nn.Module:
     """
     from torch.distributed.fsdp import fully_shard
 
-    names = {id(p): name for name, p in net.named_parameters()}
     kwargs = {"mp_policy": options.policy(), "reshard_after_forward": options.reshard_after_forward}
     units = [m for name, m in net.named_modules() if m is not net and options.wants_unit(name, m)]
     for module in reversed(units):  # named_modules lists parents first; fully_shard wants children first
         fully_shard(module, **kwargs)
     fully_shard(net, **kwargs)
-    object.__setattr__(net, _NAMES, names)
     return net
 
 
@@ -199,11 +199,6 @@ def _no_gradient_sync(net: Any) -> Callable[[], Any]:
 class _ShardedFit(Callback):
     """What a fit over a sharded net needs besides DDP's sync callback.
 
-    * ``on_train_begin``: ``fully_shard`` replaced every parameter with a new
-      DTensor parameter, and the optimizer was built over the old ones: each is
-      swapped for its sharded successor (matched by name), and its state
-      (momentum, Adam's moments) is sharded the same way, so a resumed or
-      continued run goes on exactly.
     * with FSDP's default ``reshard_after_forward``, the root unit keeps its
       gathered parameters from a training forward to its backward (which
       reshards them), but reshards after every forward of validation,
@@ -224,17 +219,20 @@ class _ShardedFit(Callback):
     def on_train_end(self, logs: dict) -> None:
         self.model.net.set_reshard_after_forward(True, recurse=False)
 
-    def on_train_begin(self, logs: dict) -> None:
-        retarget_optimizer(self.model.net, self.model.optimizer)
 
+def retarget_optimizer(net: nn.Module, optimizer: torch.optim.Optimizer, names: Optional[Dict[int, str]] = None) -> None:
+    """Swap ``optimizer``'s unsharded parameters for ``net``'s sharded ones, sharding their state.
 
-def retarget_optimizer(net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Swap ``optimizer``'s unsharded parameters for ``net``'s sharded ones, sharding their state."""
+    ``fully_shard`` replaces every parameter with a new DTensor parameter, and the optimizer was
+    built over the old ones: each is swapped for its successor (matched by name through ``names``,
+    ``id(old parameter) -> name``, taken before sharding), and its state (momentum, Adam's moments)
+    is sharded the same way, so a resumed or continued run goes on exactly. Parameters that are
+    already the net's stay."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     current = dict(net.named_parameters())
     live = {id(p) for p in current.values()}
-    names = getattr(net, _NAMES, {})
+    names = names or {}
     for group in optimizer.param_groups:
         params = []
         for p in group["params"]:
