@@ -16,6 +16,8 @@ knows their shape.
 """
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -45,6 +47,8 @@ def map_tensors(fn: Callable[..., Any], obj: Any, *others: Any) -> Any:
         return type(obj)(*(map_tensors(fn, v, *(o[i] for o in others)) for i, v in enumerate(obj)))
     if isinstance(obj, (list, tuple)):
         return type(obj)(map_tensors(fn, v, *(o[i] for o in others)) for i, v in enumerate(obj))
+    if isinstance(obj, Mapping):  # a BatchEncoding, a UserDict: a plain dict of the same items
+        return {k: map_tensors(fn, v, *(o[k] for o in others)) for k, v in obj.items()}
     return obj
 
 
@@ -57,6 +61,9 @@ def tensors(obj: Any) -> Iterator[torch.Tensor]:
             yield from tensors(value)
     elif isinstance(obj, (list, tuple)):
         for value in obj:
+            yield from tensors(value)
+    elif isinstance(obj, Mapping):
+        for value in obj.values():
             yield from tensors(value)
 
 
@@ -92,6 +99,8 @@ def as_tensors(obj: Any) -> Any:
         return type(obj)(*(as_tensors(v) for v in obj))
     if isinstance(obj, (list, tuple)):
         return type(obj)(as_tensors(v) for v in obj)
+    if isinstance(obj, Mapping):
+        return {k: as_tensors(v) for k, v in obj.items()}
     return obj
 
 
@@ -113,7 +122,7 @@ def describe(obj: Any) -> Any:
     """Shapes for messages: a tensor's shape as a list, containers kept, anything else by type name."""
     if isinstance(obj, torch.Tensor):
         return list(obj.shape)
-    if isinstance(obj, dict):
+    if isinstance(obj, Mapping):
         return {k: describe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [describe(v) for v in obj]
@@ -140,9 +149,13 @@ def concat(chunks: Sequence[Any]) -> Any:
 
 
 # ------------------------------------------------------------ (x, y) batches
-def split_batch(batch: Any, verb: str) -> tuple:
+WEIGHT_KEY = "sample_weight"
+
+
+def split_batch(batch: Any, verb: str, target_key: Optional[str] = None, keep_target: bool = False) -> tuple:
     """``(x, y, sample_weight)`` from a batch ``(x, y)`` (weight None) or ``(x, y, w)`` (Keras' layout,
-    one weight per sample); anything else is a ``BatchFormatError`` naming the fix."""
+    one weight per sample), or from a mapping with ``target_key`` (``split_mapping``); anything else is
+    a ``BatchFormatError`` naming the fix."""
     if isinstance(batch, (tuple, list)):
         if len(batch) == 2:
             return batch[0], batch[1], None
@@ -156,6 +169,8 @@ def split_batch(batch: Any, verb: str) -> tuple:
                     "(N,); for several inputs yield ((x1, x2), y)"
                 )
             return x, y, w
+    elif target_key is not None and isinstance(batch, Mapping):
+        return split_mapping(batch, verb, target_key, keep_target)
     what = f"a {type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list, dict)) else "")
     raise BatchFormatError(
         f"{verb} expects each batch as a pair (x, y) or (x, y, sample_weight); the loader yielded {what}. Make the "
@@ -163,8 +178,30 @@ def split_batch(batch: Any, verb: str) -> tuple:
     )
 
 
-def predict_inputs(batch: Any) -> Any:
-    """The inputs of a predict batch: ``x`` alone, ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``."""
+def split_mapping(batch: Mapping, verb: str, target_key: str, keep_target: bool = False) -> tuple:
+    """``(inputs, targets, sample_weight)`` of a mapping batch (a dict, a Hugging Face ``BatchEncoding``):
+    the targets under ``target_key``, the weights (if any) under ``"sample_weight"``, every other key an
+    input the net gets as a keyword argument; ``keep_target``: the net gets the targets too (a net that
+    computes its own loss from ``labels=``).
+
+    >>> x, y, w = split_mapping({"input_ids": torch.ones(2, 3), "labels": torch.tensor([0, 1])}, "fit", "labels")
+    >>> list(x), y.tolist(), w
+    (['input_ids'], [0, 1], None)
+    """
+    if target_key not in batch:
+        close = difflib.get_close_matches(target_key, [str(k) for k in batch], n=1)
+        fix = (f"compile(target_key={close[0]!r})" if close else "compile(target_key='<the key of the targets>')")
+        raise BatchFormatError(
+            f"{verb} got a batch that is a {type(batch).__name__} with the keys {list(batch)} and no {target_key!r}, "
+            f"where a mapping batch keeps its targets. Name their key once: {fix}, or put them under "
+            f"{target_key!r} (a Hugging Face collator does that with a 'labels' column)")
+    x = {k: v for k, v in batch.items() if k != WEIGHT_KEY and (keep_target or k != target_key)}
+    return x, batch[target_key], batch.get(WEIGHT_KEY)
+
+
+def predict_inputs(batch: Any, target_key: Optional[str] = None) -> Any:
+    """The inputs of a predict batch: ``x`` alone, ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``;
+    a mapping without its ``target_key`` and ``"sample_weight"`` entries (a plain dict)."""
     if isinstance(batch, (tuple, list)):
         if len(batch) in (1, 2, 3):
             return batch[0]
@@ -172,6 +209,8 @@ def predict_inputs(batch: Any) -> Any:
             f"predict expects batches as x, (x, y) or (x, y, w); the loader yielded a {type(batch).__name__} of length "
             f"{len(batch)}. For a net with several inputs yield ((x1, x2), y), or override predict_step"
         )
+    if isinstance(batch, Mapping):
+        return {k: v for k, v in batch.items() if k != target_key and k != WEIGHT_KEY}
     return batch
 
 
@@ -179,7 +218,7 @@ def call_net(net: Callable, x: Any) -> Any:
     """``net(x)``, ``net(*x)`` for a tuple/list, ``net(**x)`` for a dict."""
     if isinstance(x, torch.Tensor):
         return net(x)
-    if isinstance(x, dict):
+    if isinstance(x, Mapping):
         return net(**x)
     if isinstance(x, (tuple, list)):
         return net(*x)
@@ -188,5 +227,5 @@ def call_net(net: Callable, x: Any) -> Any:
 
 __all__: List[str] = [
     "as_tensors", "batch_size_of", "call_net", "concat", "describe", "detach", "first_tensor", "map_tensors",
-    "predict_inputs", "split_batch", "take_rows", "tensors", "to_device",
+    "predict_inputs", "split_batch", "split_mapping", "take_rows", "tensors", "to_device",
 ]

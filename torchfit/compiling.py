@@ -17,6 +17,7 @@ from .device import resolve_device
 from .heads import MultiLoss, head_metrics, is_per_output, resolve_loss
 from .metrics import resolve_metrics
 from .optim import ForeignOptimizerError, move_optimizer_state, resolve_optimizer
+from .outputs import OutputFormat, OwnLoss
 from .precision import PrecisionPolicy
 
 
@@ -33,6 +34,8 @@ class Compiled:
     precision: PrecisionPolicy
     jit_compile: Union[bool, Dict[str, Any]]
     strategy: Any
+    outputs: OutputFormat = OutputFormat()  # mapping batches' targets, output objects, a net's own loss
+    gradient_checkpointing: bool = False
     _jit_net: Any = dataclasses.field(default=None, init=False, repr=False)
 
     def training_net(self, net: nn.Module) -> Callable:
@@ -47,6 +50,8 @@ class Compiled:
     def move_to_device(self, net: nn.Module) -> None:
         dev = self.device
         net.to(dev)
+        if self.gradient_checkpointing:
+            net.gradient_checkpointing_enable()
         if isinstance(self.loss, (nn.Module, MultiLoss)):
             self.loss.to(dev)
         if self.foreign_optimizer is None:
@@ -58,8 +63,11 @@ class Compiled:
 
 def resolve(net: nn.Module, loss: Any, optimizer: Any, metrics: Any, device: Any, *, loss_func: Any = None,
             metrics_dict: Optional[Mapping[str, Any]] = None, loss_weights: Any = None, precision: str = "32",
-            jit_compile: Any = False, strategy: Any = None) -> Compiled:
-    """Every ``compile`` argument checked and resolved; nothing is moved or changed."""
+            jit_compile: Any = False, strategy: Any = None, target_key: str = "labels",
+            output_key: Optional[str] = "logits", gradient_checkpointing: bool = False) -> Compiled:
+    """Every ``compile`` argument checked and resolved; nothing is moved or changed.
+
+    No loss (``loss=None``, the default): the net computes its own (``outputs.OwnLoss``)."""
     if loss is not None and loss_func is not None:
         raise TypeError("compile got both loss= and loss_func= (its torchkeras alias); pass only one")
     if metrics is not None and metrics_dict is not None:
@@ -67,6 +75,16 @@ def resolve(net: nn.Module, loss: Any, optimizer: Any, metrics: Any, device: Any
     loss = loss if loss is not None else loss_func
     metrics = metrics if metrics is not None else metrics_dict
     loss = resolve_loss(loss, loss_weights)
+    own_loss = loss is None or isinstance(loss, OwnLoss)
+    loss = OwnLoss() if own_loss else loss
+    outputs = OutputFormat(target_key, output_key, own_loss)
+    if not isinstance(gradient_checkpointing, bool):
+        raise TypeError(f"gradient_checkpointing must be True or False; got {gradient_checkpointing!r}")
+    if gradient_checkpointing and not callable(getattr(net, "gradient_checkpointing_enable", None)):
+        raise TypeError(
+            f"compile(gradient_checkpointing=True) calls the net's gradient_checkpointing_enable(), which "
+            f"{type(net).__name__} does not have (Hugging Face and peft models do). For another net wrap the "
+            "blocks of its forward in torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)")
     if loss is not None and not callable(loss):
         raise TypeError(
             f"loss must be callable as loss(preds, targets) -> scalar tensor; got {type(loss).__name__}. "
@@ -89,4 +107,5 @@ def resolve(net: nn.Module, loss: Any, optimizer: Any, metrics: Any, device: Any
     except ForeignOptimizerError as exc:
         opt, foreign = exc.optimizer, str(exc)
     return Compiled(loss, opt, foreign, resolved_metrics, dev, prec,
-                    jit_compile if isinstance(jit_compile, bool) else dict(jit_compile), parallel)
+                    jit_compile if isinstance(jit_compile, bool) else dict(jit_compile), parallel, outputs,
+                    gradient_checkpointing)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
-__all__ = ["DEFAULT_BATCH_SIZE", "split_indices", "fit_loaders", "eval_loader", "predict_loader"]
+__all__ = ["DEFAULT_BATCH_SIZE", "split_indices", "fit_loaders", "eval_loader", "predict_loader", "is_dataset"]
 
 DEFAULT_BATCH_SIZE = 32
 Target = Union[str, Sequence[str], None]
@@ -167,7 +167,7 @@ def predict_loader(dl: Any, *, x: Any = None, target: Target = None, batch_size:
     if x is None and _is_loader(data):
         _reject_loader_options("predict", batch_size=batch_size, target=target)
         return data
-    if isinstance(data, Dataset):
+    if is_dataset(data):
         if target is not None:
             raise TypeError("target= names a DataFrame column; predict got a Dataset, which yields (x, y) itself")
         return _loader(data, batch_size, shuffle=False)
@@ -190,10 +190,21 @@ def _is_array(obj: Any) -> bool:
     return isinstance(obj, (torch.Tensor, np.ndarray, pd.DataFrame, pd.Series))
 
 
+def is_dataset(obj: Any) -> bool:
+    """A torch ``Dataset``, or a map-style dataset that is not one but behaves as one: Hugging Face's
+    ``datasets.Dataset`` (``with_format("torch")``), recognised by its methods, not imported.
+
+    >>> is_dataset(TensorDataset(torch.zeros(2))), is_dataset([1, 2])
+    (True, False)
+    """
+    return isinstance(obj, Dataset) or (hasattr(obj, "with_format") and hasattr(obj, "__getitem__")
+                                        and hasattr(obj, "__len__"))
+
+
 def _is_loader(obj: Any) -> bool:
     # Anything iterable that is not data we know how to batch is a loader (DataLoader,
     # a generator, a list of batches...): the loop takes it as it is, as it always did.
-    return not (_is_array(obj) or isinstance(obj, (Dataset, str, bytes, dict))) and hasattr(obj, "__iter__")
+    return not (_is_array(obj) or is_dataset(obj) or isinstance(obj, (str, bytes, dict))) and hasattr(obj, "__iter__")
 
 
 def _reject_loader_options(verb: str, **given: Any) -> None:
@@ -230,7 +241,7 @@ def _loader(ds: Dataset, batch_size: Optional[int], shuffle: bool, seed: int = 0
 def _dataset(verb: str, data: Any, y: Any, target: Target, loss_fn: Any, name: str,
              y_label: str = "y") -> Dataset:
     """A Dataset of (x, y) pairs from a Dataset, a DataFrame (+ target) or arrays (+ y)."""
-    if isinstance(data, Dataset):
+    if is_dataset(data):
         if y is not None or target is not None:
             raise TypeError(f"{verb} got a Dataset and {'y=' if y is not None else 'target='}; "
                             "a Dataset yields (x, y) pairs itself, so pass it alone")

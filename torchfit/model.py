@@ -25,12 +25,11 @@ from torch import nn
 
 from . import checkpoint, compiling, distributed, inputs, loop, runs, steps
 from .arguments import FitArgs, announcer, check_compiled, check_fit, check_loader, check_net
-from .batch import as_tensors, batch_size_of, call_net, detach, predict_inputs, split_batch, to_device
+from .batch import as_tensors, to_device
 from .callbacks import Callback
 from .callbacks.history import frame as history_frame
 from .diagnose import user_traceback
 from .formatting import Figures
-from .losses import adapt_targets
 from .loop import Run, StepResult
 from .precision import PrecisionPolicy
 from .state import TrainingState, state_field
@@ -150,7 +149,8 @@ class Model(nn.Module):
                 device: Union[str, torch.device, None] = None, *, loss_func: Optional[Callable] = None,
                 metrics_dict: Optional[Mapping[str, Any]] = None,
                 loss_weights: Union[Mapping[str, float], Sequence[float], None] = None, precision: str = "32",
-                jit_compile: Union[bool, Mapping[str, Any]] = False, strategy: Any = None) -> "Model":
+                jit_compile: Union[bool, Mapping[str, Any]] = False, strategy: Any = None, target_key: str = "labels",
+                output_key: Optional[str] = "logits", gradient_checkpointing: bool = False) -> "Model":
         """Set the loss, optimizer, metrics, device and precision; returns the model.
 
         >>> model = Model(nn.Linear(4, 1)).compile(nn.MSELoss(), "sgd", ["mae"], device="cpu")
@@ -163,10 +163,14 @@ class Model(nn.Module):
         ``<output>_loss``; ``metrics={"a": ["accuracy"]}`` gives ``a_accuracy``). ``precision``: ``"32"``,
         ``"bf16"`` or ``"16-mixed"`` (CUDA). ``jit_compile``: True or ``torch.compile`` options for the
         training forward. ``strategy``: ``"ddp"`` (the default under torchrun), ``"fsdp"`` or ``FSDP(...)``.
+        ``loss=None``: the net computes its own loss (``output.loss``, Hugging Face). Mapping batches keep their
+        targets under ``target_key``; metrics and predict get an output object's ``output_key`` field
+        (``torchfit.outputs``). ``gradient_checkpointing``: the net's ``gradient_checkpointing_enable()``.
         """
         c = compiling.resolve(self.net, loss, optimizer, metrics, device, loss_func=loss_func,
                               metrics_dict=metrics_dict, loss_weights=loss_weights, precision=precision,
-                              jit_compile=jit_compile, strategy=strategy)
+                              jit_compile=jit_compile, strategy=strategy, target_key=target_key,
+                              output_key=output_key, gradient_checkpointing=gradient_checkpointing)
         c.move_to_device(self.net)
         object.__setattr__(self, "loss_fn", c.loss)
         self.optimizer, self.metrics, self.device, self.precision = c.optimizer, c.metrics, c.device, c.precision
@@ -280,7 +284,7 @@ class Model(nn.Module):
         return self.history
 
     # ------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, path: Union[str, "os.PathLike[str]"]) -> None:
+    def save_checkpoint(self, path: Union[str, "os.PathLike[str]"], trainable_only: bool = False) -> None:
         """Write everything needed to continue training exactly to ``path`` (atomically).
 
         >>> # model.save_checkpoint("ckpt.pt"); later: model.load_checkpoint("ckpt.pt"); model.fit(2, dl)
@@ -288,9 +292,12 @@ class Model(nn.Module):
         The net, optimizer, grad scaler, ``training_state``, callbacks' state, RNG states and the
         loaders' generators, as of the end of the last fit; ``torch.load(weights_only=True)`` reads it.
         Under a sharded strategy every rank calls it (the net is gathered) and rank 0 writes.
+        ``trainable_only=True`` keeps of the net only what trains (LoRA adapters, a new head) and its buffers;
+        ``load_checkpoint`` puts them back onto the same base net.
         """
         self._require_compiled("save_checkpoint")
-        checkpoint.save(self, path, self._run.config.strategy if self._run is not None else self._strategy())
+        strategy = self._run.config.strategy if self._run is not None else self._strategy()
+        checkpoint.save(self, path, strategy, trainable_only=trainable_only)
 
     def load_checkpoint(self, path: Union[str, "os.PathLike[str]"]) -> "Model":
         """Restore a checkpoint written by ``save_checkpoint`` / ``ModelCheckpoint``; returns the model.
@@ -401,39 +408,15 @@ class Model(nn.Module):
         torchrun and with clipping. With ``grad_accum_steps`` or fp16 call ``self.backward(loss)``, not
         ``loss.backward()`` (refused with that fix before the first optimizer step).
         """
-        run = self._run
-        config = run.config
-        x, y, w = split_batch(batch, "fit")
-        config.optim.zero_grad()
-        with config.precision.autocast():
-            preds = call_net(config.train_net, x)
-            if run.check_targets:  # once per fit, before any weight changes: labels the loss cannot mean
-                run.check_targets = False
-                steps.check_first_targets(self.loss_fn, preds, y)
-            y = adapt_targets(self.loss_fn, preds, y)  # Keras' reading of labels: shapes and dtypes only
-            loss, logs = steps.loss_and_logs(self, preds, y, w, training=True)
-        n = batch_size_of(y, x)
-        self.backward(loss, n)
-        preds = detach(preds)
-        if run.preflight:  # once per fit, before the first optimizer step, on throwaway copies
-            run.preflight = False
-            steps.preflight_metrics(self.metrics, preds, y, n)
-        self.optimizer_step()
-        return StepResult(loss.detach(), preds, y, n, logs)
+        return steps.train_step(self, batch)
 
     def eval_step(self, batch: Any) -> StepResult:
         """One validation step (eval mode, no_grad already set by the loop)."""
-        x, y, w = split_batch(batch, "evaluate")
-        with self._run.config.precision.autocast():
-            preds = call_net(self.net, x)
-            y = adapt_targets(self.loss_fn, preds, y)
-            loss, logs = steps.loss_and_logs(self, preds, y, w, training=False)
-        return StepResult(loss, preds, y, batch_size_of(y, x), logs)
+        return steps.eval_step(self, batch)
 
     def predict_step(self, batch: Any) -> Any:
-        """The net's output for one batch (``(x, y)`` or ``x``)."""
-        with self._run.config.precision.autocast():
-            return call_net(self.net, predict_inputs(batch))
+        """The net's output for one batch (``(x, y)``, ``x`` or a mapping); an output object's ``logits``."""
+        return steps.predict_step(self, batch)
 
     def compute_loss(self, preds: Any, targets: Any) -> torch.Tensor:
         """``loss_fn(preds, targets)``, checked to be a scalar; a failing loss says what it got and expects."""

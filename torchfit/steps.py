@@ -1,7 +1,9 @@
-"""The default steps' loss: per-output losses, sample weights, and the once-per-fit checks.
+"""The default steps: their loss, per-output losses, sample weights, and the once-per-fit checks.
 
-Owns what ``Model.train_step`` / ``eval_step`` do between the net's output and
-the loss: ``compute_loss`` (checked to be a scalar, a failure diagnosed),
+Owns the bodies of ``Model.train_step`` / ``eval_step`` / ``predict_step``
+(``train_step``, ``eval_step``, ``predict_step`` here: batch split, forward,
+loss, backward through the model's seam) and what they do between the net's
+output and the loss: ``compute_loss`` (checked to be a scalar, a failure diagnosed),
 several outputs' losses (``heads.MultiLoss``), Keras' sample and class weights
 (``losses.SampleWeighting``), and the checks the first training batch gets
 before any weight changes (its labels against the loss, the metrics against the
@@ -14,11 +16,73 @@ from typing import Any
 
 import torch
 
+from .batch import batch_size_of, call_net, detach, predict_inputs, split_batch
 from .diagnose import LossError, loss_failure
 from .heads import MultiLoss
-from .losses import SampleWeighting, check_targets
+from .losses import SampleWeighting, adapt_targets, check_targets
 from .metrics import Tracker, copy_metrics
 from .loop import StepResult
+
+
+def train_step(model: Any, batch: Any) -> StepResult:
+    """``Model.train_step``'s default body (see its docstring)."""
+    run = model.run
+    config = run.config
+    fmt = model._setup.outputs
+    x, y, w = split_batch(batch, "fit", fmt.target_key, fmt.own_loss)
+    config.optim.zero_grad()
+    with config.precision.autocast():
+        out = call_net(config.train_net, x)
+        if fmt.own_loss:
+            loss, logs, preds = _own_loss(model, fmt, out, w, True), None, fmt.preds(out, bool(model.metrics))
+        else:
+            preds = out if type(out) is torch.Tensor else fmt.preds(out)
+            if run.check_targets:  # once per fit, before any weight changes: labels the loss cannot mean
+                run.check_targets = False
+                check_first_targets(model.loss_fn, preds, y)
+            y = adapt_targets(model.loss_fn, preds, y)  # Keras' reading of labels: shapes and dtypes only
+            loss, logs = loss_and_logs(model, preds, y, w, training=True)
+    n = batch_size_of(y, x)
+    model.backward(loss, n)
+    preds = detach(preds)
+    if run.preflight:  # once per fit, before the first optimizer step, on throwaway copies
+        run.preflight = False
+        preflight_metrics(model.metrics, preds, y, n)
+    model.optimizer_step()
+    return StepResult(loss.detach(), preds, y, n, logs)
+
+
+def eval_step(model: Any, batch: Any) -> StepResult:
+    """``Model.eval_step``'s default body: the train step's loss without backward (eval mode, no_grad)."""
+    fmt = model._setup.outputs
+    x, y, w = split_batch(batch, "evaluate", fmt.target_key, fmt.own_loss)
+    with model.run.config.precision.autocast():
+        out = call_net(model.net, x)
+        if fmt.own_loss:
+            loss, logs, preds = _own_loss(model, fmt, out, w, False), None, fmt.preds(out, bool(model.metrics))
+        else:
+            preds = out if type(out) is torch.Tensor else fmt.preds(out)
+            y = adapt_targets(model.loss_fn, preds, y)
+            loss, logs = loss_and_logs(model, preds, y, w, training=False)
+    return StepResult(loss, preds, y, batch_size_of(y, x), logs)
+
+
+def predict_step(model: Any, batch: Any) -> Any:
+    """``Model.predict_step``'s default body: the net's output for the batch's inputs; of an output
+    object, the field ``compile(output_key=...)`` names (or every field)."""
+    fmt = model._setup.outputs
+    with model.run.config.precision.autocast():
+        out = call_net(model.net, predict_inputs(batch, fmt.target_key))
+    return out if type(out) is torch.Tensor else fmt.predicted(out)
+
+
+def _own_loss(model: Any, fmt: Any, out: Any, weights: Any, training: bool) -> torch.Tensor:
+    """The loss the net computed (``compile(loss=None)``); sample weights cannot reach it."""
+    weighting = model.run.config.weighting
+    if weights is not None or (weighting is not None and weighting.applies(None, training)):
+        raise TypeError("sample_weight / class_weight weigh a loss torchfit computes; with compile(loss=None) the "
+                        "net computes its own. Pass the loss to compile (e.g. nn.CrossEntropyLoss()) to weigh samples")
+    return fmt.loss(out)
 
 
 def compute_loss(loss_fn: Any, preds: Any, targets: Any) -> torch.Tensor:

@@ -59,8 +59,11 @@ def read_checked(model: Any, path: PathLike) -> Dict[str, Any]:
 def apply(model: Any, ckpt: Mapping[str, Any], path: PathLike, strategy: Any, stacklevel: int = 3) -> None:
     """Put a checkpoint from ``read_checked`` into ``model``; roll everything back if that fails."""
     undo = _Undo(model, strategy)
+    net_state = ckpt["net"]
+    if ckpt.get("trainable_only"):  # what trains, onto the base the net already has
+        net_state = {**model.net.state_dict(), **net_state}
     try:
-        strategy.load_full_state(model.net, model.optimizer, ckpt["net"], ckpt["optimizer"])
+        strategy.load_full_state(model.net, model.optimizer, net_state, ckpt["optimizer"])
         apply_training_state(model, ckpt)
     except BaseException as exc:
         undo.restore()
@@ -123,7 +126,8 @@ class _Undo:
 # ------------------------------------------------------------- checking
 _REQUIRED = ("epoch", "global_step", "stop_training", "net", "optimizer", "scaler", "precision", "history",
              "callbacks", "loaders", "rng", "mid_epoch")
-_OPTIONAL = ("step_history", "optimizer_class", "digest")  # absent from files of earlier torchfit versions
+_OPTIONAL = ("step_history", "optimizer_class", "digest",  # absent from files of earlier torchfit versions
+             "trainable_only")  # save_checkpoint(trainable_only=True): the net's trainable part alone
 _CPU_STATE_BYTES = torch.get_rng_state().numel()
 
 
@@ -178,7 +182,9 @@ def check(ckpt: Mapping[str, Any], model: Any, path: PathLike) -> None:
     c.count("'epoch'", ckpt["epoch"])
     c.count("'global_step'", ckpt["global_step"])
     c.kind("'stop_training'", ckpt["stop_training"], "True or False", type(ckpt["stop_training"]) is bool)
-    _check_net(c, model.net, ckpt["net"])
+    partial = ckpt.get("trainable_only", False)
+    c.kind("'trainable_only'", partial, "True or False", type(partial) is bool)
+    _check_net(c, model.net, ckpt["net"], partial)
     _check_optimizer(c, model.optimizer, ckpt)
     scaler = ckpt["scaler"]
     c.kind("'scaler'", scaler, "None or a GradScaler state dict", scaler is None or isinstance(scaler, Mapping))
@@ -210,11 +216,21 @@ def check(ckpt: Mapping[str, Any], model: Any, path: PathLike) -> None:
     _check_digest(c, ckpt)
 
 
-def _check_net(c: _Checker, net: torch.nn.Module, saved: Any) -> None:
+def _check_net(c: _Checker, net: torch.nn.Module, saved: Any, partial: bool = False) -> None:
     c.kind("'net'", saved, "the net's state_dict (a dict of tensors)", isinstance(saved, Mapping))
     for k, v in saved.items():
         c.kind(f"'net'[{k!r}]", v, "a tensor", isinstance(k, str) and isinstance(v, torch.Tensor))
     own = net.state_dict()
+    if partial:  # a trainable-only file: it must hold every parameter that trains here
+        trains = {name for name, p in net.named_parameters(remove_duplicate=False) if p.requires_grad}
+        missing = sorted(k for k in trains if k in own and k not in saved)
+        if missing:
+            shown = ", ".join(missing[:8]) + (f", ... ({len(missing)} in all)" if len(missing) > 8 else "")
+            raise CheckpointError(
+                f"{c.path!r} holds the trainable part of a net (save_checkpoint(trainable_only=True)) without "
+                f"{shown}, which train here. Freeze and wrap the base as in the saved run (the same LoRA config, "
+                "the same layers frozen) before loading (nothing was changed)")
+        own = {k: v for k, v in own.items() if k in saved or k in trains}
     missing = [k for k in own if k not in saved]
     unexpected = [k for k in saved if k not in own]
     shapes = [f"{k}: checkpoint {tuple(saved[k].shape)} vs net {tuple(own[k].shape)}"

@@ -32,17 +32,24 @@ def atomic_save(obj: Any, path: PathLike) -> None:
 
 
 def save(model: Any, path: PathLike, strategy: Any, weights_only: bool = False,
-         owner: str = "save_checkpoint") -> None:
+         owner: str = "save_checkpoint", trainable_only: bool = False) -> None:
     """Write ``model``'s full training state (or the net's ``state_dict`` alone) to ``path``.
 
     ``strategy`` (``torchfit.distributed``) supplies whole tensors and says whether this
     process writes. Everything is checked first (the path can be written, every value is
     one ``weights_only`` loading accepts); a refusal leaves any existing file as it was.
+    ``trainable_only``: of the net, only the parameters that train and the buffers (``trainable_part``).
     """
+    if not isinstance(trainable_only, bool):
+        raise TypeError(f"trainable_only must be True or False; got {trainable_only!r}")
     writes = strategy.writes_files
     if writes:
         check_writable(owner, path)
-    state = full_state(model, strategy)[0] if weights_only else build(model, strategy)
+    if weights_only:
+        state = full_state(model, strategy)[0]
+        state = trainable_part(model.net, state) if trainable_only and state is not None else state
+    else:
+        state = build(model, strategy, trainable_only)
     if writes:
         atomic_save(state, path)
 
@@ -59,11 +66,28 @@ def full_state(model: Any, strategy: Any) -> Tuple[Dict[str, torch.Tensor], Opti
     return strategy.full_state(model.net, model.optimizer)
 
 
-def build(model: Any, strategy: Any) -> Dict[str, Any]:
-    """The checkpoint dict for ``model``: see the package docstring."""
+def trainable_part(net: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The entries of ``net``'s ``state`` that a fit changes: parameters with ``requires_grad`` (LoRA
+    adapters, a new head) and buffers (BatchNorm statistics); a frozen base is left out.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    >>> _ = net[0].requires_grad_(False)
+    >>> list(trainable_part(net, net.state_dict()))
+    ['1.weight', '1.bias']
+    """
+    frozen = {name for name, p in net.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {k: v for k, v in state.items() if k not in frozen}
+
+
+def build(model: Any, strategy: Any, trainable_only: bool = False) -> Dict[str, Any]:
+    """The checkpoint dict for ``model``: see the package docstring. ``trainable_only``: the net's
+    ``trainable_part`` alone, marked ``"trainable_only": True`` (loaded back onto the same base)."""
     net, optimizer = full_state(model, strategy)
     opt = model.optimizer
     ckpt = build_extra(model)
+    if trainable_only:
+        net = trainable_part(model.net, net) if net is not None else None
+        ckpt["trainable_only"] = True
     ckpt.update(net=net, optimizer=optimizer,
                 optimizer_class=type(opt).__name__ if opt is not None and opt.param_groups else None)
     ckpt["digest"] = digest(ckpt)

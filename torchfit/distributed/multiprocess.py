@@ -18,7 +18,7 @@ from ..callbacks import Callback
 from .base import Recompute, SingleProcess
 from .comm import DistributedContext
 from .figures import ShardTracker
-from .sharding import real_samples, shard
+from .sharding import RankShard, real_samples, shard
 
 
 class MultiProcess(SingleProcess):
@@ -46,8 +46,10 @@ class MultiProcess(SingleProcess):
         returns the whole dataset's outputs in dataset order."""
         dl = shard(self.ctx, dl, "dl", "predict")
         out = predict_loop(dl)
-        sampler = dl.sampler
-        n, per_rank = len(sampler.dataset), sampler.num_samples
+        if isinstance(dl.dataset, RankShard):  # a stream: its length is known now that it has ended
+            n, per_rank = dl.dataset.total, dl.dataset.per_rank
+        else:
+            n, per_rank = len(dl.sampler.dataset), dl.sampler.num_samples
         world = self.ctx.world_size
 
         def in_order(t: torch.Tensor) -> torch.Tensor:
@@ -66,7 +68,11 @@ class MultiProcess(SingleProcess):
     # ------------------------------------------------------------ for subclasses
     def tracker(self, tracker: Any, loader: Any, recompute: Recompute) -> ShardTracker:
         """``tracker`` made shard-aware: padding rows left out, figures summed over ranks."""
-        real = real_samples(getattr(loader, "sampler", None))
+        stream = getattr(loader, "dataset", None)
+        if isinstance(stream, RankShard):
+            real: Any = stream.live_real()
+        else:
+            real = real_samples(getattr(loader, "sampler", None))
         return ShardTracker.from_tracker(tracker, self.ctx, real, recompute)
 
     def trackers(self, request: Any) -> Tuple[ShardTracker, Any]:

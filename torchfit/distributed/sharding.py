@@ -1,13 +1,14 @@
 """Giving each rank its own part of the data.
 
 Owns re-creating a ``DataLoader`` around a seeded ``DistributedSampler`` (every
-setting kept, or a clear error when one cannot be), and knowing which of a
-rank's samples are the sampler's padding. ``ctx`` is the run's
+setting kept, or a clear error when one cannot be), or, for an
+``IterableDataset`` (torch's, or a Hugging Face stream), around ``RankShard``;
+and knowing which of a rank's samples are padding. ``ctx`` is the run's
 ``DistributedContext`` (rank, world size, a broadcast for the shuffle seed).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler,
@@ -23,6 +24,8 @@ def shard(ctx: Any, loader: Iterable, name: str, purpose: str = "train") -> Any:
     ``"train"``, ``"eval"`` or ``"predict"`` (predict never shuffles and
     never drops).
     """
+    if isinstance(loader, DataLoader) and isinstance(loader.dataset, IterableDataset):
+        return _shard_stream(ctx, loader, name)
     if _has_own_sampler(ctx, loader, name, purpose):
         return loader
     shuffle, drop_last = _sampling(ctx, loader, name, purpose)
@@ -55,11 +58,6 @@ def _has_own_sampler(ctx: Any, loader: Any, name: str, purpose: str) -> bool:
             f"{name} is a {type(loader).__name__}; under torchrun torchfit needs a torch DataLoader over a "
             "map-style Dataset so that it can give each rank its own part of the data (every rank would "
             "otherwise train on, and count, the whole dataset). Wrap it: DataLoader(dataset, batch_size=...)"
-        )
-    if isinstance(loader.dataset, IterableDataset):
-        raise TypeError(
-            f"{name} iterates an IterableDataset, which a DistributedSampler cannot split across ranks; "
-            "use a map-style Dataset (with __len__ and __getitem__)"
         )
     sampler = loader.sampler
     if not isinstance(sampler, DistributedSampler):
@@ -136,3 +134,75 @@ def real_samples(sampler: Any) -> Optional[int]:
     n = len(sampler.dataset)  # type: ignore[arg-type]
     return len(range(sampler.rank, n, sampler.num_replicas))
 
+
+
+class RankShard(IterableDataset):
+    """This rank's samples of an ``IterableDataset``: the stream's items ``rank``, ``rank + world``,
+    ``rank + 2 * world``... (``DistributedSampler(shuffle=False)``'s split, for a stream).
+
+    Every rank reads the whole stream and keeps its items, so each sample is seen once per epoch
+    across the ranks and the ranks' batches together are one process's batches of ``world`` times
+    the size. Where the stream's length is not a multiple of ``world``, the ranks short of an item
+    get the last group's first item again, so that every rank takes the same number of steps;
+    ``real`` then says how many of this rank's items are real (known once the stream has ended,
+    which is before its last batch reaches the tracker), and the figures leave the repeat out.
+
+    >>> shard = RankShard(range(5), rank=1, world=2)
+    >>> list(shard), shard.real, shard.total
+    ([1, 3, 4], 2, 5)
+    """
+
+    def __init__(self, dataset: Iterable, rank: int, world: int):
+        self.dataset, self.rank, self.world = dataset, rank, world
+        self.real: Optional[int] = None  # this rank's real items in the pass that ended, None while it runs
+        self.total: Optional[int] = None  # the stream's items in that pass
+        self.per_rank: Optional[int] = None  # items given to each rank, the repeat included
+
+    def __iter__(self) -> Iterator[Any]:
+        self.real = self.total = self.per_rank = None
+        kept, n, group_first = 0, 0, None
+        for n, item in enumerate(self.dataset, 1):
+            position = (n - 1) % self.world
+            if position == 0:
+                group_first = item
+            if position == self.rank:
+                kept += 1
+                yield item
+        self.total, self.real = n, kept
+        self.per_rank = -(-n // self.world)
+        if kept < self.per_rank:  # the last group ended before this rank's item: repeat its first
+            yield group_first
+
+    def live_real(self) -> "LiveCount":
+        return LiveCount(self)
+
+
+class LiveCount:
+    """``RankShard.real`` for ``ShardTracker``: unbounded while the stream runs, exact once it ended."""
+
+    def __init__(self, shard: RankShard):
+        self.shard = shard
+
+    def __sub__(self, seen: int) -> int:
+        real = self.shard.real
+        return (real if real is not None else 2 ** 62) - seen
+
+
+def _shard_stream(ctx: Any, loader: DataLoader, name: str) -> DataLoader:
+    """``loader`` over ``RankShard`` of its IterableDataset, or an error where the split cannot be exact."""
+    if loader.num_workers > 0:
+        raise ValueError(
+            f"{name} reads an IterableDataset with num_workers={loader.num_workers}; under torchrun torchfit splits "
+            "the stream across ranks item by item, and with workers each worker would split its own part of "
+            "it, so which rank has the last items (and the epoch figures) could not be exact. Use num_workers=0, "
+            "or split the data yourself (datasets.distributed.split_dataset_by_node) and make every rank yield "
+            "the same number of batches")
+    if loader.batch_size is None:
+        raise ValueError(
+            f"{name} has batch_size=None: its IterableDataset yields whole batches, which torchfit cannot split "
+            "across ranks sample by sample. Yield samples and let the DataLoader batch them (batch_size=...)")
+    if isinstance(loader.dataset, RankShard):
+        return loader
+    return DataLoader(RankShard(loader.dataset, ctx.rank, ctx.world_size), batch_size=loader.batch_size,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+                      timeout=loader.timeout, pin_memory_device=loader.pin_memory_device)
