@@ -50,8 +50,8 @@ class Compiled:
     def move_to_device(self, net: nn.Module) -> None:
         dev = self.device
         net.to(dev)
-        if self.gradient_checkpointing:
-            net.gradient_checkpointing_enable()
+        if self.gradient_checkpointing:  # transformers 5 renames it activation_checkpointing_enable
+            (getattr(net, "activation_checkpointing_enable", None) or net.gradient_checkpointing_enable)()
         if isinstance(self.loss, (nn.Module, MultiLoss)):
             self.loss.to(dev)
         if self.foreign_optimizer is None:
@@ -80,7 +80,8 @@ def resolve(net: nn.Module, loss: Any, optimizer: Any, metrics: Any, device: Any
     outputs = OutputFormat(target_key, output_key, own_loss)
     if not isinstance(gradient_checkpointing, bool):
         raise TypeError(f"gradient_checkpointing must be True or False; got {gradient_checkpointing!r}")
-    if gradient_checkpointing and not callable(getattr(net, "gradient_checkpointing_enable", None)):
+    if gradient_checkpointing and not any(callable(getattr(net, name, None)) for name in (
+            "activation_checkpointing_enable", "gradient_checkpointing_enable")):
         raise TypeError(
             f"compile(gradient_checkpointing=True) calls the net's gradient_checkpointing_enable(), which "
             f"{type(net).__name__} does not have (Hugging Face and peft models do). For another net wrap the "

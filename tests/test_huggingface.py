@@ -1,0 +1,206 @@
+"""Hugging Face transformers, peft LoRA, datasets (map-style and streaming) and timm with the real
+packages: tiny models built from configs (no hub), in one process and on 2 ranks under torchrun.
+The builders live in tests/dist_scripts/hf_models.py, which torchrun also runs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import torchfit
+from torchfit.finetuning import Unfreeze, freeze
+
+pytest.importorskip("transformers")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "dist_scripts", "hf_models.py")
+sys.path.insert(0, os.path.dirname(SCRIPT))
+import hf_models as hf  # noqa: E402
+
+pytestmark = pytest.mark.slow  # importing transformers alone takes seconds
+
+
+def assert_same(a, b, exact=True):
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def epoch_means(net, batches, data_n):
+    """The sample-weighted mean of the model's own loss over ``batches`` (what an epoch figure is)."""
+    with torch.no_grad():
+        return sum(float(net(**b).loss) * len(b["input_ids"]) for b in batches) / data_n
+
+
+@pytest.mark.parametrize("build,make", [(hf.bert, hf.classification_samples), (hf.gpt2, hf.lm_samples)],
+                         ids=["bert", "gpt2"])
+def test_tiny_models_train_on_dict_batches_as_a_hand_written_loop(build, make):
+    data = make(24, 1)
+    model = torchfit.Model(build(0)).compile(optimizer=hf.sgd(0.5))
+    history = model.fit(2, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8), verbose=0)
+    batches = list(DataLoader(data, batch_size=8))
+    ref = hf.hand_loop(build(0), batches, lr=0.5, epochs=2)
+    assert_same(model.net.state_dict(), ref.state_dict())
+    assert history["val_loss"].iloc[-1] == pytest.approx(epoch_means(ref.eval(), batches, 24), rel=1e-5)
+
+
+def test_batch_encoding_from_the_collator_with_accuracy_and_predict_on_new_text():
+    from transformers import DataCollatorWithPadding
+
+    tok = hf.tokenizer()
+    texts, labels = hf.sentences(64, 5)
+    rows = [{**tok(t), "labels": y} for t, y in zip(texts, labels)]  # unpadded, as a tokenized dataset
+    dl = DataLoader(rows, batch_size=8, collate_fn=DataCollatorWithPadding(tok))
+    assert type(next(iter(dl))).__name__ == "BatchEncoding"
+    model = torchfit.Model(hf.bert(0)).compile(optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), metrics=["accuracy"])
+    history = model.fit(10, dl, dl, verbose=0)
+    assert history["val_accuracy"].iloc[-1] > 0.9
+    new = tok(["the film was superb", "the plot was awful"], padding=True, return_tensors="pt")
+    probs = model.predict(DataLoader([dict(zip(new, v)) for v in zip(*new.values())], batch_size=2)).softmax(1)
+    assert probs.shape == (2, 2) and probs[0, 1] > 0.5 > probs[1, 1]
+
+
+def test_lora_trains_only_the_adapters_and_its_checkpoint_resumes_exactly(tmp_path):
+    peft = pytest.importorskip("peft")
+    dl = DataLoader(hf.classification_samples(24, 2), batch_size=8)
+
+    def lora_model():
+        config = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"])
+        net = peft.get_peft_model(hf.bert(0), config)
+        return torchfit.Model(net).compile(optimizer="adam", metrics=["accuracy"])
+
+    model = lora_model()
+    trains = {n for n, p in model.net.named_parameters() if p.requires_grad}
+    assert trains and all("lora_" in n or "classifier" in n for n in trains)
+    assert {id(p) for g in model.optimizer.param_groups for p in g["params"]} == \
+        {id(p) for n, p in model.net.named_parameters() if n in trains}
+    sample = next(iter(dl))
+    rows = model.summary(input_data={k: v for k, v in sample.items() if k != "labels"}, print_fn=None)
+    assert 0 < rows.attrs["trainable_params"] < rows.attrs["non_trainable_params"]
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    model.fit(2, dl, verbose=0)
+    after = model.net.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and changed <= {k for k in after if "lora_" in k or "classifier" in k}
+    path = tmp_path / "adapters.pt"
+    model.save_checkpoint(path, trainable_only=True)
+    saved = torch.load(path, weights_only=True)["net"]
+    assert set(saved) <= {k for k in after if "lora_" in k or "classifier" in k} | {
+        k for k, _ in model.net.named_buffers()}
+    assert sum(v.numel() for v in saved.values()) < 0.5 * sum(v.numel() for v in after.values())
+    straight = lora_model()
+    straight.fit(4, dl, verbose=0)
+    resumed = lora_model()  # the same base (seeded), fresh adapters
+    resumed.fit(4, dl, verbose=0, resume_from=path)
+    assert_same(resumed.net.state_dict(), straight.net.state_dict())
+    assert resumed.history.equals(straight.history)
+
+
+def test_gradient_checkpointing_from_compile_trains_the_same():
+    data = hf.classification_samples(16, 3)
+    plain = torchfit.Model(hf.bert(0)).compile(optimizer=hf.sgd(0.5))
+    plain.fit(1, DataLoader(data, batch_size=8), verbose=0)
+    model = torchfit.Model(hf.bert(0)).compile(optimizer=hf.sgd(0.5), gradient_checkpointing=True)
+    assert getattr(model.net, "is_activation_checkpointing", None) or model.net.is_gradient_checkpointing
+    model.fit(1, DataLoader(data, batch_size=8), verbose=0)
+    assert_same(model.net.state_dict(), plain.net.state_dict(), exact=False)
+
+
+def test_datasets_map_style_and_streaming_as_training_and_validation_data():
+    datasets = pytest.importorskip("datasets")
+    rows = hf.classification_samples(20, 4)
+    table = datasets.Dataset.from_dict({k: [r[k].tolist() for r in rows] for k in rows[0]}).with_format("torch")
+    model = torchfit.Model(hf.bert(0)).compile(optimizer=hf.sgd(0.5), metrics=["accuracy"])
+    history = model.fit(2, table, validation_data=table, batch_size=5, shuffle=False, verbose=0)
+    ref = hf.hand_loop(hf.bert(0), list(DataLoader(rows, batch_size=5)), lr=0.5, epochs=2)
+    assert_same(model.net.state_dict(), ref.state_dict())
+    assert model.evaluate(table, batch_size=5)["val_loss"] == pytest.approx(history["val_loss"].iloc[-1])
+    assert model.predict(table, batch_size=7).shape == (20, 2)
+    # a stream: the same samples in the same order give the same weights
+    streamed = torchfit.Model(hf.bert(0)).compile(optimizer=hf.sgd(0.5), metrics=["accuracy"])
+    stream = hf.stream(20, 4)
+    streamed.fit(2, DataLoader(stream.remove_columns("idx"), batch_size=5),
+                 validation_data=stream.remove_columns("idx"), verbose=0)
+    assert_same(streamed.net.state_dict(), ref.state_dict())
+
+
+def test_torchvision_backbone_frozen_then_unfrozen_at_a_lower_rate():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v3_small(num_classes=1000)
+    net.classifier[-1] = nn.Linear(net.classifier[-1].in_features, 3)  # the new head
+    freeze(net.features)
+    model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), torch.optim.Adam(net.parameters(), lr=1e-3))
+    assert len(model.optimizer.param_groups) == 1
+    x, y = torch.randn(12, 3, 32, 32), torch.randint(0, 3, (12,))
+    dl = DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=6)
+    first = {k: v.clone() for k, v in net.features.named_parameters()}
+    model.fit(1, dl, callbacks=[Unfreeze(net.features, epoch=1, lr=1e-5)], verbose=0)
+    assert all(torch.equal(p, first[k]) for k, p in net.features.named_parameters())  # frozen in epoch 1
+    model.fit(2, dl, callbacks=[Unfreeze(net.features, epoch=1, lr=1e-5)], verbose=0)
+    assert [g["lr"] for g in model.optimizer.param_groups] == [1e-3, 1e-5]
+    assert any(not torch.equal(p, first[k]) for k, p in net.features.named_parameters())
+
+
+def test_timm_backbone_with_a_new_head():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False, num_classes=3)
+    freeze(net)
+    net.reset_classifier(3)  # a fresh head that trains
+    model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), "adam", ["accuracy"])
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))
+    history = model.fit(1, DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4), verbose=0)
+    assert {n.split(".")[0] for n, p in net.named_parameters() if p.requires_grad} == {"fc"}
+    assert history["loss"].notna().all()
+
+
+# ------------------------------------------------------------------ torchrun
+def test_two_ranks_train_tiny_models_and_a_stream_as_one_process(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                              "MASTER_PORT")}
+    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", SCRIPT, str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    for name, build, data in (("bert", hf.bert, hf.classification_samples(16, 1)),
+                              ("gpt2", hf.gpt2, hf.lm_samples(16, 2))):
+        # 2 ranks of batch 4 = one process of batch 8, by hand and through torchfit
+        ref = hf.hand_loop(build(0), list(DataLoader(data, batch_size=8)), lr=0.5, epochs=2)
+        assert_same(r0[name]["state"], ref.state_dict(), exact=False)
+        assert_same(r1[name]["state"], r0[name]["state"])
+        one = torchfit.Model(build(0)).compile(optimizer=hf.sgd(0.5), metrics=["accuracy"] if name == "bert" else None)
+        history = one.fit(2, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8), verbose=0)
+        for got, want in zip(r0[name]["history"], history.to_dict("records")):
+            assert got == pytest.approx(want, rel=1e-4)
+    # predict of every field, gathered in dataset order
+    bert = hf.bert(0)
+    bert.load_state_dict(r0["bert"]["state"])
+    local = torchfit.Model(bert).compile(output_key=None).predict(DataLoader(hf.classification_samples(16, 1)[:7],
+                                                                             batch_size=2))
+    assert sorted(r0["bert_predict"]) == ["logits"]
+    torch.testing.assert_close(r0["bert_predict"]["logits"], local["logits"])
+    # the stream: 11 samples, each seen once per epoch across the ranks (rank 1 repeats one to keep step)
+    s0, s1 = r0["stream"], r1["stream"]
+    assert s0["seen"] == [0, 2, 4, 6, 8, 10] * 2 and s1["seen"] == [1, 3, 5, 7, 9, 10] * 2
+    assert s0["history"] == s1["history"]
+    net = hf.Recorder(hf.bert(3))
+    net.net.load_state_dict(s0["state"])
+    local = torchfit.Model(net).compile(nn.CrossEntropyLoss(), "sgd", ["accuracy"])
+    figures = local.evaluate(DataLoader(hf.stream(11, 4), batch_size=2))
+    assert s0["evaluate"] == pytest.approx(figures, rel=1e-5) and s1["evaluate"] == s0["evaluate"]
+    torch.testing.assert_close(s0["predict"], local.predict(DataLoader(hf.stream(11, 4), batch_size=3)))
