@@ -267,3 +267,14 @@ def test_a_stream_trains_in_one_process():
     history = model.fit(2, DataLoader(Stream(12), batch_size=4), validation_data=Stream(6), verbose=0)
     assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
     assert model.predict(DataLoader(Stream(5), batch_size=2)).shape == (5, 3)
+
+
+@pytest.mark.slow
+def test_torchfit_imports_no_hugging_face_package():
+    import subprocess
+    import sys
+
+    code = ("import sys, torchfit, torchfit.outputs, torchfit.finetuning; "
+            "print([m for m in ('transformers', 'peft', 'datasets', 'timm') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
