@@ -204,3 +204,17 @@ def test_two_ranks_train_tiny_models_and_a_stream_as_one_process(tmp_path):
     figures = local.evaluate(DataLoader(hf.stream(11, 4), batch_size=2))
     assert s0["evaluate"] == pytest.approx(figures, rel=1e-5) and s1["evaluate"] == s0["evaluate"]
     torch.testing.assert_close(s0["predict"], local.predict(DataLoader(hf.stream(11, 4), batch_size=3)))
+
+
+def test_the_python_examples_in_docs_models_run(tmp_path, monkeypatch):
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", open(os.path.join(ROOT, "docs", "models.md")).read(), re.S)
+    assert len(blocks) >= 5
+    monkeypatch.chdir(tmp_path)  # the LoRA example writes adapters.pt
+    namespace: dict = {"__name__": "docs_example"}
+    for n, block in enumerate(blocks, 1):
+        exec(compile(block, f"docs/models.md block {n}", "exec"), namespace)
+    assert [g["lr"] for g in namespace["model"].optimizer.param_groups] == [1e-3, 1e-5]
+    assert set(torch.load(tmp_path / "adapters.pt", weights_only=True)["net"]) <= {
+        k for k in namespace["lora"].state_dict() if "lora_" in k or "classifier" in k}
