@@ -278,3 +278,31 @@ def test_torchfit_imports_no_hugging_face_package():
             "print([m for m in ('transformers', 'peft', 'datasets', 'timm') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_confusion_matrix_reads_the_labels_of_mapping_batches():
+    data = samples(30)
+    dl = DataLoader(data, batch_size=8, collate_fn=encoding_collate)
+    model = torchfit.Model(KeywordNet()).compile(metrics=["accuracy"])
+    model.fit(2, dl, verbose=0)
+    counts = model.confusion_matrix(dl)
+    preds = model.predict(dl).argmax(1)
+    labels = torch.stack([d["labels"] for d in data])
+    assert int(counts.to_numpy().trace()) == int((preds == labels).sum())
+    assert int(counts.to_numpy().sum()) == 30
+
+
+def test_sample_weights_by_key_weigh_the_loss_and_are_checked():
+    data = samples(16)
+    weighted = [{**d, "sample_weight": torch.tensor(3.0 if i < 8 else 1.0)} for i, d in enumerate(data)]
+    model = torchfit.Model(KeywordNet()).compile(nn.CrossEntropyLoss(), "sgd")
+    got = model.evaluate(DataLoader(weighted, batch_size=16))["val_loss"]
+    with torch.no_grad():
+        full = {k: torch.stack([d[k] for d in data]) for k in data[0]}
+        per = nn.functional.cross_entropy(model.net(full["features"], full["mask"]).logits, full["labels"],
+                                          reduction="none")
+    w = torch.tensor([3.0] * 8 + [1.0] * 8)
+    assert got == pytest.approx(float((per * w).sum() / 16), rel=1e-5)  # Keras: sum(w_i * loss_i) / N
+    bad = [{**d, "sample_weight": torch.ones(2)} for d in data]
+    with pytest.raises(StepError, match="'sample_weight' as one weight per sample"):
+        model.fit(1, DataLoader(bad, batch_size=4), verbose=0)

@@ -196,7 +196,13 @@ def split_mapping(batch: Mapping, verb: str, target_key: str, keep_target: bool 
             f"where a mapping batch keeps its targets. Name their key once: {fix}, or put them under "
             f"{target_key!r} (a Hugging Face collator does that with a 'labels' column)")
     x = {k: v for k, v in batch.items() if k != WEIGHT_KEY and (keep_target or k != target_key)}
-    return x, batch[target_key], batch.get(WEIGHT_KEY)
+    y, w = batch[target_key], batch.get(WEIGHT_KEY)
+    if w is not None:
+        n = batch_size_of(y, x)
+        if not isinstance(w, torch.Tensor) or w.dim() > 2 or w.numel() != n or (w.dim() and w.shape[0] != n):
+            raise BatchFormatError(f"{verb} read the batch's {WEIGHT_KEY!r} as one weight per sample ({n}), Keras' "
+                                   f"sample weights, but it is {describe(w)}; give each sample one number")
+    return x, y, w
 
 
 def predict_inputs(batch: Any, target_key: Optional[str] = None) -> Any:

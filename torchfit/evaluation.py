@@ -18,6 +18,7 @@ The counting itself is scikit-learn's. Drawing is matplotlib's, on a plain
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -31,9 +32,12 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["predicted_classes", "confusion_matrix", "plot_confusion_matrix", "classification_report"]
 
 
-def _targets(dl: Iterable) -> torch.Tensor:
+def _targets(dl: Iterable, target_key: str = "labels") -> torch.Tensor:
     parts = []
     for i, batch in enumerate(dl):
+        if isinstance(batch, Mapping) and isinstance(batch.get(target_key), torch.Tensor):
+            parts.append(batch[target_key].detach().cpu())  # a mapping batch (Hugging Face): its labels
+            continue
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor)):
             raise ValueError(
                 f"dl must yield (x, y) batches with a tensor y to compare predictions with; batch {i} is a "
@@ -73,7 +77,8 @@ def predicted_classes(model: Any, dl: Iterable, *, threshold: float = 0.5,
     if not isinstance(preds, torch.Tensor):
         raise TypeError(f"the net must return one tensor of class scores to count classes; it returned "
                         f"{type(preds).__name__}")
-    targets = _targets(dl)
+    setup = getattr(model, "_setup", None)
+    targets = _targets(dl, setup.outputs.target_key if setup is not None else "labels")
     n = preds.shape[0] if preds.ndim else -1
     if preds.ndim == 1 or (preds.ndim == 2 and preds.shape[1] == 1):
         if tuple(targets.shape) not in ((n,), (n, 1)):
