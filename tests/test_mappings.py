@@ -306,3 +306,37 @@ def test_sample_weights_by_key_weigh_the_loss_and_are_checked():
     bad = [{**d, "sample_weight": torch.ones(2)} for d in data]
     with pytest.raises(StepError, match="'sample_weight' as one weight per sample"):
         model.fit(1, DataLoader(bad, batch_size=4), verbose=0)
+
+
+@dataclasses.dataclass
+class TwoHeads:
+    logits: torch.Tensor
+    aux: torch.Tensor
+
+
+class TwoHeadNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Linear(4, 8)
+        self.a, self.b = nn.Linear(8, 3), nn.Linear(8, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return TwoHeads(logits=self.a(h), aux=self.b(h))
+
+
+def test_an_output_object_with_one_loss_per_field():
+    g = torch.Generator().manual_seed(0)
+    x, y, z = torch.randn(24, 4, generator=g), torch.randint(0, 3, (24,), generator=g), torch.randn(24, 1, generator=g)
+    ds = [(x[i], {"logits": y[i], "aux": z[i]}) for i in range(24)]
+    model = torchfit.Model(TwoHeadNet()).compile({"logits": nn.CrossEntropyLoss(), "aux": nn.MSELoss()}, "sgd",
+                                                 {"logits": ["accuracy"]}, loss_weights={"aux": 0.5})
+    history = model.fit(1, DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=8), verbose=0)
+    assert {"loss", "logits_loss", "aux_loss", "logits_accuracy", "val_aux_loss"} <= set(history.columns)
+    with torch.no_grad():
+        out = model.net(x)
+    want = nn.functional.cross_entropy(out.logits, y) + 0.5 * nn.functional.mse_loss(out.aux, z)
+    assert history["val_loss"].iloc[-1] == pytest.approx(float(want), rel=1e-5)
+    every = model.predict(DataLoader(ds, batch_size=8))
+    assert sorted(every) == ["aux", "logits"] and every["aux"].shape == (24, 1)

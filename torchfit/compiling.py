@@ -77,7 +77,7 @@ def resolve(net: nn.Module, loss: Any, optimizer: Any, metrics: Any, device: Any
     loss = resolve_loss(loss, loss_weights)
     own_loss = loss is None or isinstance(loss, OwnLoss)
     loss = OwnLoss() if own_loss else loss
-    outputs = OutputFormat(target_key, output_key, own_loss)
+    outputs = OutputFormat(target_key, output_key, own_loss, per_field=isinstance(loss, MultiLoss))
     if not isinstance(gradient_checkpointing, bool):
         raise TypeError(f"gradient_checkpointing must be True or False; got {gradient_checkpointing!r}")
     if gradient_checkpointing and not any(callable(getattr(net, name, None)) for name in (

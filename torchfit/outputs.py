@@ -79,12 +79,15 @@ class OutputFormat:
     ``target_key``: the key of a mapping batch's targets; ``output_key``: the field of an output
     object the loss, the metrics and ``predict`` get (``None``: ``predict`` returns every field);
     ``own_loss``: the net computes its loss (``compile(loss=None)``), so it gets the targets as an
-    input too and its output is read for the loss.
+    input too and its output is read for the loss; ``per_field``: one loss per output
+    (``compile(loss={"logits": ..., "aux": ...})``), so the losses, the metrics and ``predict`` get every
+    field but ``loss`` as a dict.
     """
 
     target_key: str = "labels"
     output_key: Optional[str] = "logits"
     own_loss: bool = False
+    per_field: bool = False  # one loss per output (compile(loss={...})): the loss gets every field
 
     def __post_init__(self) -> None:
         if not isinstance(self.target_key, str) or not self.target_key:
@@ -112,6 +115,8 @@ class OutputFormat:
         if not self._is_object(out):
             return out
         got = fields(out)
+        if self.per_field:  # several losses, matched to the output's fields by name
+            return {k: v for k, v in got.items() if k != "loss"}
         if self.output_key is not None and self.output_key in got:
             return got[self.output_key]
         if not needed:
@@ -127,7 +132,7 @@ class OutputFormat:
         if not self._is_object(out):
             return out
         got = fields(out)
-        if self.output_key is not None and self.output_key in got:
+        if self.output_key is not None and self.output_key in got and not self.per_field:
             return got[self.output_key]
         kept: List[str] = [k for k in got if k != "loss"]
         return {k: got[k] for k in kept}
