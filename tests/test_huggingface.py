@@ -103,14 +103,25 @@ def test_lora_trains_only_the_adapters_and_its_checkpoint_resumes_exactly(tmp_pa
     assert resumed.history.equals(straight.history)
 
 
-def test_gradient_checkpointing_from_compile_trains_the_same():
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_gradient_checkpointing_from_compile_trains_the_same(lora):
+    peft = pytest.importorskip("peft")
     data = hf.classification_samples(16, 3)
-    plain = torchfit.Model(hf.bert(0)).compile(optimizer=hf.sgd(0.5))
-    plain.fit(1, DataLoader(data, batch_size=8), verbose=0)
-    model = torchfit.Model(hf.bert(0)).compile(optimizer=hf.sgd(0.5), gradient_checkpointing=True)
+
+    def net():
+        base = hf.bert(0)
+        if not lora:
+            return base
+        return peft.get_peft_model(base, peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
+
+    plain = torchfit.Model(net()).compile(optimizer=hf.sgd(0.5))
+    plain.fit(3, DataLoader(data, batch_size=8), verbose=0)
+    model = torchfit.Model(net()).compile(optimizer=hf.sgd(0.5), gradient_checkpointing=True)
     assert getattr(model.net, "is_activation_checkpointing", None) or model.net.is_gradient_checkpointing
-    model.fit(1, DataLoader(data, batch_size=8), verbose=0)
+    model.fit(3, DataLoader(data, batch_size=8), verbose=0)
     assert_same(model.net.state_dict(), plain.net.state_dict(), exact=False)
+    changed = [k for k, v in model.net.state_dict().items() if not torch.equal(v, net().state_dict()[k])]
+    assert changed and (not lora or all("lora_" in k or "classifier" in k for k in changed))
 
 
 def test_datasets_map_style_and_streaming_as_training_and_validation_data():
@@ -193,6 +204,9 @@ def test_two_ranks_train_tiny_models_and_a_stream_as_one_process(tmp_path):
     local = torchfit.Model(bert).compile(output_key=None).predict(DataLoader(hf.classification_samples(16, 1)[:7],
                                                                              batch_size=2))
     assert sorted(r0["bert_predict"]) == ["logits"]
+    padded = torchfit.Model(bert).compile(nn.CrossEntropyLoss(), "sgd", ["accuracy", "f1"])
+    assert r0["bert_padded"] == pytest.approx(padded.evaluate(DataLoader(hf.classification_samples(15, 6),
+                                                                        batch_size=4)), rel=1e-5)
     torch.testing.assert_close(r0["bert_predict"]["logits"], local["logits"])
     # the stream: 11 samples, each seen once per epoch across the ranks (rank 1 repeats one to keep step)
     s0, s1 = r0["stream"], r1["stream"]
