@@ -400,8 +400,8 @@ class Model(nn.Module):
     def train_step(self, batch: Any) -> StepResult:
         """One training step on a batch already on the device. Override for custom training.
 
-        The default: split ``(x, y)``; zero the gradients at a window's start; forward and loss under
-        autocast; ``self.backward``; ``self.optimizer_step()``; return a ``StepResult`` (detached loss,
+        The default (``steps.train_step``): split ``(x, y)`` (a mapping: ``labels`` and keyword inputs); zero
+        the gradients at a window's start; forward and loss under autocast; ``self.backward``; ``self.optimizer_step()``; return a ``StepResult`` (detached loss,
         preds, targets, batch size). An override runs under the fit's autocast, and the recipes people
         know (``self.optimizer.zero_grad(); loss.backward(); self.optimizer.step()``, Keras'
         ``self.zero_grad()``, torchkeras' step-then-zero order) train as this step does, also under
