@@ -232,3 +232,11 @@ def test_the_python_examples_in_docs_models_run(tmp_path, monkeypatch):
     assert [g["lr"] for g in namespace["model"].optimizer.param_groups] == [1e-3, 1e-5]
     assert set(torch.load(tmp_path / "adapters.pt", weights_only=True)["net"]) <= {
         k for k in namespace["lora"].state_dict() if "lora_" in k or "classifier" in k}
+
+
+def test_a_dataset_dict_asks_for_one_split():
+    datasets = pytest.importorskip("datasets")
+    splits = datasets.DatasetDict(train=datasets.Dataset.from_dict({"x": [[1.0]], "labels": [0]}))
+    model = torchfit.Model(nn.Linear(1, 2)).compile(nn.CrossEntropyLoss())
+    with pytest.raises(TypeError, match=r"DatasetDict of splits \['train'\]; pass one split, e.g. dl_train=ds\['train'\]"):
+        model.fit(1, splits, batch_size=2, verbose=0)

@@ -198,7 +198,7 @@ def is_dataset(obj: Any) -> bool:
     (True, False)
     """
     return isinstance(obj, Dataset) or (hasattr(obj, "with_format") and hasattr(obj, "__getitem__")
-                                        and hasattr(obj, "__len__"))
+                                        and hasattr(obj, "__len__") and not isinstance(obj, dict))
 
 
 def _is_loader(obj: Any) -> bool:
@@ -246,6 +246,9 @@ def _dataset(verb: str, data: Any, y: Any, target: Target, loss_fn: Any, name: s
             raise TypeError(f"{verb} got a Dataset and {'y=' if y is not None else 'target='}; "
                             "a Dataset yields (x, y) pairs itself, so pass it alone")
         return data
+    if isinstance(data, dict) and hasattr(data, "with_format"):
+        raise TypeError(f"{verb}: {name} is a {type(data).__name__} of splits {list(data)}; pass one split, "
+                        f"e.g. {name}=ds[{next(iter(data), 'train')!r}]")
     if isinstance(data, (list, tuple, dict)):
         raise TypeError(
             f"{verb}: {name} is a {type(data).__name__}; pass one array, tensor or DataFrame as x= with y=. "
