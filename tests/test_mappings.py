@@ -340,3 +340,33 @@ def test_an_output_object_with_one_loss_per_field():
     assert history["val_loss"].iloc[-1] == pytest.approx(float(want), rel=1e-5)
     every = model.predict(DataLoader(ds, batch_size=8))
     assert sorted(every) == ["aux", "logits"] and every["aux"].shape == (24, 1)
+
+
+class SpanNet(nn.Module):
+    """A question-answering shape: two targets (start_positions, end_positions), its own loss."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = nn.Linear(4, 2)
+
+    def forward(self, features, start_positions=None, end_positions=None):
+        start, end = self.proj(features).unbind(-1)  # (N, L) each
+        loss = None
+        if start_positions is not None:
+            loss = (nn.functional.cross_entropy(start, start_positions)
+                    + nn.functional.cross_entropy(end, end_positions)) / 2
+        return {"loss": loss, "start_logits": start, "end_logits": end}
+
+
+def test_several_target_keys_reach_a_net_with_its_own_loss():
+    g = torch.Generator().manual_seed(0)
+    data = [{"features": torch.randn(6, 4, generator=g), "start_positions": torch.tensor(i % 6),
+             "end_positions": torch.tensor((i + 2) % 6)} for i in range(12)]
+    model = torchfit.Model(SpanNet()).compile(target_key=("start_positions", "end_positions"), output_key=None)
+    history = model.fit(2, DataLoader(data, batch_size=4), verbose=0)
+    assert history["loss"].notna().all()
+    x, y, _ = split_batch(next(iter(DataLoader(data, batch_size=4))), "fit", ("start_positions", "end_positions"))
+    assert list(x) == ["features"] and sorted(y) == ["end_positions", "start_positions"]
+    spans = model.predict(DataLoader(data, batch_size=5))
+    assert sorted(spans) == ["end_logits", "start_logits"] and spans["start_logits"].shape == (12, 6)

@@ -152,7 +152,7 @@ def concat(chunks: Sequence[Any]) -> Any:
 WEIGHT_KEY = "sample_weight"
 
 
-def split_batch(batch: Any, verb: str, target_key: Optional[str] = None, keep_target: bool = False) -> tuple:
+def split_batch(batch: Any, verb: str, target_key: Any = None, keep_target: bool = False) -> tuple:
     """``(x, y, sample_weight)`` from a batch ``(x, y)`` (weight None) or ``(x, y, w)`` (Keras' layout,
     one weight per sample), or from a mapping with ``target_key`` (``split_mapping``); anything else is
     a ``BatchFormatError`` naming the fix."""
@@ -178,25 +178,29 @@ def split_batch(batch: Any, verb: str, target_key: Optional[str] = None, keep_ta
     )
 
 
-def split_mapping(batch: Mapping, verb: str, target_key: str, keep_target: bool = False) -> tuple:
+def split_mapping(batch: Mapping, verb: str, target_key: Any, keep_target: bool = False) -> tuple:
     """``(inputs, targets, sample_weight)`` of a mapping batch (a dict, a Hugging Face ``BatchEncoding``):
-    the targets under ``target_key``, the weights (if any) under ``"sample_weight"``, every other key an
-    input the net gets as a keyword argument; ``keep_target``: the net gets the targets too (a net that
-    computes its own loss from ``labels=``).
+    the targets under ``target_key`` (a tuple of keys: a dict of targets, e.g. a question-answering
+    model's ``("start_positions", "end_positions")``), the weights (if any) under ``"sample_weight"``,
+    every other key an input the net gets as a keyword argument; ``keep_target``: the net gets the
+    targets too (a net that computes its own loss from ``labels=``).
 
     >>> x, y, w = split_mapping({"input_ids": torch.ones(2, 3), "labels": torch.tensor([0, 1])}, "fit", "labels")
     >>> list(x), y.tolist(), w
     (['input_ids'], [0, 1], None)
     """
-    if target_key not in batch:
-        close = difflib.get_close_matches(target_key, [str(k) for k in batch], n=1)
-        fix = (f"compile(target_key={close[0]!r})" if close else "compile(target_key='<the key of the targets>')")
-        raise BatchFormatError(
-            f"{verb} got a batch that is a {type(batch).__name__} with the keys {list(batch)} and no {target_key!r}, "
-            f"where a mapping batch keeps its targets. Name their key once: {fix}, or put them under "
-            f"{target_key!r} (a Hugging Face collator does that with a 'labels' column)")
-    x = {k: v for k, v in batch.items() if k != WEIGHT_KEY and (keep_target or k != target_key)}
-    y, w = batch[target_key], batch.get(WEIGHT_KEY)
+    keys = (target_key,) if isinstance(target_key, str) else tuple(target_key)
+    for key in keys:
+        if key not in batch:
+            close = difflib.get_close_matches(key, [str(k) for k in batch], n=1)
+            fix = f"compile(target_key={close[0]!r})" if close else "compile(target_key='<the key of the targets>')"
+            raise BatchFormatError(
+                f"{verb} got a batch that is a {type(batch).__name__} with the keys {list(batch)} and no {key!r}, "
+                f"where a mapping batch keeps its targets. Name their key once: {fix}, or put them under "
+                f"{key!r} (a Hugging Face collator does that with a 'labels' column)")
+    x = {k: v for k, v in batch.items() if k != WEIGHT_KEY and (keep_target or k not in keys)}
+    y = batch[target_key] if isinstance(target_key, str) else {k: batch[k] for k in keys}
+    w = batch.get(WEIGHT_KEY)
     if w is not None:
         n = batch_size_of(y, x)
         if not isinstance(w, torch.Tensor) or w.dim() > 2 or w.numel() != n or (w.dim() and w.shape[0] != n):
@@ -205,7 +209,7 @@ def split_mapping(batch: Mapping, verb: str, target_key: str, keep_target: bool 
     return x, y, w
 
 
-def predict_inputs(batch: Any, target_key: Optional[str] = None) -> Any:
+def predict_inputs(batch: Any, target_key: Any = None) -> Any:
     """The inputs of a predict batch: ``x`` alone, ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``;
     a mapping without its ``target_key`` and ``"sample_weight"`` entries (a plain dict)."""
     if isinstance(batch, (tuple, list)):
@@ -216,7 +220,8 @@ def predict_inputs(batch: Any, target_key: Optional[str] = None) -> Any:
             f"{len(batch)}. For a net with several inputs yield ((x1, x2), y), or override predict_step"
         )
     if isinstance(batch, Mapping):
-        return {k: v for k, v in batch.items() if k != target_key and k != WEIGHT_KEY}
+        keys = (target_key,) if target_key is None or isinstance(target_key, str) else tuple(target_key)
+        return {k: v for k, v in batch.items() if k not in keys and k != WEIGHT_KEY}
     return batch
 
 

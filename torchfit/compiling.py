@@ -63,7 +63,7 @@ class Compiled:
 
 def resolve(net: nn.Module, loss: Any, optimizer: Any, metrics: Any, device: Any, *, loss_func: Any = None,
             metrics_dict: Optional[Mapping[str, Any]] = None, loss_weights: Any = None, precision: str = "32",
-            jit_compile: Any = False, strategy: Any = None, target_key: str = "labels",
+            jit_compile: Any = False, strategy: Any = None, target_key: Any = "labels",
             output_key: Optional[str] = "logits", gradient_checkpointing: bool = False) -> Compiled:
     """Every ``compile`` argument checked and resolved; nothing is moved or changed.
 

@@ -32,10 +32,10 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["predicted_classes", "confusion_matrix", "plot_confusion_matrix", "classification_report"]
 
 
-def _targets(dl: Iterable, target_key: str = "labels") -> torch.Tensor:
+def _targets(dl: Iterable, target_key: Any = "labels") -> torch.Tensor:
     parts = []
     for i, batch in enumerate(dl):
-        if isinstance(batch, Mapping) and isinstance(batch.get(target_key), torch.Tensor):
+        if isinstance(batch, Mapping) and isinstance(target_key, str) and isinstance(batch.get(target_key), torch.Tensor):
             parts.append(batch[target_key].detach().cpu())  # a mapping batch (Hugging Face): its labels
             continue
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor)):

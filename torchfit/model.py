@@ -149,7 +149,7 @@ class Model(nn.Module):
                 device: Union[str, torch.device, None] = None, *, loss_func: Optional[Callable] = None,
                 metrics_dict: Optional[Mapping[str, Any]] = None,
                 loss_weights: Union[Mapping[str, float], Sequence[float], None] = None, precision: str = "32",
-                jit_compile: Union[bool, Mapping[str, Any]] = False, strategy: Any = None, target_key: str = "labels",
+                jit_compile: Union[bool, Mapping[str, Any]] = False, strategy: Any = None, target_key: Any = "labels",
                 output_key: Optional[str] = "logits", gradient_checkpointing: bool = False) -> "Model":
         """Set the loss, optimizer, metrics, device and precision; returns the model.
 

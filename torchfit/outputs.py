@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -76,7 +76,8 @@ class OwnLoss:
 class OutputFormat:
     """How compile reads mapping batches and the net's outputs (see the module docstring).
 
-    ``target_key``: the key of a mapping batch's targets; ``output_key``: the field of an output
+    ``target_key``: the key of a mapping batch's targets (a tuple of keys: a dict of targets);
+    ``output_key``: the field of an output
     object the loss, the metrics and ``predict`` get (``None``: ``predict`` returns every field);
     ``own_loss``: the net computes its loss (``compile(loss=None)``), so it gets the targets as an
     input too and its output is read for the loss; ``per_field``: one loss per output
@@ -84,15 +85,18 @@ class OutputFormat:
     field but ``loss`` as a dict.
     """
 
-    target_key: str = "labels"
+    target_key: Union[str, Tuple[str, ...]] = "labels"
     output_key: Optional[str] = "logits"
     own_loss: bool = False
     per_field: bool = False  # one loss per output (compile(loss={...})): the loss gets every field
 
     def __post_init__(self) -> None:
-        if not isinstance(self.target_key, str) or not self.target_key:
+        keys = [self.target_key] if isinstance(self.target_key, str) else self.target_key
+        if not isinstance(keys, (list, tuple)) or not keys or not all(isinstance(k, str) and k for k in keys):
             raise TypeError(f"compile(target_key=...) must be the key of the targets in a mapping batch, e.g. "
-                            f"'labels'; got {self.target_key!r}")
+                            f"'labels', or a tuple of keys; got {self.target_key!r}")
+        if not isinstance(self.target_key, str):
+            object.__setattr__(self, "target_key", tuple(self.target_key))  # frozen: hashable, one type
         if self.output_key is not None and (not isinstance(self.output_key, str) or not self.output_key):
             raise TypeError(f"compile(output_key=...) must name a field of the net's output, e.g. 'logits', or be "
                             f"None; got {self.output_key!r}")
