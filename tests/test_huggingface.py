@@ -208,6 +208,14 @@ def test_two_ranks_train_tiny_models_and_a_stream_as_one_process(tmp_path):
     assert r0["bert_padded"] == pytest.approx(padded.evaluate(DataLoader(hf.classification_samples(15, 6),
                                                                         batch_size=4)), rel=1e-5)
     torch.testing.assert_close(r0["bert_predict"]["logits"], local["logits"])
+    # LoRA on 2 ranks of batch 4 = one process of batch 8; its adapters-only file loads onto a fresh base
+    one = torchfit.Model(hf.lora_bert()).compile(optimizer=hf.sgd(0.5))
+    one.fit(2, DataLoader(hf.classification_samples(16, 1), batch_size=8), verbose=0)
+    assert_same(r0["lora"], one.net.state_dict(), exact=False)
+    fresh = torchfit.Model(hf.lora_bert()).compile(optimizer=hf.sgd(0.5)).load_checkpoint(tmp_path / "adapters.pt")
+    assert_same(fresh.net.state_dict(), r0["lora"])
+    assert all("lora_" in k or "classifier" in k
+               for k in torch.load(tmp_path / "adapters.pt", weights_only=True)["net"])
     # the stream: 11 samples, each seen once per epoch across the ranks (rank 1 repeats one to keep step)
     s0, s1 = r0["stream"], r1["stream"]
     assert s0["seen"] == [0, 2, 4, 6, 8, 10] * 2 and s1["seen"] == [1, 3, 5, 7, 9, 10] * 2

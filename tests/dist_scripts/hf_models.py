@@ -95,6 +95,14 @@ def stream(n: int, seed: int = 0, num_shards: int = 1):
     return datasets.Dataset.from_dict(table).to_iterable_dataset(num_shards=num_shards).with_format("torch")
 
 
+def lora_bert(seed: int = 0):
+    """``bert(seed)`` with LoRA adapters (peft) on the attention's query and value."""
+    import peft
+
+    config = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"])
+    return peft.get_peft_model(bert(seed), config)
+
+
 class Recorder(nn.Module):
     """Wraps a net and records the ``idx`` of every sample it is called on (then drops the key)."""
 
@@ -137,6 +145,11 @@ def main(out_dir: str) -> None:
             # 15 dict samples on 2 ranks: rank 1's last is padding, left out of the figures
             model.compile(nn.CrossEntropyLoss(), sgd(0.5), ["accuracy", "f1"])
             result["bert_padded"] = model.evaluate(DataLoader(classification_samples(15, 6), batch_size=4))
+    # LoRA adapters on 2 ranks, saved alone (every rank calls save_checkpoint, rank 0 writes)
+    model = torchfit.Model(lora_bert()).compile(optimizer=sgd(0.5))
+    model.fit(2, DataLoader(classification_samples(16, 1), batch_size=4), verbose=0)
+    model.save_checkpoint(os.path.join(out_dir, "adapters.pt"), trainable_only=True)
+    result["lora"] = {k: v.clone() for k, v in model.net.state_dict().items()}
     # a Hugging Face stream of 11 samples split across the ranks: each seen once per epoch
     net = Recorder(bert(3))
     model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), sgd(0.5), ["accuracy"])
