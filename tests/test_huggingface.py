@@ -248,3 +248,17 @@ def test_a_dataset_dict_asks_for_one_split():
     model = torchfit.Model(nn.Linear(1, 2)).compile(nn.CrossEntropyLoss())
     with pytest.raises(TypeError, match=r"DatasetDict of splits \['train'\]; pass one split, e.g. dl_train=ds\['train'\]"):
         model.fit(1, splits, batch_size=2, verbose=0)
+
+
+def test_a_stream_already_split_by_node_is_refused():
+    pytest.importorskip("datasets")
+    from datasets.distributed import split_dataset_by_node
+
+    from torchfit.distributed.sharding import shard
+
+    class Ctx:
+        rank, world_size = 0, 2
+
+    split = split_dataset_by_node(hf.stream(6), rank=0, world_size=2)
+    with pytest.raises(ValueError, match="already split across ranks.*pass the whole stream"):
+        shard(Ctx(), DataLoader(split, batch_size=2), "dl_train")

@@ -194,15 +194,18 @@ def _shard_stream(ctx: Any, loader: DataLoader, name: str) -> DataLoader:
         raise ValueError(
             f"{name} reads an IterableDataset with num_workers={loader.num_workers}; under torchrun torchfit splits "
             "the stream across ranks item by item, and with workers each worker would split its own part of "
-            "it, so which rank has the last items (and the epoch figures) could not be exact. Use num_workers=0, "
-            "or split the data yourself (datasets.distributed.split_dataset_by_node) and make every rank yield "
-            "the same number of batches")
+            "it, so which rank has the last items (and the epoch figures) could not be exact. Use num_workers=0")
     if loader.batch_size is None:
         raise ValueError(
             f"{name} has batch_size=None: its IterableDataset yields whole batches, which torchfit cannot split "
             "across ranks sample by sample. Yield samples and let the DataLoader batch them (batch_size=...)")
     if isinstance(loader.dataset, RankShard):
         return loader
+    if getattr(loader.dataset, "_distributed", None) is not None:  # datasets' mark of split_dataset_by_node
+        raise ValueError(
+            f"{name}'s stream is already split across ranks (datasets.distributed.split_dataset_by_node); torchfit "
+            "splits a stream itself, item by item, so that every rank takes the same number of steps and sees "
+            "each sample once: pass the whole stream")
     return DataLoader(RankShard(loader.dataset, ctx.rank, ctx.world_size), batch_size=loader.batch_size,
                       collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
                       timeout=loader.timeout, pin_memory_device=loader.pin_memory_device)
