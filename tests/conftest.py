@@ -88,4 +88,4 @@ class Scripted(Callback):
         params["log_keys"].append("score")
 
     def on_epoch_end(self, epoch, logs):
-        logs["score"] = self.values[epoch - 1]
+        logs["score"] = self.values[epoch]  # hooks count epochs from 0, as in Keras

@@ -61,7 +61,7 @@ def test_early_stopping_restores_the_best_weights_and_restarts_with_each_fit():
     model = compiled(net)
     said = []
     es = EarlyStopping(monitor="score", mode="min", patience=2, restore_best_weights=True, sink=said.append)
-    keep = LambdaCallback(on_epoch_end=lambda epoch, logs: snapshots.__setitem__(epoch, weights(net)))
+    keep = LambdaCallback(on_epoch_end=lambda epoch, logs: snapshots.__setitem__(epoch + 1, weights(net)))
     model.fit(10, loader(blobs(16), 8), callbacks=[Scripted([3.0, 1.0, 2.0, 2.5]), es, keep], verbose=0)
     assert model.epoch == 4
     assert not all(torch.equal(v, snapshots[4][k]) for k, v in snapshots[2].items())
@@ -101,7 +101,7 @@ def test_terminate_on_nan_stops_at_the_batch(terminate):
                                                                     "batch 5" if terminate else "non-finite loss")):
         h = model.fit(3, loader(nan_data(), 8), callbacks=cbs, verbose=0, log_step_freq=100)
     # without it fit notices only at the epoch's end (no logging point in between)
-    assert seen == ([1, 2, 3, 4, 5] if terminate else list(range(1, 9)))
+    assert seen == ([0, 1, 2, 3, 4] if terminate else list(range(8)))  # Keras' 0-based batch indices
     assert len(h) == 0 and model.epoch == 0
 
 
@@ -212,8 +212,10 @@ def test_reduce_lr_on_plateau_follows_its_monitor():
     model = compiled()
     rl = ReduceLROnPlateau(monitor="score", factor=0.5, patience=1, verbose=1, sink=said.append)
     h = model.fit(5, loader(blobs(16), 8), callbacks=[Scripted([1.0, 1.0, 1.0, 0.5, 0.5]), rl], verbose=0)
-    assert list(h["lr"]) == [0.1, 0.1, 0.1, 0.05, 0.05]
-    assert said == ["Epoch 3: ReduceLROnPlateau reduced the learning rate to 0.05 (score has not improved)."]
+    # Keras' rule: the wait reaches patience=1 at the first epoch without improvement (torch waits one more)
+    assert list(h["lr"]) == [0.1, 0.1, 0.05, 0.025, 0.025]
+    assert said == [f"Epoch {e}: ReduceLROnPlateau reduced the learning rate to {lr} (score has not improved)."
+                    for e, lr in ((2, 0.05), (3, 0.025), (5, 0.0125))]
 
 
 def test_torch_plateau_scheduler_through_the_shortcut_watches_val_loss():

@@ -112,7 +112,7 @@ def fit_with_widget_bar(epochs=3, stop_at=None):
         seen.append((label.value, progress_widget.value, progress_widget.max, bar._bar.container.model_id))
 
     def stop(batch, logs):
-        if stop_at == (model.epoch + 1, batch):
+        if stop_at == (model.epoch + 1, batch + 1):  # hooks count batches from 0
             model.stop_training = True
 
     callbacks = [bar, ProgressPrinter(2, notebook=NotebookDisplay(fake)),

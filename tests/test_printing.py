@@ -71,7 +71,7 @@ def test_figures_rendering():
 
 def test_notebook_step_line_shows_step_total_and_eta_or_what_is_known():
     printer = ProgressPrinter()
-    printer.on_epoch_begin(2, {})
+    printer.on_epoch_begin(1, {})  # Keras' 0-based epoch: the second
     printer.set_params({"epochs": 5, "steps": 40})
     logs = {"step": 10, "loss": 2.1, "accuracy": 0.5, "lr": 0.0025}
     # 10 of 40 steps in 30 s: 90 s to go

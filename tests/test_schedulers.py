@@ -129,8 +129,9 @@ def test_epoch_interval_factory_gets_the_number_of_epochs_and_a_later_fit_contin
     totals = []
 
     def factory(opt, total):
-        totals.append(total)
-        return torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.1, total_iters=total - 1)
+        scheduler = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.1, total_iters=total - 1)
+        totals.append(total)  # after building: telling it from a Keras schedule(epoch, lr) calls it with (0, 0.001)
+        return scheduler
 
     cb = LearningRateScheduler(factory)
     model.fit(2, dl, callbacks=[cb], verbose=0)

@@ -178,9 +178,9 @@ def test_on_exception_closes_the_text_bar_on_a_line_of_its_own():
     bar = ProgressBar(file=out, mininterval=0.0)
     bar.set_params({"epochs": 3, "steps": 10})
     bar.on_train_begin({})
-    bar.on_epoch_begin(2, {})
+    bar.on_epoch_begin(1, {})  # hooks count from 0 (Keras): the second epoch
     for step in range(1, 5):
-        bar.on_train_batch_end(step, {"step": step, "loss": 0.5} if step == 4 else {})
+        bar.on_train_batch_end(step - 1, {"step": step, "loss": 0.5} if step == 4 else {})
     bar.on_exception(KeyboardInterrupt())
     text = out.getvalue()
     assert bar._bar is None and text.endswith("\n")  # closed, the cursor on a fresh line
@@ -206,9 +206,9 @@ def test_on_exception_leaves_the_jupyter_widget_where_it_stopped():
     bar = ProgressBar(notebook=NotebookDisplay(display))
     bar.set_params({"epochs": 2, "steps": 10})
     bar.on_train_begin({})
-    bar.on_epoch_begin(1, {})
+    bar.on_epoch_begin(0, {})
     for step in range(1, 4):
-        bar.on_train_batch_end(step, {})
+        bar.on_train_batch_end(step - 1, {})
     bar.on_exception(RuntimeError("boom"))
     assert bar._bar is None and len(outputs) == 1
     assert outputs[0][-1]["text/plain"].startswith("Epoch 1/2:  30%")  # not 0%, not a live bar left open

@@ -97,7 +97,7 @@ class ModelCheckpoint(Callback):
         if self.save_best_only:
             current = logs.get(self.monitor)  # None on an epoch without validation: no improvement
             if is_improvement(current, self.best, self.mode):
-                self.best, self.best_epoch = current, epoch
+                self.best, self.best_epoch = current, epoch + 1
                 self._write(self.path.format(**logs), f" ({self.monitor} improved to {current:.6g})")
         elif all(f in logs for f in self.fields):  # an epoch without validation (validation_freq) cannot
             self._write(self.path.format(**logs), "")  # fill "{val_loss}": it keeps only the last file

@@ -94,7 +94,7 @@ class LivePlot(Callback):
         png = self._draw()
         if self._display is not None:
             self._display.show_bundle("plot", {"image/png": base64.b64encode(png).decode("ascii"),
-                                               "text/plain": f"<torchfit history plot, epoch {epoch}>"})
+                                               "text/plain": f"<torchfit history plot, epoch {epoch + 1}>"})
         else:
             self._write(png)
 

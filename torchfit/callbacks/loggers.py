@@ -11,7 +11,7 @@ import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from ..files import check_writable, replace_atomically
-from .base import Callback
+from .base import Callback, is_logging_point
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -185,7 +185,7 @@ class TensorBoard(StepLogger):
         return writer
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
-        if not logs:  # figures exist only at logging points
+        if not is_logging_point(logs):  # figures are read back only at logging points
             return
         writer = self._writer("train")
         for key, value in logs.items():
@@ -197,9 +197,9 @@ class TensorBoard(StepLogger):
             if key == "epoch":
                 continue
             if key.startswith("val_"):
-                self._writer("validation").add_scalar("epoch_" + key[4:], value, epoch)
+                self._writer("validation").add_scalar("epoch_" + key[4:], value, epoch + 1)
             else:
-                self._writer("train").add_scalar("epoch_" + key, value, epoch)
+                self._writer("train").add_scalar("epoch_" + key, value, epoch + 1)
         for writer in self._writers.values():
             writer.flush()
 

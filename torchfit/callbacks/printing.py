@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 from prettytable import PrettyTable
 
 from .. import formatting
-from .base import Callback
+from .base import Callback, is_logging_point
 
 
 def round_figure(value: float, places: int = 3) -> float:
@@ -187,11 +187,11 @@ class ProgressPrinter(Callback):
                 self.sink(time_bar())
 
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
-        self._epoch = epoch
+        self._epoch = epoch + 1  # the table's 1-based number
         self._epoch_start = time.monotonic()
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
-        if logs and self.verbose == 1:
+        if self.verbose == 1 and is_logging_point(logs):
             if self._display is None:
                 self.sink(format_step(logs))
             else:

@@ -74,6 +74,7 @@ class EarlyStopping(Callback):
         current = logs.get(self.monitor)
         if current is None:
             return  # an epoch without validation (fit(validation_freq=...)): nothing to judge, as in Keras
+        epoch += 1  # hooks count from 0; messages and best_epoch use the history's 1-based numbers
         if is_improvement(current, self.best, self.mode, self.min_delta):
             self.best, self.best_epoch, self.wait = current, epoch, 0
             if self.restore_best_weights:
@@ -145,4 +146,4 @@ class TerminateOnNaN(Callback):
             if elsewhere and not bad:
                 bad, loss = True, "not finite on another process"
         if bad:
-            run.stop(f"TerminateOnNaN: the loss is {loss} at epoch {run.epoch}, batch {batch}", self.model)
+            run.stop(f"TerminateOnNaN: the loss is {loss} at epoch {run.epoch}, batch {batch + 1}", self.model)

@@ -21,6 +21,7 @@ import warnings
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from ..files import check_writable
+from .base import is_logging_point
 from .loggers import StepLogger
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -187,11 +188,11 @@ class MLflowLogger(StepLogger):
             self._client.log_batch(self.run_id, metrics=metrics)
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
-        if logs:  # figures exist only at logging points
+        if is_logging_point(logs):  # figures are read back only at logging points
             self._log({"batch_" + k: v for k, v in _numbers(logs, skip=("step",)).items()}, self.model.global_step)
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        self._log(_numbers(logs), epoch)
+        self._log(_numbers(logs), epoch + 1)
 
     def on_train_end(self, logs: dict) -> None:
         try:
@@ -278,12 +279,12 @@ class WandbLogger(StepLogger):
         self.run.config.update({**fit_params(self.model, self.params), **self.config}, allow_val_change=True)
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
-        if logs:
+        if is_logging_point(logs):
             figures = {"batch/" + k: v for k, v in _numbers(logs, skip=("step",)).items()}
             self.run.log({**figures, "global_step": self.model.global_step})
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        self.run.log({"epoch": epoch, **_numbers(logs)})
+        self.run.log({"epoch": epoch + 1, **_numbers(logs)})
 
     def on_train_end(self, logs: dict) -> None:
         import wandb
