@@ -122,7 +122,7 @@ def test_the_diagnosis_names_a_dead_relu_and_the_layer_before_it():
     with torch.no_grad():
         net[0].bias.fill_(-20.0)  # every unit below zero for every input: the ReLU never fires
     found = regression_fit(net, torch.optim.SGD(net.parameters(), lr=1e-2), activations=["1"]).diagnose()
-    assert any(f.startswith("dead ReLU in 1 (100%)") for f in found), found
+    assert any(f.startswith("dead ReLU in 1 (100% of units zero") for f in found), found
     assert any(f.startswith("no gradient at all in 0") for f in found), found
 
 

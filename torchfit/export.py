@@ -250,8 +250,11 @@ def _capture_failure(net: nn.Module, exc: BaseException) -> ExportError:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
     text = "\n".join(str(e) for e in chain)
-    where = re.search(r'File "([^"]+)", line (\d+), in (\w+)\n\s+(.+)', text)
-    line = f" at {os.path.basename(where.group(1))}:{where.group(2)} (`{where.group(4).strip()}`)" if where else ""
+    where = re.search(r'File "([^"]+)", line (\d+), in \w+(?:\n[ \t]+(\S[^\n]*))?', text)
+    line = ""
+    if where:
+        line = f" at {os.path.basename(where.group(1))}:{where.group(2)}"
+        line += f" (`{where.group(3).strip()}`)" if where.group(3) else ""
     if "data-dependent" in text or "GuardOnDataDependent" in text:
         return ExportError(
             f"cannot export {type(net).__name__}: its forward has data-dependent control flow{line}: a Python "

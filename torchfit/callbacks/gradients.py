@@ -213,7 +213,8 @@ class GradientStats(Callback):
     def plot(self, stats: Sequence[str] = ("grad_norm", "update_ratio"),
              groups: Optional[Callable[[str], str]] = None) -> Any:
         """A row of panels per layer group (default: the first part of the layer's name, the top-level
-        layers together), a panel per stat, a line per layer over ``global_step``, log scale.
+        layers together), a panel per stat, a line per layer over ``global_step``; norms and ratios on a
+        log scale, fractions of zeros on a linear one.
         Returns the matplotlib Figure."""
         from ..plot import _figure_class, _import_matplotlib
 
@@ -240,7 +241,7 @@ class GradientStats(Callback):
                 for layer, lines in part.groupby("layer", sort=False):
                     values = lines["value"].abs() if stat != "act_mean" else lines["value"]
                     ax.plot(lines["global_step"], values, marker=".", label=layer)
-                if stat != "act_mean" and (part["value"].abs() > 0).any():
+                if stat not in ("act_mean", "act_zeros", "act_dead") and (part["value"].abs() > 0).any():
                     ax.set_yscale("log")
                 ax.set_title(f"{group}: {stat}", fontsize="small")
                 ax.set_xlabel("global_step")
@@ -313,8 +314,8 @@ class GradientStats(Callback):
             acts = med["act_dead"].dropna()
             gone = [name for name in acts.index if acts[name] > dead]
             if gone:
-                figures = ", ".join(f"{n} ({acts[n]:.0%})" for n in gone)
-                found.append(f"dead ReLU in {figures} of units zero for the whole batch. Lower the learning rate, "
+                figures = ", ".join(f"{n} ({acts[n]:.0%} of units zero for the whole batch)" for n in gone)
+                found.append(f"dead ReLU in {figures}. Lower the learning rate, "
                              "use LeakyReLU/GELU, or check the bias init of the layer before it")
         return found
 
