@@ -16,12 +16,15 @@ exports the net as it is, in eval mode, on the device it is on.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import re
+import sys
 import tempfile
 import warnings
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -36,7 +39,11 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 class ExportError(RuntimeError):
-    """The net could not be exported, or the exported program does not compute what the net does."""
+    """The net could not be exported, or the exported program does not compute what the net does.
+
+    ``details``: what the exporter printed while it failed (torch's partial graph), for debugging."""
+
+    details: str = ""
 
 
 @dataclasses.dataclass
@@ -270,13 +277,30 @@ def _capture_failure(net: nn.Module, exc: BaseException) -> ExportError:
                        f"{type(chain[-1]).__name__}: {first}")
 
 
-def _export_pt2(net: nn.Module, args: tuple, kwargs: Dict[str, Any], dynamic: bool, path: str) -> None:
+@contextlib.contextmanager
+def _captured_stderr(net: nn.Module) -> Iterator[None]:
+    """Run an exporter with what it prints to stderr held back: passed on when it succeeds, kept on the
+    ``ExportError`` as ``details`` (torch prints the partial graph of a failed capture there) when not."""
+    held = io.StringIO()
     try:
+        with contextlib.redirect_stderr(held):
+            yield
+    except ExportError:
+        raise
+    except Exception as exc:
+        error = _capture_failure(net, exc)
+        error.details = held.getvalue()
+        raise error from exc
+    else:
+        if held.getvalue():
+            sys.stderr.write(held.getvalue())
+
+
+def _export_pt2(net: nn.Module, args: tuple, kwargs: Dict[str, Any], dynamic: bool, path: str) -> None:
+    with _captured_stderr(net):
         with warnings.catch_warnings():  # RNNs rebuild their weight list while traced; the program is right
             warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights")
             program = torch.export.export(net, args, kwargs, dynamic_shapes=_dynamic_shapes(args, kwargs, dynamic))
-    except Exception as exc:
-        raise _capture_failure(net, exc) from exc
     torch.export.save(program, path)
 
 
@@ -301,14 +325,11 @@ def _output_names(out: Any) -> List[str]:
 
 def _export_onnx(net: nn.Module, args: tuple, kwargs: Dict[str, Any], dynamic: bool, path: str,
                  opset_version: Optional[int], example_out: Any) -> None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's notes on its own internals
-            torch.onnx.export(net, args, path, kwargs=kwargs, dynamo=True, external_data=False, verbose=False,
-                              dynamic_shapes=_dynamic_shapes(args, kwargs, dynamic), opset_version=opset_version,
-                              output_names=_output_names(example_out))
-    except Exception as exc:
-        raise _capture_failure(net, exc) from exc
+    with _captured_stderr(net), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        torch.onnx.export(net, args, path, kwargs=kwargs, dynamo=True, external_data=False, verbose=False,
+                          dynamic_shapes=_dynamic_shapes(args, kwargs, dynamic), opset_version=opset_version,
+                          output_names=_output_names(example_out))
 
 
 def _onnx_runner(path: str) -> Any:
