@@ -166,3 +166,57 @@ def test_attach_keeps_one_profiler_per_model():
     model.fit(1, loader(blobs(64), 16), verbose=0, callbacks=[attach(model)])
     model.fit(1, loader(blobs(64), 16), verbose=0, callbacks=[attach(model)])
     assert model.profiler.frame()["epoch"].tolist() == [1, 2]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_parts_split_the_gpu_timeline_and_a_slow_forward_lands_in_forward():
+    prof = Profiler()
+    model = torchfit.Model(SlowNet()).compile(nn.CrossEntropyLoss(), "sgd", device="cuda")
+    steps = 16
+    model.fit(2, DataLoader(SlowDataset(8 * steps), batch_size=8), callbacks=[prof, SlowCallback()], verbose=0,
+              log_step_freq=4)
+    for _, row in prof.frame().iterrows():
+        assert abs(row[list(PARTS)].sum() - row["wall"]) <= 0.05 * row["wall"]  # events span the host's epoch
+        assert steps * DATA_SLEEP <= row["data"] * 1.05
+        assert steps * FORWARD_SLEEP <= row["forward"] * 1.05
+        assert steps * (CALLBACK_SLEEP + BACKWARD_END_SLEEP) <= row["callbacks"] * 1.05
+
+
+def test_the_cuda_clock_charges_each_stretch_between_events_to_its_part(monkeypatch):
+    # CUDA events stood in for by host timestamps: the bookkeeping (which stretch goes to which part,
+    # one read per epoch) is what is checked here; the GPU test above checks real events.
+    from torchfit.callbacks import profiling
+
+    class FakeEvent:
+        reads = 0
+
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self, stream):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            FakeEvent.reads += 1
+
+        def elapsed_time(self, other):
+            return (other.t - self.t) * 1000.0
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: None)
+    clock = profiling._Clock(torch.device("cuda"))
+    assert clock.cuda
+    for epoch in range(2):  # events are reused by the second epoch
+        clock.start(profiling._CALLBACKS)
+        clock.mark(profiling._DATA)
+        time.sleep(0.02)
+        clock.mark(profiling._FORWARD)
+        time.sleep(0.01)
+        clock.mark(profiling._METRICS)
+        clock.relabel(profiling._SYNC)
+        time.sleep(0.005)
+        totals = dict(zip(PARTS, clock.finish()))
+        assert 0.02 <= totals["data"] < 0.03 and 0.01 <= totals["forward"] < 0.02
+        assert 0.005 <= totals["sync"] < 0.015 and totals["metrics"] == 0.0
+    assert FakeEvent.reads == 2 and len(clock.events) == 5

@@ -256,7 +256,8 @@ class GradientStats(Callback):
 
         - vanishing gradients: a layer whose relative gradient (grad_norm / weight_norm) is below
           ``vanishing`` times the largest layer's;
-        - exploding gradients: a non-finite gradient norm, or a relative gradient above ``exploding``;
+        - exploding gradients: a non-finite gradient norm (with fp16's grad scaler, whose skipped steps
+          overflow by design, a non-finite weight norm), or a relative gradient above ``exploding``;
         - dead ReLU: a named activation with more than ``dead`` of its units zero for the whole
           batch; a layer whose gradient is exactly zero (what feeds a dead ReLU);
         - learning rate: the median update_ratio over the layers above ``lr_high`` (too high) or
@@ -269,7 +270,10 @@ class GradientStats(Callback):
         steps = sorted(df["global_step"].unique())[-last:]
         recent = df[df["global_step"].isin(steps)]
         finite = recent["value"].map(math.isfinite)
-        broken = recent[~finite & recent["stat"].isin(["grad_norm", "weight_norm"])]["layer"]
+        # with fp16's grad scaler an overflowing step is normal: the scaler skips it, so only weights count
+        scaler = getattr(getattr(self.model, "precision", None), "scaler", None)
+        checked = ["weight_norm"] if scaler is not None and scaler.is_enabled() else ["grad_norm", "weight_norm"]
+        broken = recent[~finite & recent["stat"].isin(checked)]["layer"]
         med = (recent.assign(value=recent["value"].where(finite))
                .groupby(["layer", "stat"], sort=False)["value"].median().unstack("stat"))
         order = [layer for layer in self._layers if layer in med.index] or list(med.index)

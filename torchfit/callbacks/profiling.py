@@ -64,6 +64,7 @@ class _Clock:
 
     def __init__(self, device: Optional[torch.device]):
         self.cuda = device is not None and device.type == "cuda"
+        self.device = device
         self.part = _OTHER
         self.totals = [0.0] * len(PARTS)
         self.last = 0.0
@@ -108,7 +109,7 @@ class _Clock:
     def _record(self) -> None:
         if self.used == len(self.events):
             self.events.append(torch.cuda.Event(enable_timing=True))
-        self.events[self.used].record()
+        self.events[self.used].record(torch.cuda.current_stream(self.device))  # the model's device's stream
         self.used += 1
 
 
