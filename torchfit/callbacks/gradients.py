@@ -27,8 +27,11 @@ ACTIVATION_STATS = ("act_mean", "act_std", "act_zeros", "act_dead")
 
 
 def layer_of(param_name: str) -> str:
-    """The module a parameter belongs to: ``"encoder.0.weight"`` -> ``"encoder.0"``; a parameter of the
-    net itself keeps its own name."""
+    """The module a parameter belongs to; a parameter of the net itself keeps its own name.
+
+    >>> layer_of("encoder.0.weight"), layer_of("scale")
+    ('encoder.0', 'scale')
+    """
     return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
 
 
