@@ -183,3 +183,21 @@ def test_arguments_are_checked_before_anything_is_written(tmp_path):
     with pytest.raises(TypeError, match="needs a torchfit Model or an nn.Module"):
         export(lambda x: x, tmp_path / "net.pt2", torch.randn(4, 4))
     assert os.listdir(tmp_path) == []
+
+
+def test_a_model_subclass_with_its_own_layers_exports_itself(tmp_path):
+    class Net(torchfit.Model):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    model = Net().compile(nn.CrossEntropyLoss(), "sgd", device="cpu")
+    report = export(model, tmp_path / "m.pt2", (torch.randn(5, 4), torch.zeros(5)), weights=False)
+    assert report.max_abs_diff == 0.0 and report.weights_path is None
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    x = torch.randn(9, 4)
+    torch.testing.assert_close(program(x), model.fc(x))
