@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import pandas as pd
 import torch
@@ -126,7 +126,7 @@ class Profiler(Callback):
     The parts tile the epoch, so they add up to its wall time (``wall``, measured
     on the host: on a GPU the parts split the GPU's timeline and add up to it
     within the launch of the first and the wait for the last event). Measuring
-    costs a few microseconds per step (docs/inspecting.md states the figure).
+    costs about 10 µs per training step on a CPU (docs/inspecting.md).
     ``trace=(a, b)``: a ``torch.profiler`` trace of training batches a to b
     (1-based, counted across the fit's epochs) is written to ``trace_dir`` as a
     ``*.pt.trace.json`` file that TensorBoard's profiler plugin and Perfetto
@@ -154,6 +154,7 @@ class Profiler(Callback):
         self._epoch_steps = 0
         self._batches = 0  # training batches of this fit, for the trace window
         self._tracer: Any = None
+        self._in_train = False  # inside a training pass: the forward and step hooks mark only there
 
     # ------------------------------------------------------------ results
     def frame(self) -> pd.DataFrame:
@@ -246,8 +247,6 @@ class Profiler(Callback):
 
     def _training_marker(self) -> bool:
         return self._in_train
-
-    _in_train = False
 
     def _wrap(self, owner: Any, name: str, before: Callable, after: Callable) -> None:
         original = getattr(owner, name)
