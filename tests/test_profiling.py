@@ -68,15 +68,16 @@ def test_slow_loader_forward_and_callback_each_land_in_their_own_column():
     for _, row in df.iterrows():
         parts = row[list(PARTS)]
         assert abs(parts.sum() - row["wall"]) <= 0.03 * row["wall"]  # the parts tile the epoch
-        # each sleep where it belongs: at least the time slept, and not much more (a loaded machine adds some)
-        assert steps * DATA_SLEEP <= row["data"] <= steps * DATA_SLEEP * 1.6
-        assert steps * FORWARD_SLEEP <= row["forward"] <= steps * FORWARD_SLEEP * 1.6
+        # each sleep where it belongs: at least the time slept (the parts tile the epoch, so a sleep
+        # charged elsewhere would leave its own column short), and not far more (a loaded machine adds some)
+        assert steps * DATA_SLEEP <= row["data"] <= steps * DATA_SLEEP * 2.5
+        assert steps * FORWARD_SLEEP <= row["forward"] <= steps * FORWARD_SLEEP * 2.5
         callbacks_slept = steps * (CALLBACK_SLEEP + BACKWARD_END_SLEEP)
-        assert callbacks_slept <= row["callbacks"] <= callbacks_slept * 1.6
+        assert callbacks_slept <= row["callbacks"] <= callbacks_slept * 2.5
         # validation: 2 batches, each with a data and a forward sleep
-        assert 2 * (DATA_SLEEP + FORWARD_SLEEP) <= row["validation"] <= 2 * (DATA_SLEEP + FORWARD_SLEEP) * 2
+        assert 2 * (DATA_SLEEP + FORWARD_SLEEP) <= row["validation"] <= 2 * (DATA_SLEEP + FORWARD_SLEEP) * 3
         for quick in ("copy", "backward", "optimizer", "metrics", "sync", "other"):
-            assert row[quick] < 0.25 * steps * FORWARD_SLEEP, (quick, row[quick])
+            assert row[quick] < 0.5 * steps * FORWARD_SLEEP, (quick, row[quick])
         assert row["sync"] > 0  # logging points and the epoch's end
     # an independent clock: the epochs are (almost) all of the fit
     assert 0.85 * elapsed <= df["wall"].sum() <= elapsed
