@@ -177,7 +177,7 @@ def stale_bar_outputs(nb):
 def test_committed_notebooks_carry_their_outputs():
     assert [p.name for p in NOTEBOOKS] == ["01_quick_start.ipynb", "02_tabular_binary.ipynb",
                                            "03_raw_loop_vs_torchfit.ipynb", "04_torchvision_pipeline.ipynb",
-                                           "05_callbacks_tour.ipynb", "06_workflow.ipynb"]
+                                           "05_callbacks_tour.ipynb", "06_workflow.ipynb", "08_inspect.ipynb"]
     for path in NOTEBOOKS:
         nb = nbformat.read(str(path), as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
@@ -241,7 +241,7 @@ def test_notebook_runs_in_a_venv_kernel_without_errors(path, tmp_path, capsys):
     assert not stale_bar_outputs(done) and "widgets" not in done.metadata
     # each plotting cell shows its figure exactly once (a live plot too: one display updated in place)
     plotting = sum(any(p in c.source for p in ("plot_history(", "plt.show()", "LivePlot(", "plot=True", "plot_lr_find(",
-                                               "plot_confusion_matrix(")) for c in code)
+                                               "plot_confusion_matrix(", "profiler.plot(", "grads.plot(")) for c in code)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == plotting
 
 @pytest.mark.parametrize("doc", ["docs/notebooks.md", "docs/api.md"])
