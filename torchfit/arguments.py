@@ -23,6 +23,7 @@ import torch
 from . import checkpoint, distributed, inputs
 from .callbacks import Callback, CallbackList, ProgressPrinter
 from .callbacks.base import check_callbacks
+from .callbacks import profiling
 from .callbacks.liveplot import LivePlot
 from .callbacks.schedulers import from_fit_argument
 from .errors import NotCompiledError
@@ -96,6 +97,7 @@ class FitArgs:
     class_weight: Any = None
     sample_weight: Any = None
     plot: Any = False
+    profile: Any = False
     grad_accum_steps: Any = 1
     grad_clip_norm: Any = None
     grad_clip_value: Any = None
@@ -195,6 +197,8 @@ def check_fit(model: Any, args: FitArgs) -> CheckedFit:
     callbacks = check_callbacks(args.callbacks)
     if args.plot:
         callbacks.append(LivePlot())
+    if args.profile:  # one Profiler per model (model.profiler), its rows continuing across fits
+        callbacks.append(profiling.attach(model))
     if args.lr_scheduler is not None:
         callbacks.append(from_fit_argument(args.lr_scheduler, dl_val is not None, model.optimizer))
     if args.overfit_batches is not None:  # the same first n batches for training and validation, every epoch

@@ -71,6 +71,7 @@ class Model(nn.Module):
         self.stop_training = False
         self._run: Optional[Run] = None
         self.jit_compile: Union[bool, Mapping[str, Any]] = False
+        self.profiler: Any = None  # fit(profile=True)'s Profiler: model.profiler.frame(), .plot()
 
     # ------------------------------------------------------------------ basics
     @property
@@ -195,7 +196,7 @@ class Model(nn.Module):
             verbose: Union[int, str] = 1, *, initial_epoch: Optional[int] = None,
             steps_per_epoch: Optional[int] = None, validation_steps: Optional[int] = None, validation_freq: int = 1,
             overfit_batches: Optional[int] = None, class_weight: Optional[Mapping[int, float]] = None,
-            sample_weight: Any = None, plot: bool = False, grad_accum_steps: int = 1,
+            sample_weight: Any = None, plot: bool = False, profile: bool = False, grad_accum_steps: int = 1,
             grad_clip_norm: Optional[float] = None, grad_clip_value: Optional[float] = None, lr_scheduler: Any = None,
             resume_from: Union[str, "os.PathLike[str]", None] = None, progress_bar: Optional[bool] = None,
             x: Any = None, y: Any = None, target: Union[str, Sequence[str], None] = None,
@@ -236,7 +237,7 @@ class Model(nn.Module):
         ``validation_freq=n`` validates every n-th epoch; ``class_weight`` / ``sample_weight`` (or
         ``(x, y, w)`` batches) weigh each sample's loss, ``sum(w_i * loss_i) / N``.
         ``overfit_batches=n`` trains and validates on the first n batches (a debugging run);
-        ``plot=True`` adds a ``LivePlot``. ``grad_accum_steps=k`` steps every k batches on the window's
+        ``plot=True`` adds a ``LivePlot``; ``profile=True`` a ``Profiler`` (``model.profiler.frame()``). ``grad_accum_steps=k`` steps every k batches on the window's
         sample-weighted mean gradient; ``grad_clip_norm`` / ``grad_clip_value`` clip before each
         step. ``lr_scheduler``: a torch scheduler on ``model.optimizer`` stepped per epoch (per step:
         the ``LearningRateScheduler`` callback). ``resume_from``: a checkpoint; ``epochs`` is then the
@@ -246,7 +247,7 @@ class Model(nn.Module):
         finished epochs. docs/api.md has a line per argument.
         """
         args = FitArgs(epochs, dl_train, dl_val, log_step_freq, callbacks, verbose, initial_epoch, steps_per_epoch,
-                       validation_steps, validation_freq, overfit_batches, class_weight, sample_weight, plot,
+                       validation_steps, validation_freq, overfit_batches, class_weight, sample_weight, plot, profile,
                        grad_accum_steps, grad_clip_norm, grad_clip_value, lr_scheduler, resume_from, progress_bar, x,
                        y, target, batch_size, validation_split, validation_data, shuffle, seed, fast_path,
                        num_processes)
@@ -374,6 +375,13 @@ class Model(nn.Module):
         from .lr_finder import lr_find
 
         return lr_find(self, dl_train, start_lr, end_lr, num_steps, **kwargs)
+
+    def export(self, path: Union[str, "os.PathLike[str]"], example_batch: Any, format: Optional[str] = None,
+               **kwargs: Any) -> Any:
+        """The net to ``.pt2`` or ``.onnx``, checked against the eager net (``torchfit.export.export``)."""
+        from .export import export
+
+        return export(self, path, example_batch, format, **kwargs)
 
     def confusion_matrix(self, dl: Any, labels: Any = None, normalize: Optional[str] = None,
                          **kwargs: Any) -> pd.DataFrame:

@@ -116,7 +116,7 @@ class GradientStats(Callback):
 
     # ------------------------------------------------------------ recording
     def _logging_point(self, batch: int) -> bool:
-        run = self.model._run
+        run = self.model.run
         every = run.config.log_every if run is not None else None
         return bool(every) and batch % every == 0
 
@@ -164,7 +164,7 @@ class GradientStats(Callback):
         if acts:
             values = torch.cat([values, torch.stack([self._acts[n] for n in acts]).to(values.device).flatten()])
         self._acts = {}
-        run = self.model._run
+        run = self.model.run
         self._pending.append((run.epoch, batch, self.model.global_step, acts, values))
 
     def _read(self) -> None:

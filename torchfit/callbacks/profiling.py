@@ -195,7 +195,7 @@ class Profiler(Callback):
     # ------------------------------------------------------------ hooks
     def on_train_begin(self, logs: dict) -> None:
         self._uninstall()
-        run = getattr(self.model, "_run", None)
+        run = self.model.run
         if run is None:
             raise RuntimeError("Profiler runs inside model.fit: pass it as fit(..., callbacks=[Profiler()])")
         self._clock = _Clock(self.model.device)
