@@ -80,9 +80,9 @@ def test_step_dict_stays_a_python_literal_with_exact_figures_underneath():
 def test_tables_in_text_and_html_use_the_formatter():
     rows = [{"epoch": 1, "loss": 2.1, "lr": 0.0025}]
     text = epoch_table(rows)
-    assert "| 2.100 |" in text and "0.0025" in text and "0.003" not in text
+    assert "| 2.100    |" in text and "| 0.0025    |" in text and "0.003" not in text
     html = epoch_table_html(rows)
-    assert "<td>2.100</td>" in html and "<td>0.0025</td>" in html and "<td>1</td>" in html
+    assert "<td>2.100   </td>" in html and "<td>0.0025   </td>" in html and "<td>  1  </td>" in html
 
 
 def test_figure_widths_only_grow():
