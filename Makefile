@@ -1,5 +1,5 @@
 # Two commands set up everything on a fresh machine: `make demo` and `make test`.
-# `make demo` installs what the demo needs (torch, numpy, pandas, prettytable, scikit-learn,
+# `make demo` installs what the demo needs (torch, numpy, pandas, scikit-learn,
 # tqdm, matplotlib); `make test` adds the dev set (pytest, jupyter, tensorboard, mlflow, wandb, ray...).
 # VENV can point elsewhere (CI reuses one venv across fresh clones: see .ci/run).
 VENV ?= .venv

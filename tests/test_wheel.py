@@ -72,7 +72,7 @@ def test_the_wheel_installs_into_a_new_venv_and_runs_the_readme_example(tmp_path
     assert not any(n.startswith("tests/") for n in names)
     assert re.search(r"^Name: torchfit-keras$", meta, re.M)
     requires = set(re.findall(r"^Requires-Dist: ([A-Za-z0-9_-]+)[^;\n]*$", meta, re.M))
-    assert requires == {"torch", "numpy", "pandas", "prettytable", "scikit-learn", "tqdm"}
+    assert requires == {"torch", "numpy", "pandas", "scikit-learn", "tqdm"}
     assert 'extra == "plot"' in meta
 
     venv = tmp_path / "venv"

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from ..formatting import format_figure
 from .base import Callback
 from .monitor import check_monitor, check_nonnegative, main_process, resolve_mode
 
@@ -330,7 +331,7 @@ class ReduceLROnPlateau(Callback):
         after = [g["lr"] for g in self.model.optimizer.param_groups]
         if after != before and self.verbose and main_process(self.model):
             self.sink(f"Epoch {epoch}: ReduceLROnPlateau reduced the learning rate to "
-                      f"{', '.join(f'{lr:.6g}' for lr in after)} ({self.monitor} has not improved).")
+                      f"{', '.join(format_figure(lr, 'lr') for lr in after)} ({self.monitor} has not improved).")
 
     def state_dict(self) -> dict:
         return {"scheduler": self.scheduler.state_dict()} if self.scheduler is not None else {}
