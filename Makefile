@@ -26,9 +26,10 @@ $(STAMP): constraints.txt setup.cfg | $(VENV)/bin/python
 	touch $@ $(DEMO_STAMP)
 
 # The runtime set only. Without an NVIDIA GPU, a CPU-only torch where pip can see one
-# (tools/cpu_torch.py: a `+cpu` wheel in pip's find-links), else the pinned build.
+# (tools/cpu_torch.py: a `+cpu` wheel in pip's find-links), else the pinned build; a venv
+# that had the dev set (an older stamp) keeps the pinned build, which its torchvision needs.
 $(DEMO_STAMP): constraints.txt setup.cfg tools/cpu_torch.py | $(VENV)/bin/python
-	cpu_torch="$$($(PY) tools/cpu_torch.py)"; \
+	cpu_torch="$$(ls $(VENV)/.torchfit-deps-* >/dev/null 2>&1 || $(PY) tools/cpu_torch.py)"; \
 	if [ -n "$$cpu_torch" ]; then \
 		grep -v '^torch==' constraints.txt > $(VENV)/demo-constraints.txt; \
 		echo "no NVIDIA GPU: $$cpu_torch (CPU-only build)"; \
