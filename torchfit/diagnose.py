@@ -144,7 +144,7 @@ def _layer_hint(module: nn.Module, x: Any) -> Optional[str]:
     if isinstance(module, nn.modules.conv._ConvNd):
         dims, kind = len(module.kernel_size), type(module).__name__
         if x.dim() == dims + 1 and x.shape[0] != module.in_channels:
-            return (f"a {kind} takes (N, C, ...) input with {dims} spatial dimension(s); this one has no channel "
+            return (f"a {kind} takes (N, C, ...) input with {count_of(dims, 'spatial dimension')}; this one has no channel "
                     f"dimension. Fix: x.unsqueeze(1) for single-channel data (N, 1, ...)")
         if x.dim() not in (dims + 1, dims + 2):
             return f"a {kind} takes {dims + 2}-d (N, C, ...) input, this is {x.dim()}-d. Fix: reshape it to (N, C, ...)"
