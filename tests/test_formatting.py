@@ -216,3 +216,11 @@ def test_a_figure_wider_than_planned_widens_its_column_once():
     assert ColumnFormat("val_accuracy").width == len("val_accuracy")
     assert ColumnFormat("epoch").text(7) == "  7  "
     assert ColumnFormat("loss").text(float("nan")).strip() == "nan"
+
+
+def test_the_printer_width_is_checked_and_a_sink_of_ones_own_gets_80_columns(monkeypatch):
+    with pytest.raises(ValueError, match=r"ProgressPrinter\(width=...\) is the line width in characters"):
+        ProgressPrinter(width=5)
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: stdout's tables may use it, a sink's do not
+    lines = run_tables(None, epochs=2)
+    assert max(len(line) for out in lines for line in out.splitlines()) <= 80

@@ -125,11 +125,18 @@ def epoch_table_html(rows: Iterable[Mapping[str, float]]) -> str:
             f"<tbody>{body}</tbody></table>")
 
 
-def output_width(width: Optional[int] = None) -> int:
-    """The line width tables are fitted to: ``width`` if given, else the terminal's
-    (``COLUMNS`` first, as ``shutil.get_terminal_size`` reads it), else 80 (a file, a CI log)."""
+def output_width(width: Optional[int] = None, stdout: bool = True) -> int:
+    """The line width tables are fitted to: ``width`` if given; for stdout the terminal's
+    (``COLUMNS`` first, as ``shutil.get_terminal_size`` reads it), else 80 (a file, a pipe,
+    a CI log, or a sink of your own).
+
+    >>> output_width(100), output_width(stdout=False)
+    (100, 80)
+    """
     if width is not None:
         return width
+    if not stdout:
+        return 80
     return shutil.get_terminal_size((80, 24)).columns or 80
 
 
@@ -221,9 +228,9 @@ class ProgressPrinter(Callback):
     Figures go through ``torchfit.formatting`` (3 fixed decimals, significant digits for
     learning rates), laid out by one ``formatting.Columns`` for the whole fit: each
     column keeps its width and its decimal point's place from the first epoch to the
-    last. ``width`` is the most characters a line may have (default: the terminal's
-    width, ``COLUMNS``, or 80 in a file or CI log): a table wider than that is cut into
-    stacked tables, each led by the ``epoch`` column.
+    last. ``width`` is the most characters a line may have (default: with ``sink=print``
+    the terminal's width or ``COLUMNS``, 80 in a file or CI log; 80 for another sink): a
+    table wider than that is cut into stacked tables, each led by the ``epoch`` column.
 
     >>> # model.fit(5, dl_train, callbacks=[ProgressPrinter(2, sink=my_log.write)], verbose=0)
     """
@@ -253,7 +260,7 @@ class ProgressPrinter(Callback):
         if self.verbose == 1:
             self.sink("Start Training ...")
             if self._display is None:
-                self.sink(time_bar(min(99, output_width(self.width))))
+                self.sink(time_bar(min(99, output_width(self.width, self.sink is print))))
 
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
         self._epoch = epoch
@@ -296,7 +303,7 @@ class ProgressPrinter(Callback):
             self._rows.append(dict(logs))
             self._display.show("epochs", epoch_table(self._rows), epoch_table_html(self._rows))
             return
-        width = output_width(self.width)
+        width = output_width(self.width, self.sink is print)
         self.sink("\n" + epoch_table([logs], self._layout, width))
         if self.verbose == 1:
             self.sink(time_bar(min(99, width)))
