@@ -81,3 +81,16 @@ def test_notebook_step_line_shows_step_total_and_eta_or_what_is_known():
     printer.set_params({"epochs": 5, "steps": None})  # a loader without len(): no total, no ETA
     assert printer.step_line(10, logs, 3725.0) == "Epoch 2/5  step 10  [1:02:05]  loss=2.100, accuracy=0.500, lr=0.0025"
     assert printer.step_line(10, logs, None) == "Epoch 2/5  step 10  loss=2.100, accuracy=0.500, lr=0.0025"
+
+
+def test_an_epoch_without_validation_keeps_the_columns_of_the_others(capsys):
+    # validation_freq=2: epoch 1 has no val_ figures; its table still has their (blank) columns
+    fit_output(capsys, 2, epochs=2, validation_freq=2)
+    out = fit_output(capsys, 2, epochs=3, validation_freq=2)
+    tables = [t for t in out.split("\n\n") if "| epoch |" in t]
+    assert len(tables) == 3
+    borders = {t.strip().splitlines()[0] for t in tables}
+    heads = {t.strip().splitlines()[1] for t in tables}
+    assert len(borders) == 1 and len(heads) == 1 and "val_accuracy" in heads.pop()
+    row1 = tables[0].strip().splitlines()[3]
+    assert row1.split("|")[4].strip() == "" and row1.split("|")[2].strip()  # no val_loss, a loss

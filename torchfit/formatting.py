@@ -255,6 +255,10 @@ class Columns:
     def __init__(self) -> None:
         self.formats: Dict[str, ColumnFormat] = {}
 
+    def add(self, key: str) -> None:
+        """Plan a column before its first figure (a printer knows a run's keys when it begins)."""
+        self.formats.setdefault(key, ColumnFormat(key))
+
     def observe(self, row: Mapping[str, Any]) -> None:
         for key, value in row.items():
             self.formats.setdefault(key, ColumnFormat(key)).observe(value)

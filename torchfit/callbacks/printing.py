@@ -95,7 +95,7 @@ def epoch_table(rows: Iterable[Mapping[str, float]], layout: Optional[formatting
     layout = layout if layout is not None else formatting.Columns()
     for row in rows:
         layout.observe(row)
-    columns = [c for c in layout.names if any(c in row for row in rows)]
+    columns = layout.names  # a column the rows lack (no validation this epoch) stays, blank
     widths = layout.widths()
     tables = []
     for group in column_groups(columns, widths, width):
@@ -255,6 +255,8 @@ class ProgressPrinter(Callback):
     def on_train_begin(self, logs: dict) -> None:
         self._rows = []
         self._layout = formatting.Columns()
+        for key in self.params.get("log_keys") or ():  # every epoch's tables get every column, in order
+            self._layout.add(key)
         self._last_step = None
         self._display = choose_display(self.notebook, default_output=self.sink is print)
         if self.verbose == 1:
