@@ -33,9 +33,8 @@ CALLS = {
 }
 # fit's machinery, not constructed by users
 INTERNAL = {"Callback", "CallbackList", "History"}
-CALLBACKS = sorted(name for name in callbacks.__all__
-                   if isinstance(getattr(callbacks, name), type) and issubclass(getattr(callbacks, name), callbacks.Callback)
-                   and name not in INTERNAL)
+CALLBACKS = sorted(name for name, obj in ((n, getattr(callbacks, n)) for n in callbacks.__all__)
+                   if isinstance(obj, type) and issubclass(obj, callbacks.Callback) and name not in INTERNAL)
 CALLS.update({name: (getattr(callbacks, name), None) for name in CALLBACKS})
 
 

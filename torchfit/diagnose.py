@@ -66,7 +66,8 @@ def _loss_hint(loss_fn: Any, preds: Any, targets: Any) -> Optional[str]:
         if t.dim() == 2 and t.shape[1] != c:
             return (f"the targets have {count_of(t.shape[1], 'column')} (one-hot?) but the net outputs "
                     f"{count_of(c, 'class', 'classes')}. Fix: make the last layer output "
-                    f"{count_of(t.shape[1], 'class', 'classes')}, or one-hot encode with {count_of(c, 'class', 'classes')}")
+                    f"{count_of(t.shape[1], 'class', 'classes')}, or one-hot encode with "
+                    f"{count_of(c, 'class', 'classes')}")
         if t.is_floating_point():
             return ("it expects class indices as int64 (or per-class probabilities of the output's shape), and the "
                     f"targets are {str(t.dtype).replace('torch.', '')}. Fix: y.long() (labels must be whole "
@@ -144,8 +145,8 @@ def _layer_hint(module: nn.Module, x: Any) -> Optional[str]:
     if isinstance(module, nn.modules.conv._ConvNd):
         dims, kind = len(module.kernel_size), type(module).__name__
         if x.dim() == dims + 1 and x.shape[0] != module.in_channels:
-            return (f"a {kind} takes (N, C, ...) input with {count_of(dims, 'spatial dimension')}; this one has no channel "
-                    f"dimension. Fix: x.unsqueeze(1) for single-channel data (N, 1, ...)")
+            return (f"a {kind} takes (N, C, ...) input with {count_of(dims, 'spatial dimension')}; this one has no "
+                    "channel dimension. Fix: x.unsqueeze(1) for single-channel data (N, 1, ...)")
         if x.dim() not in (dims + 1, dims + 2):
             return f"a {kind} takes {dims + 2}-d (N, C, ...) input, this is {x.dim()}-d. Fix: reshape it to (N, C, ...)"
         channels = x.shape[1] if x.dim() == dims + 2 else x.shape[0]

@@ -136,7 +136,8 @@ def _names(target_names: Optional[Sequence[str]], shown: List[int]) -> List[Any]
     if target_names is None:
         return shown
     if len(target_names) != len(shown):
-        raise ValueError(f"target_names has {count_of(len(target_names), 'name')} for {count_of(len(shown), 'class', 'classes')} {shown}; give one "
+        raise ValueError(f"target_names has {count_of(len(target_names), 'name')} for "
+                         f"{count_of(len(shown), 'class', 'classes')} {shown}; give one "
                          "name per class")
     return list(target_names)
 

@@ -213,7 +213,8 @@ def _check_index_targets(loss_fn: Any, name: str, preds: torch.Tensor, targets: 
     if out_of_range.numel():
         problems.append((
             f"outside 0..{classes - 1}", out_of_range,
-            f"the net outputs {count_of(classes, 'class', 'classes')}, so labels must be 0..{classes - 1}: map the labels to "
+            f"the net outputs {count_of(classes, 'class', 'classes')}, so labels must be 0..{classes - 1}: map the "
+            "labels to "
             "0..C-1 (sklearn.preprocessing.LabelEncoder, or y - y.min() for 1-based labels) or give the "
             "last layer as many outputs as there are classes",
         ))

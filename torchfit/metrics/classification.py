@@ -119,7 +119,8 @@ class _ConfusionMetric(Metric):
         pred, true, c, binary = _decode_classes(self._score, preds, targets, self._cut)
         if self._cm is None:
             if self.average == "binary" and c > 2:
-                raise ValueError(f"{self._score}: average='binary' needs binary preds, got {count_of(c, 'class', 'classes')}")
+                raise ValueError(f"{self._score}: average='binary' needs binary preds, "
+                                 f"got {count_of(c, 'class', 'classes')}")
             self._cm = torch.zeros(c * c, dtype=torch.int64, device=pred.device)
             self._classes, self._binary = c, binary
         elif (c, binary) != (self._classes, self._binary):
