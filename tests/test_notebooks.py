@@ -63,7 +63,9 @@ def test_notebook_mode_updates_one_step_line_and_one_growing_table():
         assert bundle["text/plain"] == epoch_table(rows[:n])
         assert bundle["text/html"].count("<tr>") == n + 1
     assert "<th>val_accuracy</th>" in table[-1]["text/html"]
-    assert f"<td>{format_figure(rows[-1]['loss'])}</td>" in table[-1]["text/html"]
+    # the figures placed as in the text table (padded, a fixed-width font: decimal points line up)
+    assert re.search(rf"<td> *{re.escape(format_figure(rows[-1]['loss']))} *</td>", table[-1]["text/html"])
+    assert "font-family:monospace;white-space:pre" in table[-1]["text/html"]
 
 
 def test_notebook_mode_verbose_2_shows_only_the_table():

@@ -80,7 +80,7 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     model = trained(1)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(ImportError, match=r"pip install torchfit\[plot\]"):
+    with pytest.raises(ImportError, match=r'pip install "torchfit-keras\[plot\]"'):
         model.plot_history()
 
 

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
+from .formatting import count_of
+
 __all__ = ["DEFAULT_BATCH_SIZE", "split_indices", "fit_loaders", "eval_loader", "predict_loader"]
 
 DEFAULT_BATCH_SIZE = 32
@@ -365,6 +367,6 @@ def _tensor(data: Any, name: str, bce: bool = False, features: bool = False) -> 
         raise ValueError(f"{name} is a single number; it needs a first dimension with one entry per sample")
     if t.is_floating_point() and t.device.type == "cpu" and not bool(torch.isfinite(t).all()):
         bad_rows = int((~torch.isfinite(t.reshape(len(t), -1))).any(dim=1).sum())
-        raise ValueError(f"{name} has NaN or inf in {bad_rows} row(s); drop or fill them first "
+        raise ValueError(f"{name} has NaN or inf in {count_of(bad_rows, 'row')}; drop or fill them first "
                          "(df.dropna() / df.fillna(...) / np.nan_to_num)")
     return t

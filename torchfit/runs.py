@@ -18,7 +18,7 @@ from .callbacks import Callback, CallbackList, History, ProgressPrinter
 from .callbacks.base import check_callbacks
 from .callbacks.history import StepHistory
 from .callbacks.progress import ProgressBar, wants_bar
-from .callbacks.schedulers import learning_rates, lr_log_keys
+from .callbacks.schedulers import epoch_learning_rates, lr_log_keys
 from .device import batch_mover
 from .fast_path import iter_batches
 from .heads import MultiLoss
@@ -68,7 +68,7 @@ def fit_run(model: Any, checked: CheckedFit) -> tuple:
               "grad_accum_steps": options.grad_accum_steps,
               "batch_size": batch_size if isinstance(batch_size, int) else None}
     cbs.set_params(params)  # a callback monitoring a key this run never produces raises here
-    params = {**params, "log_lr": (lambda: learning_rates(model.optimizer)) if log_lr else None}
+    params = {**params, "log_lr": (lambda: epoch_learning_rates(model.optimizer, cbs.callbacks)) if log_lr else None}
     run = Run(config, preflight=bool(model.metrics), check_targets=model.loss_fn is not None)
     return run, (dl_train, dl_val), (plan.train_tracker, plan.val_tracker), params
 

@@ -12,6 +12,7 @@ from typing import Callable, List, Optional, Union
 
 from .. import checkpoint
 from ..files import check_writable
+from ..formatting import format_figure
 from .base import Callback
 from .monitor import check_monitor, is_improvement, resolve_mode
 
@@ -98,7 +99,7 @@ class ModelCheckpoint(Callback):
             current = logs.get(self.monitor)  # None on an epoch without validation: no improvement
             if is_improvement(current, self.best, self.mode):
                 self.best, self.best_epoch = current, epoch + 1
-                self._write(self.path.format(**logs), f" ({self.monitor} improved to {current:.6g})")
+                self._write(self.path.format(**logs), f" ({self.monitor} improved to {format_figure(current, self.monitor)})")
         elif all(f in logs for f in self.fields):  # an epoch without validation (validation_freq) cannot
             self._write(self.path.format(**logs), "")  # fill "{val_loss}": it keeps only the last file
         if self.last_path is not None:

@@ -34,7 +34,7 @@ class LivePlot(Callback):
     ``torchfit.plot_history`` (default: loss, then every metric). ``columns``: panels per
     row. ``dpi``: the PNG's resolution. ``self.figure`` is the last figure drawn.
 
-    Needs matplotlib (``pip install torchfit[plot]``); without it, fit fails before the
+    Needs matplotlib (``pip install "torchfit-keras[plot]"``); without it, fit fails before the
     first step, naming the fix.
 
     >>> # model.fit(20, dl_train, dl_val, callbacks=[LivePlot()])            # Jupyter: a live figure

@@ -10,6 +10,7 @@ import csv
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
+from ..errors import install_hint
 from ..files import check_writable, replace_atomically
 from .base import Callback, is_logging_point
 
@@ -154,7 +155,7 @@ class TensorBoard(StepLogger):
     same numbers the step dicts print (logging points are where figures are
     read from the device anyway, so this adds no host sync). Files are flushed
     at each epoch end and closed when training ends. Needs the ``tensorboard``
-    package (``pip install torchfit[tensorboard]``).
+    package (``pip install "torchfit-keras[tensorboard]"``).
     """
 
     rank_zero_only = True
@@ -165,7 +166,7 @@ class TensorBoard(StepLogger):
         except ImportError as exc:  # the package is an optional extra
             raise ImportError(
                 "the TensorBoard callback needs the tensorboard package: pip install tensorboard "
-                "(or pip install torchfit[tensorboard])"
+                f"(or {install_hint('tensorboard')})"
             ) from exc
         self._writer_class = SummaryWriter
         self.log_dir = os.fspath(log_dir)

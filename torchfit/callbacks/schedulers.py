@@ -5,20 +5,22 @@ plus what a schedule over the whole run needs: ``run_total_steps(params)`` and t
 
 Owns when a scheduler steps and what goes into checkpoints (the scheduler's
 ``state_dict``); the schedules themselves are torch's. Both set ``changes_lr``,
-so fit adds the optimizer's learning rate to every epoch's logs as ``lr`` (and
-``lr_1``, ``lr_2``... for further parameter groups), read when the epoch's
-training pass ends: the rate the epoch trained with for per-epoch schedules,
-the rate of the next step for per-step ones.
+so fit adds the learning rate to every epoch's logs as ``lr`` (and ``lr_1``,
+``lr_2``... for further parameter groups): the rate the epoch's last optimizer
+step trained with (``epoch_learning_rates``). For a per-epoch schedule that is the
+epoch's one rate; for a per-step one (``interval="step"``, one-cycle, warm-up) the
+last step's, not the rate the scheduler has already set for the next step.
 """
 from __future__ import annotations
 
 import math
 import numbers
 import warnings
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
+from ..formatting import format_figure
 from .base import Callback
 from .monitor import check_monitor, check_nonnegative, is_improvement, main_process, resolve_mode
 
@@ -36,6 +38,24 @@ def learning_rates(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
     for i, group in enumerate(optimizer.param_groups):
         rates["lr" if i == 0 else f"lr_{i}"] = float(group["lr"])
     return rates
+
+
+def epoch_learning_rates(optimizer: torch.optim.Optimizer, callbacks: Iterable[Any]) -> Dict[str, float]:
+    """The epoch's ``lr`` figures: the rates its last optimizer step trained with.
+
+    A per-step ``LearningRateScheduler`` has already moved the optimizer to the next
+    step's rate when the epoch ends; it kept the rates of the step before, and those are
+    the ones shown. Otherwise the optimizer's rates are the epoch's (a per-epoch schedule
+    steps after the epoch's figures are taken).
+
+    >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    >>> epoch_learning_rates(opt, [])
+    {'lr': 0.1}
+    """
+    for cb in callbacks:
+        if isinstance(cb, LearningRateScheduler) and cb.last_step_rates is not None:
+            return {("lr" if i == 0 else f"lr_{i}"): float(lr) for i, lr in enumerate(cb.last_step_rates)}
+    return learning_rates(optimizer)
 
 
 def lr_log_keys(optimizer: torch.optim.Optimizer) -> List[str]:
@@ -205,6 +225,9 @@ class LearningRateScheduler(Callback):
         self.monitor = monitor
         self._seen_step = 0
         self._groups_before_build: Optional[List[dict]] = None
+        # interval="step": the rates the last optimizer step trained with, before the scheduler
+        # moved them (the epoch's lr figures, epoch_learning_rates); None before the first step
+        self.last_step_rates: Optional[List[Any]] = None
 
     def implements(self, hook: str) -> bool:
         # Only the hook of the chosen interval runs (no per-batch call for per-epoch schedules).
@@ -282,8 +305,13 @@ class LearningRateScheduler(Callback):
         if self.factory is not None:
             self._build()
         self._seen_step = self.model.global_step
+        self.last_step_rates = None
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
+        if self._seen_step < self.model.global_step:
+            # as stored (a float, or a tensor read only at the epoch's end): no host sync per step
+            self.last_step_rates = [lr.clone() if isinstance(lr, torch.Tensor) else lr  # a tensor rate moves in place
+                                    for lr in (group["lr"] for group in self.model.optimizer.param_groups)]
         while self._seen_step < self.model.global_step:
             self.scheduler.step()
             self._seen_step += 1
@@ -302,8 +330,8 @@ class LearningRateScheduler(Callback):
         return {"scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.keras_schedule is not None:
-            return  # a function of the epoch: nothing to restore
+        if self.keras_schedule is not None or "scheduler" not in state:
+            return  # a function of the epoch, or saved before a factory built its scheduler: nothing to restore
         self.scheduler.load_state_dict(state["scheduler"])
         if self.factory is not None and self._groups_before_build is not None:
             # Building the scheduler reset the optimizer's rate (and momentum, for one-cycle)
@@ -392,7 +420,7 @@ class ReduceLROnPlateau(Callback):
         self.cooldown_counter, self.wait = self.cooldown, 0
         if self.verbose and main_process(self.model):
             self.sink(f"Epoch {epoch + 1}: ReduceLROnPlateau reduced the learning rate to "
-                      f"{', '.join(f'{lr:.6g}' for lr in after)} ({self.monitor} has not improved).")
+                      f"{', '.join(format_figure(lr, 'lr') for lr in after)} ({self.monitor} has not improved).")
 
     def state_dict(self) -> dict:
         return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
+from ..formatting import count_of, format_figure
 from .base import Callback
 from .monitor import check_monitor, check_nonnegative, is_improvement, main_process, resolve_mode
 
@@ -88,10 +89,12 @@ class EarlyStopping(Callback):
 
     def _why(self, epoch: int, current: Any) -> str:
         if self.best_epoch is None and self.baseline is not None:
-            return (f"Early stopping at epoch {epoch}: {self.monitor} ({current:.6g}) has not beaten the baseline "
-                    f"{self.baseline:.6g} in {self.wait} epoch(s) (patience {self.patience}).")
-        return (f"Early stopping at epoch {epoch}: {self.monitor} has not improved on {self.best:.6g} "
-                f"(epoch {self.best_epoch}) by more than {self.min_delta:g} for {self.wait} epoch(s) "
+            return (f"Early stopping at epoch {epoch}: {self.monitor} ({self._figure(current)}) has not beaten the "
+                    f"baseline {self._figure(self.baseline)} in {count_of(self.wait, 'epoch')} "
+                    f"(patience {self.patience}).")
+        return (f"Early stopping at epoch {epoch}: {self.monitor} has not improved on {self._figure(self.best)} "
+                f"(epoch {self.best_epoch}) by more than {self._figure(self.min_delta)} for "
+                f"{count_of(self.wait, 'epoch')} "
                 f"(patience {self.patience}, mode {self.mode}).")
 
     def on_train_end(self, logs: dict) -> None:
@@ -101,7 +104,11 @@ class EarlyStopping(Callback):
         self.model.net.load_state_dict(self.best_weights)
         if self.best_epoch != self.model.epoch:
             self._say(f"EarlyStopping restored the weights of epoch {self.best_epoch} "
-                      f"({self.monitor}={self.best:.6g}).")
+                      f"({self.monitor}={self._figure(self.best)}).")
+
+    def _figure(self, value: Any) -> str:
+        # the text the epoch table shows for this figure (the exact float stays in self.best)
+        return format_figure(value, self.monitor)
 
     def _say(self, text: str) -> None:
         if self.verbose and main_process(self.model):

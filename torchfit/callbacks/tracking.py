@@ -20,6 +20,7 @@ import time
 import warnings
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
+from ..errors import install_hint
 from ..files import check_writable
 from .base import is_logging_point
 from .loggers import StepLogger
@@ -71,7 +72,7 @@ def _require(package: str, user: str) -> None:
     # Checked when the callback is built, so a missing package fails before training, not after it.
     if importlib.util.find_spec(package) is None:
         raise ImportError(f"{user} needs the {package} package: pip install {package} "
-                          f"(or pip install torchfit[{package}])")
+                          f"(or {install_hint(package)})")
 
 
 def _numbers(logs: Mapping[str, Any], skip: Tuple[str, ...] = ("epoch",)) -> Dict[str, float]:
