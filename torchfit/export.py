@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from .batch import predict_inputs
+from .errors import install_hint
 
 __all__ = ["export", "ExportError", "ExportReport", "FORMATS"]
 
@@ -92,7 +93,7 @@ def export(model_or_net: nn.Module, path: PathLike, example_batch: Any, format: 
     ``path``. ``weights=True`` also writes the net's weights as safetensors beside it
     (``path`` with the suffix ``.safetensors``; a path puts them there; load them
     with ``safetensors.torch.load_model(net, file)``). ONNX and safetensors need
-    ``pip install torchfit[export]``.
+    ``pip install torchfit-keras[export]``.
     """
     net = _net_of(model_or_net)
     path = os.fspath(path)
@@ -203,7 +204,7 @@ def _require(*modules: str) -> None:
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise ImportError(f"export needs {', '.join(missing)}: pip install torchfit[export]  "
+        raise ImportError(f"export needs {', '.join(missing)}: {install_hint('export')}  "
                           f"(or: pip install {' '.join(missing)})")
 
 

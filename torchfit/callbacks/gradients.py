@@ -118,7 +118,7 @@ class GradientStats(Callback):
     def _logging_point(self, batch: int) -> bool:
         run = self.model.run
         every = run.config.log_every if run is not None else None
-        return bool(every) and batch % every == 0
+        return bool(every) and (batch + 1) % every == 0  # hooks count batches from 0
 
     def on_train_batch_begin(self, batch: int, logs: dict) -> None:
         if not self._logging_point(batch):
@@ -165,7 +165,7 @@ class GradientStats(Callback):
             values = torch.cat([values, torch.stack([self._acts[n] for n in acts]).to(values.device).flatten()])
         self._acts = {}
         run = self.model.run
-        self._pending.append((run.epoch, batch, self.model.global_step, acts, values))
+        self._pending.append((run.epoch, batch + 1, self.model.global_step, acts, values))  # the 1-based step
 
     def _read(self) -> None:
         """Everything recorded since the last read, to rows: one host sync for all of it."""

@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import pandas as pd
 import torch
 
-from .base import Callback
+from .base import Callback, is_logging_point
 
 __all__ = ["Profiler", "PARTS"]
 
@@ -284,7 +284,7 @@ class Profiler(Callback):
             return enter_batch
         if hook == "on_train_batch_end":
             def enter_batch_end(batch: int, logs: Any) -> None:
-                if logs and clock.part == _METRICS:  # a logging point: the stretch held the read-back
+                if is_logging_point(logs) and clock.part == _METRICS:  # a logging point: the stretch held the read-back
                     clock.relabel(_SYNC)
                 clock.mark(part)
             return enter_batch_end
@@ -306,7 +306,7 @@ class Profiler(Callback):
             def leave_epoch(epoch: int, logs: Any) -> None:
                 wall = time.perf_counter() - self._epoch_start
                 totals = clock.finish()
-                self.rows.append({"epoch": epoch, "wall": wall, "steps": self._epoch_steps,
+                self.rows.append({"epoch": epoch + 1, "wall": wall, "steps": self._epoch_steps,
                                   **dict(zip(PARTS, totals))})
             return leave_epoch
         if hook == "on_train_batch_end":
@@ -314,7 +314,7 @@ class Profiler(Callback):
                 if self._tracer is not None and self._batches == self.trace[1]:
                     self._stop_trace()
                 # after the last batch: the loader's end and the epoch's figures
-                clock.mark(_SYNC if batch == run.n_batches else part)
+                clock.mark(_SYNC if batch + 1 == run.n_batches else part)
             return leave_batch
         return lambda *args: clock.mark(part)
 
