@@ -126,7 +126,7 @@ class _Phase(NamedTuple):
 
 
 TRAIN = _Phase("train", "train_step", "on_train_batch_begin", "on_train_batch_end", True)
-EVAL = _Phase("validation", "eval_step", "on_test_batch_begin", "on_test_batch_end", False)
+EVAL = _Phase("validation", "test_step", "on_test_batch_begin", "on_test_batch_end", False)  # -> eval_step
 PREDICT = _Phase("predict", "predict_step", "on_predict_batch_begin", "on_predict_batch_end", False)
 
 
@@ -247,7 +247,7 @@ def check_first_batch(model: Any, dl_val: Iterable, run: Run) -> None:
             return  # an empty loader is reported where it is iterated
         batch = run.config.move(batch)
         try:
-            out = model.eval_step(batch)
+            out = model.test_step(batch)  # eval_step, or a Keras test_step
         except Exception as exc:
             cause = exc.__cause__ if isinstance(exc, LossError) and exc.__cause__ is not None else exc
             raise StepError(f"validation step failed on dl_val's first batch, checked before training (nothing "

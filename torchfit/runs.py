@@ -21,6 +21,7 @@ from .callbacks.progress import ProgressBar, wants_bar
 from .callbacks.schedulers import epoch_learning_rates, lr_log_keys
 from .device import batch_mover
 from .fast_path import iter_batches
+from .formatting import format_figure
 from .heads import MultiLoss
 from .distributed import FitRequest
 from .loaders import limit_steps, loader_length
@@ -136,3 +137,14 @@ def evaluate_parts(model: Any, dl: Any, run: Run) -> tuple:
     """The loader and tracker of an evaluate call: this rank's part and figures over the whole dataset."""
     tracker = Tracker(copy_metrics(model.metrics), prefix="val_")
     return run.config.strategy.evaluate_loader(dl, tracker, recompute_for(model, "eval_step"))
+
+
+def evaluate_result(figures: Any, verbose: Any, return_dict: bool, is_main: bool) -> Any:
+    """What evaluate returns: the figures (a dict), or Keras' list ``[loss, *metrics]`` (the loss alone
+    when there are no metrics); ``verbose`` prints them on one line first, through the formatter."""
+    if verbose not in (0, None, False) and is_main:
+        print(" - ".join(f"{k}: {format_figure(v, k)}" for k, v in figures.items()))
+    if return_dict:
+        return figures
+    values = list(figures.values())
+    return values[0] if len(values) == 1 else values
