@@ -336,8 +336,10 @@ def weighting_for(loss_fn: Any, class_weight: Any, sample_weight: Any, default_s
         raise TypeError("sample_weight / class_weight with several losses is not supported; weigh inside "
                         "your losses, or train one output at a time")
     if not default_step:
-        raise TypeError("class_weight / sample_weight act in the default train_step; your overridden "
-                        "train_step gets (x, y, w) batches and weighs them itself")
+        if class_weight is not None:
+            raise TypeError("class_weight acts in the default train_step; your overridden train_step weighs its "
+                            "own batches: pass sample_weight (it gets (x, y, w) batches, as in Keras)")
+        return None  # Keras: an overridden train_step gets (x, y, sample_weight) batches and weighs them
     return SampleWeighting(loss_fn, class_weight)  # a loss without per-sample values fails here
 
 

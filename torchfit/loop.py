@@ -205,6 +205,8 @@ def run_epoch(model: Any, loader: Iterable, run: Run, tracker: Any, training: bo
     Returns the epoch figures (keys prefixed by the tracker's prefix).
     """
     tracker.reset()
+    for metric in model.metrics:  # Keras resets the model's own metric objects at each epoch and evaluation
+        (getattr(metric, "reset_state", None) or metric.reset)()
     model.net.train(training)
     run_batches(model, loader, run, TRAIN if training else EVAL, tracker.update, tracker)
     if run.config.reducer is not None:
@@ -252,7 +254,7 @@ def check_first_batch(model: Any, dl_val: Iterable, run: Run) -> None:
             cause = exc.__cause__ if isinstance(exc, LossError) and exc.__cause__ is not None else exc
             raise StepError(f"validation step failed on dl_val's first batch, checked before training (nothing "
                             f"has changed): {step_failure(model, exc)} (batch shapes {describe(batch)})") from cause
-        probe = Tracker(copy_metrics(model.metrics), prefix="val_")
+        probe = Tracker(copy_metrics(model.compiled_metrics), prefix="val_")
         probe.reset()
         probe.update(out)
         probe.compute()

@@ -31,6 +31,7 @@ from .callbacks.history import frame as history_frame
 from .diagnose import user_traceback
 from .formatting import Figures
 from .losses import adapt_targets
+from .metrics import MetricList
 from .loop import Run, StepResult
 from .precision import PrecisionPolicy
 from .model_tools import ModelTools
@@ -59,10 +60,11 @@ class Model(ModelTools, nn.Module):
 
     def __init__(self, net: Optional[nn.Module] = None):
         super().__init__()
-        if check_net(net, own_forward=type(self).forward is not Model.forward) is not None:
+        # A subclass with its own forward is its own net; one with its own train_step (Keras' GAN) may have none.
+        if check_net(net, own_forward=type(self).forward is not Model.forward or not self._default_step("train_step")):
             self.net = net
         self._optimizer: Optional[torch.optim.Optimizer] = None
-        self.metrics: Dict[str, Any] = {}
+        self.compiled_metrics: Dict[str, Any] = {}  # compile's metrics by name; model.metrics lists them
         self.device: Optional[torch.device] = None
         self.precision: Optional[PrecisionPolicy] = None
         self.strategy: Any = None  # compile(strategy=...): None/"ddp" or a strategy's options (FSDP(...))
@@ -120,6 +122,16 @@ class Model(ModelTools, nn.Module):
             super().zero_grad(set_to_none)
 
     @property
+    def metrics(self) -> MetricList:
+        """The compiled metrics as objects (Keras: ``for m in self.metrics: m.update_state(y, y_pred)``).
+        A subclass may define its own ``metrics`` property, as in Keras; fit resets them each epoch."""
+        return MetricList(self.compiled_metrics.values())
+
+    @metrics.setter
+    def metrics(self, value: Any) -> None:
+        self.compiled_metrics = dict(value.items()) if hasattr(value, "items") else {m.name: m for m in value}
+
+    @property
     def run(self) -> Optional[Run]:
         """The fit, evaluate or predict call in progress (``None`` outside one); callbacks read its
         ``epoch``, ``batch_idx``, ``last_result`` and ``config``."""
@@ -165,8 +177,9 @@ class Model(ModelTools, nn.Module):
                               metrics_dict=metrics_dict, loss_weights=loss_weights, precision=precision,
                               jit_compile=jit_compile, strategy=strategy)
         c.move_to_device(self.net)
-        object.__setattr__(self, "loss_fn", c.loss)
-        self.optimizer, self.metrics, self.device, self.precision = c.optimizer, c.metrics, c.device, c.precision
+        if c.loss is not None or self.loss_fn is None:  # Keras: compile(optimizer=...) keeps a subclass's loss_fn
+            object.__setattr__(self, "loss_fn", c.loss)
+        self.optimizer, self.compiled_metrics, self.device, self.precision = c.optimizer, c.metrics, c.device, c.precision
         self.jit_compile, self.strategy, self._setup = c.jit_compile, c.strategy, c
         return self
 
@@ -389,7 +402,7 @@ class Model(ModelTools, nn.Module):
         preds = detach(preds)
         if run.preflight:  # once per fit, before the first optimizer step, on throwaway copies
             run.preflight = False
-            steps.preflight_metrics(self.metrics, preds, y, n)
+            steps.preflight_metrics(self.compiled_metrics, preds, y, n)
         self.optimizer_step()
         return StepResult(loss.detach(), preds, y, n, logs)
 
