@@ -260,3 +260,40 @@ def test_the_gan_pattern_trains_with_two_optimizers_and_no_net():
     h = gan.fit(2, [torch.randn(8, 4) for _ in range(3)], verbose=0)
     assert list(h.columns) == ["epoch", "d_loss", "g_loss"] and len(h) == 2
     assert all(not torch.equal(a, b) for a, b in zip(before, gan.parameters()))
+
+
+def test_keras_learning_rate_schedule_sets_each_epochs_rate_from_its_0_based_number():
+    said = []
+
+    def schedule(epoch, lr):  # keras.io's example: keep the rate for 2 epochs, then decay it
+        return lr if epoch < 2 else lr * 0.5
+
+    model = compiled()
+    cb = torchfit.callbacks.LearningRateScheduler(schedule, 1, sink=said.append)  # Keras' (schedule, verbose)
+    h = model.fit(4, loader(blobs(16), 8), callbacks=[cb], verbose=0)
+    assert h["lr"].tolist() == [0.1, 0.1, 0.05, 0.025]
+    assert said[2] == "Epoch 3: LearningRateScheduler setting learning rate to 0.05."
+    one_arg = torchfit.callbacks.LearningRateScheduler(lambda epoch: 0.01 * (epoch + 1))
+    assert compiled().fit(2, loader(blobs(16), 8), callbacks=[one_arg], verbose=0)["lr"].tolist() == [0.01, 0.02]
+
+
+def test_sample_weight_reaches_an_overridden_step_as_keras_triples():
+    seen = []
+
+    class Weighted(torchfit.Model):
+        def train_step(self, data):
+            x, y, w = data
+            seen.append(w.clone())
+            self.optimizer.zero_grad()
+            loss = self.compute_loss(y=y, y_pred=self(x), sample_weight=w)
+            loss.backward()
+            self.optimizer.step()
+            return {"loss": loss.detach()}
+
+    X, y = blobs(16).tensors
+    w = torch.arange(16, dtype=torch.float32)
+    model = Weighted(mlp()).compile(nn.CrossEntropyLoss(), "sgd", device="cpu")
+    model.fit(x=X, y=y, sample_weight=w, batch_size=8, shuffle=False, epochs=1, verbose=0)
+    assert torch.equal(torch.cat(seen), w)
+    with pytest.raises(TypeError, match="class_weight acts in the default train_step"):
+        model.fit(x=X, y=y, class_weight={0: 2.0}, epochs=1, verbose=0)
