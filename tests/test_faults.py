@@ -402,7 +402,7 @@ def test_numpy_figures_become_python_numbers_and_every_checkpoint_loads(tmp_path
             params["log_keys"].append("score")
 
         def on_epoch_end(self, epoch, logs):
-            logs["score"] = np.float64(1.0 / epoch)
+            logs["score"] = np.float64(1.0 / (epoch + 1))
 
     model = trained(epochs=0)
     es = EarlyStopping(monitor="score", mode="min", patience=5, verbose=0)
@@ -649,7 +649,7 @@ class InterruptAt(Callback):
     def _maybe(self, *args):
         run = self.model.run
         epoch = run.epoch if run is not None else 0
-        batch = args[0] if self.hook.endswith("batch_begin") else 1
+        batch = args[0] + 1 if self.hook.endswith("batch_begin") else 1  # hooks count batches from 0
         if (epoch, batch) == self.at or self.hook == "on_train_begin":
             raise KeyboardInterrupt
 

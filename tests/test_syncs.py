@@ -167,3 +167,17 @@ def test_no_device_sync_between_logging_points_regression_cnn():
     net.head[-1] = nn.Linear(16, 1)
     model = torchfit.Model(net).compile(nn.MSELoss(), "adamw", ["mse", "mae", "r2"], device="cpu")
     _fit_and_audit(model, loader(reg, 8, shuffle=True), loader(reg, 50), fast_path=False)
+
+
+def test_no_device_sync_between_logging_points_with_profiler_and_gradient_stats():
+    from torchfit.callbacks.gradients import GradientStats
+    from torchfit.callbacks.profiling import Profiler
+
+    net = mlp()
+    model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), "adam", ["accuracy"], device="cpu")
+    stats, prof = GradientStats(activations=["1"]), Profiler()
+    _fit_and_audit(model, loader(blobs(200), 8, shuffle=True), loader(blobs(30), 8), epochs=2,
+                   grad_accum_steps=3, callbacks=[stats, prof])
+    # both recorded: the audit saw a fit that measured something
+    assert set(stats.frame()["step"]) == {12, 21}  # logging points 10 and 20, at the windows closing after them
+    assert len(prof.frame()) == 2

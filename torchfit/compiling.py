@@ -110,3 +110,12 @@ def resolve(net: nn.Module, loss: Any, optimizer: Any, metrics: Any, device: Any
     return Compiled(loss, opt, foreign, resolved_metrics, dev, prec,
                     jit_compile if isinstance(jit_compile, bool) else dict(jit_compile), parallel, outputs,
                     gradient_checkpointing)
+
+
+def keep_loss(compiled: Compiled, current: Any) -> Compiled:
+    """``compiled`` with the model's ``current`` loss kept when compile got none (Keras:
+    ``compile(optimizer=...)`` keeps a subclass's ``loss_fn``); a net's own loss otherwise."""
+    if not isinstance(compiled.loss, OwnLoss) or current is None or isinstance(current, OwnLoss):
+        return compiled
+    outputs = dataclasses.replace(compiled.outputs, own_loss=False, per_field=isinstance(current, MultiLoss))
+    return dataclasses.replace(compiled, loss=current, outputs=outputs)

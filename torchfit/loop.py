@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .batch import describe, to_device
+from .callbacks.base import RunningLogs
 from .checkpoint import preserved_rng
 from .diagnose import LossError, step_failure
 from .metrics import Tracker, copy_metrics
@@ -125,7 +126,7 @@ class _Phase(NamedTuple):
 
 
 TRAIN = _Phase("train", "train_step", "on_train_batch_begin", "on_train_batch_end", True)
-EVAL = _Phase("validation", "eval_step", "on_test_batch_begin", "on_test_batch_end", False)
+EVAL = _Phase("validation", "test_step", "on_test_batch_begin", "on_test_batch_end", False)  # -> eval_step
 PREDICT = _Phase("predict", "predict_step", "on_predict_batch_begin", "on_predict_batch_end", False)
 
 
@@ -151,10 +152,11 @@ def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: 
     move = config.move
     step = 0
     run.epoch_complete = False
+    strip = tracker.prefix if tracker is not None else ""
     with torch.enable_grad() if phase.grad else torch.no_grad():
         for step, batch in enumerate(config.iterate(loader), 1):
             run.batch_idx = step
-            begin(step, EMPTY)
+            begin(step - 1, EMPTY)  # Keras' 0-based batch index
             batch = move(batch)
             if optim is not None:
                 optim.start_batch(step)
@@ -174,14 +176,16 @@ def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: 
                 raise StepError(f"{where}: {step_failure(model, exc)} (batch shapes {describe(batch)})") from cause
             run.last_result = out
             consume(out)
-            if log_every is not None and step % log_every == 0:
+            if phase is PREDICT:
+                end(step - 1, {"outputs": out})
+            elif log_every is not None and step % log_every == 0:
                 logs = {"step": step, **tracker.compute()}
-                end(step, logs)
+                end(step - 1, RunningLogs(tracker, step, values=logs))
                 reason = nonfinite_loss(logs.get("loss"), f"at epoch {run.epoch}, step {step}")
                 if reason:
                     run.stop(reason, model)
             else:
-                end(step, EMPTY)
+                end(step - 1, RunningLogs(tracker, step, strip))
             if training and model.stop_training:
                 break
         else:
@@ -201,6 +205,8 @@ def run_epoch(model: Any, loader: Iterable, run: Run, tracker: Any, training: bo
     Returns the epoch figures (keys prefixed by the tracker's prefix).
     """
     tracker.reset()
+    for metric in model.metrics:  # Keras resets the model's own metric objects at each epoch and evaluation
+        (getattr(metric, "reset_state", None) or metric.reset)()
     model.net.train(training)
     run_batches(model, loader, run, TRAIN if training else EVAL, tracker.update, tracker)
     if run.config.reducer is not None:
@@ -213,7 +219,8 @@ def validate(model: Any, loader: Iterable, run: Run, tracker: Any) -> Dict[str, 
     cbs = run.config.callbacks
     cbs.on_test_begin({})
     logs = run_epoch(model, loader, run, tracker, training=False)
-    cbs.on_test_end(logs)
+    n = len(tracker.prefix)
+    cbs.on_test_end({k[n:] if k.startswith(tracker.prefix) else k: v for k, v in logs.items()})  # Keras' keys
     return logs
 
 
@@ -242,12 +249,12 @@ def check_first_batch(model: Any, dl_val: Iterable, run: Run) -> None:
             return  # an empty loader is reported where it is iterated
         batch = run.config.move(batch)
         try:
-            out = model.eval_step(batch)
+            out = model.test_step(batch)  # eval_step, or a Keras test_step
         except Exception as exc:
             cause = exc.__cause__ if isinstance(exc, LossError) and exc.__cause__ is not None else exc
             raise StepError(f"validation step failed on dl_val's first batch, checked before training (nothing "
                             f"has changed): {step_failure(model, exc)} (batch shapes {describe(batch)})") from cause
-        probe = Tracker(copy_metrics(model.metrics), prefix="val_")
+        probe = Tracker(copy_metrics(model.compiled_metrics), prefix="val_")
         probe.reset()
         probe.update(out)
         probe.compute()
@@ -275,13 +282,14 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
     buffers = {name: b.detach().clone() for name, b in model.net.named_buffers()}
     first_step = model.global_step
     model.stop_training = False
+    last_logs: Dict[str, Any] = {}
     try:
         cbs.on_train_begin({})
         if resume_state is not None:
             restore_callbacks(resume_state, list(cbs))  # after on_train_begin, which resets them
         for epoch in epochs:
             run.epoch = epoch
-            cbs.on_epoch_begin(epoch, {})
+            cbs.on_epoch_begin(epoch - 1, {})  # hooks get Keras' 0-based epoch; the history's column is 1-based
             logs = run_epoch(model, dl_train, run, train_tracker, training=True)
             reason = nonfinite_loss(logs.get("loss"), f"over epoch {epoch}")
             if reason:
@@ -296,7 +304,8 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
             if params["log_keys"] is None:  # overridden steps: the keys are known now
                 params = {**params, "log_keys": ["epoch", *logs]}
                 cbs.set_params(params)
-            cbs.on_epoch_end(epoch, {"epoch": epoch, **logs})
+            last_logs = {"epoch": epoch, **logs}
+            cbs.on_epoch_end(epoch - 1, last_logs)
             if model.stop_training:
                 break
     except KeyboardInterrupt as exc:
@@ -312,7 +321,7 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
         raise
     finally:
         restore_modes(modes)
-    cbs.on_train_end({})  # bars close here: the line below must not land on one
+    cbs.on_train_end(dict(last_logs))  # Keras: the last epoch's logs. Bars close here: the line below must not land on one
     if run.stopped_reason is not None and run.config.is_main_process:
         say(f"Stopped training: {run.stopped_reason}. model.history holds the {len(model.history)} finished "
             "epoch(s). Lower the learning rate, clip gradients (grad_clip_norm=1.0) or check the data for NaN/inf",

@@ -137,7 +137,7 @@ class OptimizerStep:
     batch of the loader, on the sample-weighted mean gradient of the window (it
     accumulates ``n_i * grad_i`` and divides by the window's samples; a loss
     with ``reduction='sum'`` is already a sum and is left alone).
-    ``on_backward_end(batch_index)`` runs once per window, after unscaling and
+    ``on_backward_end(batch)`` (0-based, as every hook) runs once per window, after unscaling and
     before clipping; ``on_step()`` after each optimizer step. ``no_sync``, when
     given (DDP), is entered around the batches that do not close a window;
     ``sync_grads(grads)``, when given, averages the window's gradients across
@@ -278,7 +278,7 @@ class OptimizerStep:
             grads = [p.grad for p in self.params if p.grad is not None]
             if grads:
                 torch._foreach_div_(grads, float(self.window_samples))
-        self.on_backward_end(self.batch_index)
+        self.on_backward_end(self.batch_index - 1)  # Keras-style 0-based batch index, as every hook
         if self.clip_norm is not None:
             nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         if self.clip_value is not None:

@@ -34,7 +34,7 @@ def train_step(model: Any, batch: Any) -> StepResult:
     with config.precision.autocast():
         out = call_net(config.train_net, x)
         if fmt.own_loss:
-            loss, logs, preds = _own_loss(model, fmt, out, w, True), None, fmt.preds(out, bool(model.metrics))
+            loss, logs, preds = _own_loss(model, fmt, out, w, True), None, fmt.preds(out, bool(model.compiled_metrics))
         else:
             preds = out if type(out) is torch.Tensor else fmt.preds(out)
             if run.check_targets:  # once per fit, before any weight changes: labels the loss cannot mean
@@ -47,7 +47,7 @@ def train_step(model: Any, batch: Any) -> StepResult:
     preds = detach(preds)
     if run.preflight:  # once per fit, before the first optimizer step, on throwaway copies
         run.preflight = False
-        preflight_metrics(model.metrics, preds, y, n)
+        preflight_metrics(model.compiled_metrics, preds, y, n)
     model.optimizer_step()
     return StepResult(loss.detach(), preds, y, n, logs)
 
@@ -59,7 +59,7 @@ def eval_step(model: Any, batch: Any) -> StepResult:
     with model.run.config.precision.autocast():
         out = call_net(model.net, x)
         if fmt.own_loss:
-            loss, logs, preds = _own_loss(model, fmt, out, w, False), None, fmt.preds(out, bool(model.metrics))
+            loss, logs, preds = _own_loss(model, fmt, out, w, False), None, fmt.preds(out, bool(model.compiled_metrics))
         else:
             preds = out if type(out) is torch.Tensor else fmt.preds(out)
             y = adapt_targets(model.loss_fn, preds, y)
@@ -139,3 +139,16 @@ def preflight_metrics(metrics: Any, preds: Any, targets: Any, n: int) -> None:
     probe.reset()  # a metric may set its state up in reset(), as the Metric docstring shows
     probe.update(StepResult(None, preds, targets, n))
     probe.compute()
+
+
+def keras_loss(model: Any, preds: Any, targets: Any, sample_weight: Any, training: bool) -> torch.Tensor:
+    """``Model.compute_loss``: the compiled loss of ``preds`` against ``targets``, weighted per sample
+    as fit weighs ``sample_weight`` (Keras' ``compute_loss(y=, y_pred=, sample_weight=)``)."""
+    if sample_weight is None:
+        return compute_loss(model.loss_fn, preds, targets)
+    try:
+        return SampleWeighting(model.loss_fn).loss(preds, targets, sample_weight, training)
+    except TypeError:
+        raise
+    except Exception as exc:
+        raise LossError(loss_failure(model.loss_fn, preds, targets, exc)) from exc

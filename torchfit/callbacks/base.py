@@ -11,7 +11,7 @@ sync per step.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional
 
 HOOKS = (
     "on_train_begin", "on_train_end",
@@ -101,6 +101,50 @@ class Callback:
     def on_exception(self, exception: BaseException) -> None:
         """fit calls this for any exception or KeyboardInterrupt leaving the epoch loop, before it
         prints "Training interrupted" or re-raises (Lightning's name): close bars, flush files."""
+
+
+class RunningLogs(Mapping[str, float]):
+    """Keras' batch logs: the running figures of the epoch so far, computed when first read.
+
+    A callback that reads ``logs["loss"]`` in ``on_train_batch_end`` gets the running
+    (sample-weighted) mean as Keras gives it, and pays one host sync for that batch; no
+    reader, no sync. At logging points the figures are already computed
+    (``at_logging_point``), and ``step`` is the 1-based batch number the step dicts print.
+    """
+
+    __slots__ = ("_tracker", "_strip", "_values", "step", "at_logging_point")
+
+    def __init__(self, tracker: Any, step: int, strip: str = "", values: Optional[Dict[str, float]] = None):
+        self._tracker, self._strip, self.step = tracker, strip, step
+        self._values = values
+        self.at_logging_point = values is not None
+
+    def _figures(self) -> Dict[str, float]:
+        if self._values is None:
+            n = len(self._strip)
+            figures = self._tracker.compute() if self._tracker is not None else {}
+            self._values = {"step": self.step, **{(k[n:] if n and k.startswith(self._strip) else k): v
+                                                  for k, v in figures.items()}}
+        return self._values
+
+    def __getitem__(self, key: str) -> float:
+        return self._figures()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._figures())
+
+    def __len__(self) -> int:
+        return len(self._figures())
+
+    def __repr__(self) -> str:
+        return repr(self._figures())
+
+
+def is_logging_point(logs: Mapping[str, Any]) -> bool:
+    """Whether batch ``logs`` come from a logging point (figures already read back): torchfit's own
+    callbacks record and print only there. A plain dict counts when it is not empty."""
+    flag = getattr(logs, "at_logging_point", None)
+    return bool(logs) if flag is None else flag
 
 
 class LambdaCallback(Callback):

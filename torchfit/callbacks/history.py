@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, List, Mapping, Sequence
 
-from .base import Callback
+from .base import Callback, is_logging_point
 
 
 def frame(rows: Sequence[Mapping[str, Any]], first: Sequence[str]) -> Any:
@@ -46,10 +46,10 @@ class StepHistory(Callback):
         self._epoch = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
-        self._epoch = epoch
+        self._epoch = epoch + 1  # the history's 1-based number
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
-        if not logs:
+        if not is_logging_point(logs):
             return
         row = {"epoch": self._epoch, "step": logs.get("step", batch), "global_step": self.model.global_step}
         groups = getattr(self.model.optimizer, "param_groups", None)

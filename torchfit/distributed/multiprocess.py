@@ -15,6 +15,7 @@ import torch
 
 from ..batch import map_tensors
 from ..callbacks import Callback
+from ..callbacks.base import is_logging_point
 from .base import Recompute, SingleProcess
 from .comm import DistributedContext
 from .figures import ShardTracker
@@ -121,10 +122,10 @@ class RankSync(Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
         for sampler in self.samplers:
-            sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch + 1)  # the 1-based epoch number, as before hooks counted from 0
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
-        if logs:  # a logging point: every rank is here at the same step
+        if is_logging_point(logs):  # every rank is here at the same step
             self._agree_on_stop()
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:

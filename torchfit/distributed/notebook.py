@@ -342,13 +342,14 @@ def _worker(rank_: int, world: int, port: int, job: Any, out_dir: str,
         if device == "cuda":
             _move(model, torch.device("cuda", rank_))
         from ..callbacks import Callback
+        from ..callbacks.base import is_logging_point
 
         class _StopOnInterrupt(Callback):
             """Turns the parent's Ctrl-C into ``stop_training`` at a logging point or epoch end, where the
             ranks agree on stopping (the strategy's sync callback runs after this one)."""
 
             def on_train_batch_end(self, batch: int, logs: dict) -> None:
-                if logs and stop.is_set():
+                if is_logging_point(logs) and stop.is_set():
                     self.model.stop_training = True
 
             def on_epoch_end(self, epoch: int, logs: dict) -> None:
@@ -388,7 +389,7 @@ def _result(model: Any, user_callbacks: List[Any]) -> Dict[str, Any]:
 
 def _move(model: Any, device: torch.device) -> None:
     """Compile the worker's copy again for its own GPU: same loss, optimizer, metrics and options."""
-    model.compile(model.loss_fn, model.optimizer, model.metrics, device=device,
+    model.compile(model.loss_fn, model.optimizer, model.compiled_metrics, device=device,
                   precision=model.precision.name, jit_compile=model.jit_compile, strategy=model.strategy)
 
 
