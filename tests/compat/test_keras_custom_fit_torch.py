@@ -31,9 +31,10 @@ def replay(net, optimizer, x, y, epochs, batch_size=32, loss_fn=None, sample_wei
     """Not in the guide: the same training written as a plain torch loop over the same batches (in
     order), giving each epoch's Keras figures by hand: ``loss`` a Mean of the batch losses (each
     batch counts once, as ``metric.update_state(loss)`` does), ``mae`` over all rows."""
-    net, x, y = copy.deepcopy(net), torch.as_tensor(x), torch.as_tensor(y)
+    net = copy.deepcopy(net)
+    x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
     opt = type(optimizer)(net.parameters(), **optimizer.defaults)
-    w = None if sample_weight is None else torch.as_tensor(sample_weight)
+    w = None if sample_weight is None else torch.as_tensor(sample_weight, dtype=torch.float32)
     figures = []
     for _ in range(epochs):
         losses, abs_err, weights = [], 0.0, 0.0
@@ -100,8 +101,8 @@ def test_a_first_simple_example():
     model.compile(optimizer="adam", loss="mse", metrics=["mae"])
 
     # Just use `fit` as usual
-    x = np.random.random((1000, 32)).astype("float32")  # changed: float32 (torch's Linear is float32)
-    y = np.random.random((1000, 1)).astype("float32")  # changed: likewise
+    x = np.random.random((1000, 32))
+    y = np.random.random((1000, 1))
     net, expected = replay(model.net, model.optimizer, x, y, epochs=3)
     history = model.fit(x, y, epochs=3, shuffle=False)  # changed: shuffle=False, for the replay
 
@@ -165,8 +166,8 @@ def test_going_lower_level():
     assert model.loss_fn is not None  # compile(optimizer=...) keeps the subclass's own loss_fn
 
     # Just use `fit` as usual -- you can use callbacks, etc.
-    x = np.random.random((1000, 32)).astype("float32")  # changed: float32
-    y = np.random.random((1000, 1)).astype("float32")  # changed: float32
+    x = np.random.random((1000, 32))
+    y = np.random.random((1000, 1))
     net, expected = replay(model.net, model.optimizer, x, y, epochs=5)
     history = model.fit(x, y, epochs=5, shuffle=False)  # changed: shuffle=False, for the replay
 
@@ -228,9 +229,9 @@ def test_supporting_sample_weight():
     model.compile(optimizer="adam", loss="mse", metrics=["mae"])
 
     # You can now use sample_weight argument
-    x = np.random.random((1000, 32)).astype("float32")  # changed: float32
-    y = np.random.random((1000, 1)).astype("float32")  # changed: float32
-    sw = np.random.random((1000, 1)).astype("float32")  # changed: float32
+    x = np.random.random((1000, 32))
+    y = np.random.random((1000, 1))
+    sw = np.random.random((1000, 1))
     net, expected = replay(model.net, model.optimizer, x, y, epochs=3, sample_weight=sw)
     history = model.fit(x, y, sample_weight=sw, epochs=3, shuffle=False)  # changed: shuffle=False
 
@@ -269,13 +270,14 @@ def test_providing_your_own_evaluation_step():
     model.compile(loss="mse", metrics=["mae"])
 
     # Evaluate with our custom test_step
-    x = np.random.random((1000, 32)).astype("float32")  # changed: float32
-    y = np.random.random((1000, 1)).astype("float32")  # changed: float32
+    x = np.random.random((1000, 32))
+    y = np.random.random((1000, 1))
     result = model.evaluate(x, y)
 
     # by hand: batches of 32; the loss a Mean of the batch losses (each counts once), the MAE over all rows
     with torch.no_grad():
-        pred = model.net(torch.from_numpy(x)).numpy()
+        pred = model.net(torch.as_tensor(x, dtype=torch.float32)).numpy()
+    y = y.astype("float32")
     batch_losses = [((pred[s:s + 32] - y[s:s + 32]) ** 2).mean() for s in range(0, 1000, 32)]
     values = list(result.values()) if isinstance(result, dict) else list(result)
     assert values[0] == pytest.approx(float(np.mean(batch_losses)), rel=1e-5)

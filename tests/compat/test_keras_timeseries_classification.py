@@ -96,7 +96,7 @@ class ChannelsFirst(nn.Module):  # changed: Keras' Conv1D reads (N, steps, chann
 
 def make_model(input_shape, num_classes):  # changed: num_classes passed in (a global in the example)
     # changed: keras.layers.Input + Conv1D/BatchNormalization/ReLU x 3 + GlobalAveragePooling1D + Dense(softmax)
-    # -> the same layers in torch (float32 inputs)
+    # -> the same layers in torch
     return keras.Model(nn.Sequential(
         ChannelsFirst(),
         nn.Conv1d(input_shape[-1], 64, kernel_size=3, padding="same"), nn.BatchNorm1d(64), nn.ReLU(),
@@ -110,7 +110,6 @@ def make_model(input_shape, num_classes):  # changed: num_classes passed in (a g
 def train(forda, epochs=EPOCHS_PATIENCE["epochs"]):  # changed: epochs = 500 -> a parameter
     np.random.seed(0), torch.manual_seed(0)  # changed: seeded
     x_train, y_train, x_test, y_test, num_classes = load(str(forda) + "/")  # changed: root_url -> tmp_path
-    x_train, x_test = x_train.astype("float32"), x_test.astype("float32")  # changed: Keras casts float64 itself
     model = make_model(input_shape=x_train.shape[1:], num_classes=num_classes)
 
     batch_size = 32
