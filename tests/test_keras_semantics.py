@@ -18,7 +18,7 @@ from torch import nn
 
 import torchfit
 from torchfit.callbacks import Callback, EarlyStopping, LearningRateScheduler, ReduceLROnPlateau
-from torchfit.loop import StepResult
+from torchfit import StepResult
 
 
 def regression(n: int = 10, seed: int = 0):
@@ -102,7 +102,7 @@ class Scripted(torchfit.Model):
         self.values = list(values)
 
     def eval_step(self, batch):
-        return StepResult(torch.tensor(float(self.values[self.run.epoch - 1])), None, None, 1)
+        return StepResult(torch.tensor(float(self.values[self.epoch])), None, None, 1)  # epochs finished so far
 
 
 def scripted_fit(values, *callbacks, lr=1.0, epochs=None):
