@@ -220,7 +220,7 @@ def test_positional_arrays_and_misplaced_options():
         compiled().fit(1, x=X, y=y, dl_val=loader(blobs(20)), validation_data=(X, y))
     with pytest.raises(TypeError, match="a Dataset yields"):
         compiled().fit(1, blobs(20), y=y)
-    with pytest.raises(TypeError, match="evaluate got dl as a ndarray without targets"):
+    with pytest.raises(TypeError, match="evaluate got x as a ndarray without targets"):  # Keras' evaluate(x, y)
         compiled().evaluate(X)
     with pytest.raises(TypeError, match="predict needs data"):
         compiled().predict()

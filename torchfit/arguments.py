@@ -115,11 +115,59 @@ class FitArgs:
     fast_path: Any = True
     num_processes: Any = None
 
+    @classmethod
+    def from_call(cls, data: tuple, **named: Any) -> "FitArgs":
+        """fit's arguments with the positional ones placed by the order the caller wrote (``fit_order``)
+        and torchkeras 4's ``train_data`` / ``val_data`` folded into ``dl_train`` / ``dl_val``."""
+        for alias, name in (("train_data", "dl_train"), ("val_data", "dl_val")):
+            value = named.pop(alias, None)
+            if value is not None:
+                if named.get(name) is not None:
+                    raise TypeError(f"fit got both {alias}= (torchkeras 4) and {name}=; pass one")
+                named[name] = value
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for name, value in zip(fit_order(data), data):
+            if named.get(name, defaults[name]) is not defaults[name]:  # also given by name
+                raise TypeError(f"fit got {name} twice: as positional argument {fit_order(data).index(name) + 1} "
+                                f"and as {name}=; pass it once")
+            named[name] = value
+        return cls(**named)
+
     def kwargs(self, **changes: Any) -> Dict[str, Any]:
         """The keyword arguments of ``fit`` for these values (``num_processes`` left out), with ``changes``."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "num_processes"}
         values.update(changes)
         return values
+
+
+#: The positional orders fit reads, chosen by what comes first.
+TORCHKERAS_ORDER = ("epochs", "dl_train", "dl_val", "log_step_freq", "callbacks", "verbose")
+LOADER_ORDER = ("dl_train", "dl_val", "epochs")  # torchkeras 4's fit(train_data, val_data, epochs)
+KERAS_ORDER = ("x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_split", "validation_data",
+               "shuffle", "class_weight", "sample_weight", "initial_epoch", "steps_per_epoch", "validation_steps")
+
+
+def fit_order(data: tuple) -> tuple:
+    """Which names fit's positional arguments have: torchkeras 1.x's ``fit(epochs, dl_train, dl_val, ...)``
+    when the first is a number; torchkeras 4's ``fit(train_data, val_data, epochs)`` when it is a loader
+    (anything iterable over batches but not an array); else Keras' ``fit(x, y, batch_size, epochs, ...)``.
+
+    >>> fit_order((10, [(1, 2)]))[:2], fit_order(([(1, 2)],))[:1], fit_order((torch.zeros(3), torch.zeros(3)))[:2]
+    (('epochs', 'dl_train'), ('dl_train',), ('x', 'y'))
+    """
+    if not data:
+        return ()
+    first = data[0]
+    if first is None or isinstance(first, (numbers.Number, str)):  # an epoch count (checked as one later)
+        order = TORCHKERAS_ORDER
+    elif inputs.is_loader(first):
+        order = LOADER_ORDER
+    else:
+        order = KERAS_ORDER
+    if len(data) > len(order):
+        raise TypeError(f"fit got {len(data)} positional arguments; in this order ({', '.join(order)}) it takes "
+                        f"at most {len(order)}: pass the others by name")
+    return order[: len(data)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +336,31 @@ def weighting_for(loss_fn: Any, class_weight: Any, sample_weight: Any, default_s
         raise TypeError("sample_weight / class_weight with several losses is not supported; weigh inside "
                         "your losses, or train one output at a time")
     if not default_step:
-        raise TypeError("class_weight / sample_weight act in the default train_step; your overridden "
-                        "train_step gets (x, y, w) batches and weighs them itself")
+        if class_weight is not None:
+            raise TypeError("class_weight acts in the default train_step; your overridden train_step weighs its "
+                            "own batches: pass sample_weight (it gets (x, y, w) batches, as in Keras)")
+        return None  # Keras: an overridden train_step gets (x, y, sample_weight) batches and weighs them
     return SampleWeighting(loss_fn, class_weight)  # a loss without per-sample values fails here
+
+
+#: Keras' positional order of evaluate(x, y, batch_size, verbose); torchfit's is evaluate(dl, callbacks).
+KERAS_EVALUATE_ORDER = ("x", "y", "batch_size", "verbose")
+
+
+def evaluate_args(data: tuple, **named: Any) -> Dict[str, Any]:
+    """evaluate's arguments with the positional ones named: ``evaluate(dl, callbacks)`` when the first
+    is a loader, Keras' ``evaluate(x, y, batch_size, verbose)`` otherwise.
+
+    >>> evaluate_args((torch.zeros(2), torch.zeros(2)), dl=None, callbacks=None, x=None, y=None, batch_size=None,
+    ...               verbose=0)["y"].shape
+    torch.Size([2])
+    """
+    order = ("dl", "callbacks") if data and inputs.is_loader(data[0]) else KERAS_EVALUATE_ORDER
+    if len(data) > len(order):
+        raise TypeError(f"evaluate got {len(data)} positional arguments; in this order ({', '.join(order)}) it "
+                        f"takes at most {len(order)}: pass the others by name")
+    for name, value in zip(order, data):
+        if named[name] is not None and named[name] is not (0 if name == "verbose" else None):
+            raise TypeError(f"evaluate got {name} twice, by position and as {name}=; pass it once")
+        named[name] = value
+    return named

@@ -126,7 +126,7 @@ class _Phase(NamedTuple):
 
 
 TRAIN = _Phase("train", "train_step", "on_train_batch_begin", "on_train_batch_end", True)
-EVAL = _Phase("validation", "eval_step", "on_test_batch_begin", "on_test_batch_end", False)
+EVAL = _Phase("validation", "test_step", "on_test_batch_begin", "on_test_batch_end", False)  # -> eval_step
 PREDICT = _Phase("predict", "predict_step", "on_predict_batch_begin", "on_predict_batch_end", False)
 
 
@@ -205,6 +205,8 @@ def run_epoch(model: Any, loader: Iterable, run: Run, tracker: Any, training: bo
     Returns the epoch figures (keys prefixed by the tracker's prefix).
     """
     tracker.reset()
+    for metric in model.metrics:  # Keras resets the model's own metric objects at each epoch and evaluation
+        (getattr(metric, "reset_state", None) or metric.reset)()
     model.net.train(training)
     run_batches(model, loader, run, TRAIN if training else EVAL, tracker.update, tracker)
     if run.config.reducer is not None:
@@ -247,12 +249,12 @@ def check_first_batch(model: Any, dl_val: Iterable, run: Run) -> None:
             return  # an empty loader is reported where it is iterated
         batch = run.config.move(batch)
         try:
-            out = model.eval_step(batch)
+            out = model.test_step(batch)  # eval_step, or a Keras test_step
         except Exception as exc:
             cause = exc.__cause__ if isinstance(exc, LossError) and exc.__cause__ is not None else exc
             raise StepError(f"validation step failed on dl_val's first batch, checked before training (nothing "
                             f"has changed): {step_failure(model, exc)} (batch shapes {describe(batch)})") from cause
-        probe = Tracker(copy_metrics(model.metrics), prefix="val_")
+        probe = Tracker(copy_metrics(model.compiled_metrics), prefix="val_")
         probe.reset()
         probe.update(out)
         probe.compute()

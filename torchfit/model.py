@@ -24,19 +24,21 @@ import torch
 from torch import nn
 
 from . import checkpoint, compiling, distributed, inputs, loop, runs, steps
-from .arguments import FitArgs, announcer, check_compiled, check_fit, check_loader, check_net
+from .arguments import FitArgs, announcer, check_compiled, check_fit, check_loader, check_net, evaluate_args
 from .batch import as_tensors, batch_size_of, call_net, detach, predict_inputs, split_batch, to_device
 from .callbacks import Callback
 from .callbacks.history import frame as history_frame
 from .diagnose import user_traceback
 from .formatting import Figures
 from .losses import adapt_targets
+from .metrics import MetricList
 from .loop import Run, StepResult
 from .precision import PrecisionPolicy
+from .model_tools import ModelTools
 from .state import TrainingState, state_field
 
 
-class Model(nn.Module):
+class Model(ModelTools, nn.Module):
     """Wrap any ``nn.Module`` to get ``compile`` / ``fit`` / ``evaluate`` / ``predict`` / ``summary``.
 
     >>> model = Model(nn.Linear(4, 2))
@@ -58,10 +60,11 @@ class Model(nn.Module):
 
     def __init__(self, net: Optional[nn.Module] = None):
         super().__init__()
-        if check_net(net, own_forward=type(self).forward is not Model.forward) is not None:
+        # A subclass with its own forward is its own net; one with its own train_step (Keras' GAN) may have none.
+        if check_net(net, own_forward=type(self).forward is not Model.forward or not self._default_step("train_step")):
             self.net = net
         self._optimizer: Optional[torch.optim.Optimizer] = None
-        self.metrics: Dict[str, Any] = {}
+        self.compiled_metrics: Dict[str, Any] = {}  # compile's metrics by name; model.metrics lists them
         self.device: Optional[torch.device] = None
         self.precision: Optional[PrecisionPolicy] = None
         self.strategy: Any = None  # compile(strategy=...): None/"ddp" or a strategy's options (FSDP(...))
@@ -83,7 +86,8 @@ class Model(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._modules["net"](*args, **kwargs)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, training: Optional[bool] = None, **kwargs: Any) -> Any:
+        # Keras' self(x, training=True): the modes are the loop's (train in fit, eval in evaluate), as in Keras' fit
         if self._run is None and self.device is not None:
             # A user's own call (Keras' model(x)): numpy arrays and tensors on another device are
             # brought to the model. Steps (self._run is set) call the net directly and pay nothing.
@@ -118,6 +122,16 @@ class Model(nn.Module):
             super().zero_grad(set_to_none)
 
     @property
+    def metrics(self) -> MetricList:
+        """The compiled metrics as objects (Keras: ``for m in self.metrics: m.update_state(y, y_pred)``).
+        A subclass may define its own ``metrics`` property, as in Keras; fit resets them each epoch."""
+        return MetricList(self.compiled_metrics.values())
+
+    @metrics.setter
+    def metrics(self, value: Any) -> None:
+        self.compiled_metrics = dict(value.items()) if hasattr(value, "items") else {m.name: m for m in value}
+
+    @property
     def run(self) -> Optional[Run]:
         """The fit, evaluate or predict call in progress (``None`` outside one); callbacks read its
         ``epoch``, ``batch_idx``, ``last_result`` and ``config``."""
@@ -137,12 +151,6 @@ class Model(nn.Module):
         (running means since the epoch's start, as printed). ``model.step_history.plot(x="global_step", y="loss")``
         """
         return history_frame(self.training_state.step_history, ["epoch", "step", "global_step"])
-
-    def plot_history(self, metrics: Optional[Sequence[str]] = None, **kwargs: Any) -> Any:
-        """``torchfit.plot_history(model.history, metrics)``: a matplotlib Figure, a panel per quantity."""
-        from .plot import plot_history
-
-        return plot_history(self.history, metrics, **kwargs)
 
     # ----------------------------------------------------------------- compile
     def compile(self, loss: Optional[Callable] = None,
@@ -169,8 +177,9 @@ class Model(nn.Module):
                               metrics_dict=metrics_dict, loss_weights=loss_weights, precision=precision,
                               jit_compile=jit_compile, strategy=strategy)
         c.move_to_device(self.net)
-        object.__setattr__(self, "loss_fn", c.loss)
-        self.optimizer, self.metrics, self.device, self.precision = c.optimizer, c.metrics, c.device, c.precision
+        if c.loss is not None or self.loss_fn is None:  # Keras: compile(optimizer=...) keeps a subclass's loss_fn
+            object.__setattr__(self, "loss_fn", c.loss)
+        self.optimizer, self.compiled_metrics, self.device, self.precision = c.optimizer, c.metrics, c.device, c.precision
         self.jit_compile, self.strategy, self._setup = c.jit_compile, c.strategy, c
         return self
 
@@ -182,8 +191,10 @@ class Model(nn.Module):
         check_compiled(self, verb, self._setup)
 
     def _default_step(self, name: str) -> bool:
-        """Whether ``train_step``/``eval_step`` is torchfit's own (not overridden by a subclass)."""
-        return getattr(type(self), name) is getattr(Model, name)
+        """Whether ``train_step``/``eval_step`` is torchfit's own (not overridden by a subclass; for
+        ``eval_step``, neither is Keras' ``test_step``)."""
+        names = ("eval_step", "test_step") if name == "eval_step" else (name,)
+        return all(getattr(type(self), n) is getattr(Model, n) for n in names)
 
     def _strategy(self) -> Any:
         """The strategy a call outside fit (saving, loading) runs under: SingleProcess in one process."""
@@ -191,9 +202,9 @@ class Model(nn.Module):
 
     # --------------------------------------------------------------------- fit
     @user_traceback
-    def fit(self, epochs: int = 1, dl_train: Optional[Iterable] = None, dl_val: Optional[Iterable] = None,
+    def fit(self, *data: Any, epochs: int = 1, dl_train: Optional[Iterable] = None, dl_val: Optional[Iterable] = None,
             log_step_freq: Optional[int] = None, callbacks: Optional[Sequence[Callback]] = None,
-            verbose: Union[int, str] = 1, *, initial_epoch: Optional[int] = None,
+            verbose: Union[int, str] = 1, initial_epoch: Optional[int] = None,
             steps_per_epoch: Optional[int] = None, validation_steps: Optional[int] = None, validation_freq: int = 1,
             overfit_batches: Optional[int] = None, class_weight: Optional[Mapping[int, float]] = None,
             sample_weight: Any = None, plot: bool = False, profile: bool = False, grad_accum_steps: int = 1,
@@ -202,7 +213,7 @@ class Model(nn.Module):
             x: Any = None, y: Any = None, target: Union[str, Sequence[str], None] = None,
             batch_size: Optional[int] = None, validation_split: Optional[float] = None, validation_data: Any = None,
             shuffle: Optional[bool] = None, seed: int = 0, fast_path: bool = True,
-            num_processes: Optional[int] = None) -> pd.DataFrame:
+            num_processes: Optional[int] = None, train_data: Any = None, val_data: Any = None) -> pd.DataFrame:
         """Train for ``epochs`` more epochs; returns the history as a DataFrame.
 
         >>> # history = model.fit(10, dl_train, dl_val, log_step_freq=100)
@@ -227,32 +238,30 @@ class Model(nn.Module):
                 stop if model.stop_training
             [on_train_end]
 
-        Data: loaders, or Keras' ``x``/``y`` (arrays, tensors, a Dataset, a DataFrame with ``target``
-        columns) batched by ``batch_size`` (32), shuffled with a generator seeded by ``seed``;
-        ``validation_split`` (a seeded draw of rows) or ``validation_data``. ``verbose``: 0 silent,
-        1 step dicts (or a bar: ``progress_bar``) and tables, 2 tables, ``"auto"`` 1; ``log_step_freq``
-        defaults to about ten logging points per epoch. Keras' words mean what they mean there:
-        ``initial_epoch=k`` numbers epochs from k + 1 (``epochs`` is then the last one);
-        ``steps_per_epoch`` / ``validation_steps`` cut an epoch (or restart a short loader);
-        ``validation_freq=n`` validates every n-th epoch; ``class_weight`` / ``sample_weight`` (or
-        ``(x, y, w)`` batches) weigh each sample's loss, ``sum(w_i * loss_i) / N``.
-        ``overfit_batches=n`` trains and validates on the first n batches (a debugging run);
-        ``plot=True`` adds a ``LivePlot``; ``profile=True`` a ``Profiler`` (``model.profiler.frame()``). ``grad_accum_steps=k`` steps every k batches on the window's
-        sample-weighted mean gradient; ``grad_clip_norm`` / ``grad_clip_value`` clip before each
-        step. ``lr_scheduler``: a torch scheduler on ``model.optimizer`` stepped per epoch (per step:
-        the ``LearningRateScheduler`` callback). ``resume_from``: a checkpoint; ``epochs`` is then the
-        run's total (Keras' BackupAndRestore). ``fast_path`` indexes a ``TensorDataset``'s tensors for
-        the same batches, faster (``torchfit.fast_path``). ``num_processes=N`` trains on N processes
-        started here (``torchfit.distributed.launch_fit``). Ctrl-C stops cleanly and returns the
-        finished epochs. docs/api.md has a line per argument.
+        Positional arguments are read in the order the caller's library writes them:
+        torchkeras 1.x's ``fit(10, dl_train, dl_val)``, torchkeras 4's ``fit(dl_train, dl_val, 10)``
+        (also ``train_data=``/``val_data=``), or Keras' ``fit(x, y, batch_size, epochs, ...)``;
+        ``fit(dl, epochs=5)`` works too. Data: loaders, or ``x``/``y`` (arrays, tensors, a Dataset, a
+        DataFrame with ``target`` columns) batched by ``batch_size`` and shuffled with a generator seeded
+        by ``seed``. Keras' words mean what they mean there (``initial_epoch``, ``steps_per_epoch``,
+        ``validation_freq``, ``class_weight``, ``sample_weight``...). ``grad_accum_steps=k`` steps every k
+        batches on the window's sample-weighted mean gradient; ``resume_from``: a checkpoint, ``epochs``
+        being the run's total; ``plot=True`` adds a ``LivePlot``; ``profile=True`` a ``Profiler``
+        (``model.profiler.frame()``); ``num_processes=N`` trains on N processes started here. Ctrl-C
+        stops cleanly and returns the finished epochs. docs/api.md has a line per argument.
         """
-        args = FitArgs(epochs, dl_train, dl_val, log_step_freq, callbacks, verbose, initial_epoch, steps_per_epoch,
-                       validation_steps, validation_freq, overfit_batches, class_weight, sample_weight, plot, profile,
-                       grad_accum_steps, grad_clip_norm, grad_clip_value, lr_scheduler, resume_from, progress_bar, x,
-                       y, target, batch_size, validation_split, validation_data, shuffle, seed, fast_path,
-                       num_processes)
-        if num_processes is not None:
-            return distributed.launch_fit(self, num_processes, args)
+        args = FitArgs.from_call(
+            data, epochs=epochs, dl_train=dl_train, dl_val=dl_val, log_step_freq=log_step_freq, callbacks=callbacks,
+            verbose=verbose, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+            validation_steps=validation_steps, validation_freq=validation_freq, overfit_batches=overfit_batches,
+            class_weight=class_weight, sample_weight=sample_weight, plot=plot, profile=profile,
+            grad_accum_steps=grad_accum_steps, grad_clip_norm=grad_clip_norm, grad_clip_value=grad_clip_value,
+            lr_scheduler=lr_scheduler, resume_from=resume_from, progress_bar=progress_bar, x=x, y=y, target=target,
+            batch_size=batch_size, validation_split=validation_split, validation_data=validation_data,
+            shuffle=shuffle, seed=seed, fast_path=fast_path, num_processes=num_processes, train_data=train_data,
+            val_data=val_data)
+        if args.num_processes is not None:
+            return distributed.launch_fit(self, args.num_processes, args)
         self._require_compiled("fit")
         checked = check_fit(self, args)
         run, (dl_train, dl_val), trackers, params = runs.fit_run(self, checked)
@@ -306,21 +315,28 @@ class Model(nn.Module):
 
     # ------------------------------------------------------- evaluate, predict
     @user_traceback
-    def evaluate(self, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, *, x: Any = None,
-                 y: Any = None, target: Union[str, Sequence[str], None] = None,
-                 batch_size: Optional[int] = None, fast_path: bool = True) -> Dict[str, float]:
-        """Loss and metrics over the whole loader, in eval mode under no_grad.
+    def evaluate(self, *data: Any, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, x: Any = None,
+                 y: Any = None, target: Union[str, Sequence[str], None] = None, batch_size: Optional[int] = None,
+                 verbose: Union[int, str] = 0, return_dict: bool = True, quiet: Optional[bool] = None,
+                 fast_path: bool = True) -> Any:
+        """Loss and metrics over the whole loader, in eval mode under no_grad: ``{"val_loss": ..., ...}``.
 
-        >>> # model.evaluate(dl_test)  ->  {'val_loss': 0.31, 'val_accuracy': 0.91}
-        >>> # model.evaluate(x=X_test, y=y_test)  or  model.evaluate(df_test, target="label")
+        >>> # model.evaluate(dl_test)  or  model.evaluate(x_test, y_test, batch_size=128)   (Keras' order)
+
+        ``verbose=1`` (or torchkeras 4's ``quiet=False``) prints the figures; ``return_dict=False``
+        gives Keras' list ``[loss, *metrics]`` (the loss alone without metrics).
         """
         self._require_compiled("evaluate")
-        dl = inputs.eval_loader(dl, x=x, y=y, target=target, batch_size=batch_size, loss_fn=self.loss_fn)
+        named = evaluate_args(data, dl=dl, callbacks=callbacks, x=x, y=y, batch_size=batch_size, verbose=verbose)
+        dl = inputs.eval_loader(named["dl"], x=named["x"], y=named["y"], target=target,
+                                batch_size=named["batch_size"], loss_fn=self.loss_fn)
         check_loader("dl", dl)
-        run = runs.eval_run(self, callbacks, fast_path)
+        run = runs.eval_run(self, named["callbacks"], fast_path)
         dl, tracker = runs.evaluate_parts(self, dl, run)  # under torchrun: this rank's part, whole-dataset figures
         with self._calling(run):
-            return Figures(loop.validate(self, dl, run, tracker))
+            figures = Figures(loop.validate(self, dl, run, tracker))
+        return runs.evaluate_result(figures, named["verbose"] if quiet is None else int(not quiet), return_dict,
+                                    run.config.is_main_process)
 
     @user_traceback
     def predict(self, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, *, x: Any = None,
@@ -358,45 +374,6 @@ class Model(nn.Module):
             loop.restore_modes(modes)
             self._run = previous
 
-    # ----------------------------------------------------------------- summary
-    def summary(self, input_shape: Any = None, **kwargs: Any) -> pd.DataFrame:
-        """Print the layer table and return its rows (``torchfit.summary``): ``model.summary(input_shape=(1, 28, 28))``"""
-        from .summary import summary
-
-        if not distributed.is_main_process():  # under torchrun only rank 0 prints
-            kwargs.setdefault("print_fn", None)
-        return summary(self.net, input_shape, **kwargs)
-
-    # ---------------------------------------------------------- around fit
-    def lr_find(self, dl_train: Any, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
-                **kwargs: Any) -> pd.DataFrame:
-        """A learning-rate range test (``torchfit.lr_finder``); the model comes back bit for bit.
-        ``df = model.lr_find(dl_train); df.attrs["suggested_lr"]; torchfit.plot_lr_find(df)``"""
-        from .lr_finder import lr_find
-
-        return lr_find(self, dl_train, start_lr, end_lr, num_steps, **kwargs)
-
-    def export(self, path: Union[str, "os.PathLike[str]"], example_batch: Any, format: Optional[str] = None,
-               **kwargs: Any) -> Any:
-        """The net to ``.pt2`` or ``.onnx``, checked against the eager net (``torchfit.export.export``)."""
-        from .export import export
-
-        return export(self, path, example_batch, format, **kwargs)
-
-    def confusion_matrix(self, dl: Any, labels: Any = None, normalize: Optional[str] = None,
-                         **kwargs: Any) -> pd.DataFrame:
-        """Counts of true (rows) against predicted (columns) classes over ``dl`` (``torchfit.evaluation``)."""
-        from .evaluation import confusion_matrix
-
-        return confusion_matrix(self, dl, labels, normalize, **kwargs)
-
-    def classification_report(self, dl: Any, target_names: Any = None, output_dict: bool = False,
-                              **kwargs: Any) -> Any:
-        """scikit-learn's classification report over ``self.predict(dl)`` and the loader's targets."""
-        from .evaluation import classification_report
-
-        return classification_report(self, dl, target_names, output_dict, **kwargs)
-
     # ------------------------------------------------------------------- steps
     def train_step(self, batch: Any) -> StepResult:
         """One training step on a batch already on the device. Override for custom training.
@@ -425,7 +402,7 @@ class Model(nn.Module):
         preds = detach(preds)
         if run.preflight:  # once per fit, before the first optimizer step, on throwaway copies
             run.preflight = False
-            steps.preflight_metrics(self.metrics, preds, y, n)
+            steps.preflight_metrics(self.compiled_metrics, preds, y, n)
         self.optimizer_step()
         return StepResult(loss.detach(), preds, y, n, logs)
 
@@ -443,9 +420,16 @@ class Model(nn.Module):
         with self._run.config.precision.autocast():
             return call_net(self.net, predict_inputs(batch))
 
-    def compute_loss(self, preds: Any, targets: Any) -> torch.Tensor:
-        """``loss_fn(preds, targets)``, checked to be a scalar; a failing loss says what it got and expects."""
-        return steps.compute_loss(self.loss_fn, preds, targets)
+    def compute_loss(self, preds: Any = None, targets: Any = None, *, x: Any = None, y: Any = None,
+                     y_pred: Any = None, sample_weight: Any = None, training: bool = True) -> torch.Tensor:
+        """``loss_fn(preds, targets)``, checked to be a scalar; Keras' ``compute_loss(x=, y=, y_pred=,
+        sample_weight=)`` too (per-sample weights as fit weighs them)."""
+        return steps.keras_loss(self, y_pred if y_pred is not None else preds, y if y is not None else targets,
+                                sample_weight, training)
+
+    def test_step(self, batch: Any) -> StepResult:
+        """Keras' name for the validation step: override either; the loop calls this one."""
+        return self.eval_step(batch)
 
     def backward(self, loss: torch.Tensor, batch_size: Optional[int] = None) -> None:
         """``loss.backward()`` with the grad scaler and accumulation weighting applied (``optim.OptimizerStep``);

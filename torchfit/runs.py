@@ -21,6 +21,7 @@ from .callbacks.progress import ProgressBar, wants_bar
 from .callbacks.schedulers import epoch_learning_rates, lr_log_keys
 from .device import batch_mover
 from .fast_path import iter_batches
+from .formatting import format_figure
 from .heads import MultiLoss
 from .distributed import FitRequest
 from .loaders import limit_steps, loader_length
@@ -38,8 +39,8 @@ def fit_run(model: Any, checked: CheckedFit) -> tuple:
     custom_step = not model._default_step("train_step")
     plan = strategy.prepare_fit(FitRequest(
         net=model.net, train_net=model._training_net(), device=model.device, accum_steps=options.grad_accum_steps,
-        dl_train=dl_train, dl_val=dl_val, train_tracker=Tracker(copy_metrics(model.metrics)),
-        val_tracker=Tracker(copy_metrics(model.metrics), prefix="val_"),
+        dl_train=dl_train, dl_val=dl_val, train_tracker=Tracker(copy_metrics(model.compiled_metrics)),
+        val_tracker=Tracker(copy_metrics(model.compiled_metrics), prefix="val_"),
         recompute_train=recompute_for(model, "train_step"), recompute_eval=recompute_for(model, "eval_step"),
         custom_step=custom_step, optimizer=model.optimizer))
     callbacks = default_callbacks(options, user_callbacks) + user_callbacks + list(plan.callbacks)
@@ -69,7 +70,7 @@ def fit_run(model: Any, checked: CheckedFit) -> tuple:
               "batch_size": batch_size if isinstance(batch_size, int) else None}
     cbs.set_params(params)  # a callback monitoring a key this run never produces raises here
     params = {**params, "log_lr": (lambda: epoch_learning_rates(model.optimizer, cbs.callbacks)) if log_lr else None}
-    run = Run(config, preflight=bool(model.metrics), check_targets=model.loss_fn is not None)
+    run = Run(config, preflight=bool(model.compiled_metrics), check_targets=model.loss_fn is not None)
     return run, (dl_train, dl_val), (plan.train_tracker, plan.val_tracker), params
 
 
@@ -114,7 +115,7 @@ def epoch_log_keys(model: Any, has_val: bool, log_lr: bool) -> Optional[List[str
     """The keys every epoch's logs will have, or None when an overridden step decides them."""
     if not model._default_step("train_step") or (has_val and not model._default_step("eval_step")):
         return None
-    names = list(model.metrics)
+    names = list(model.compiled_metrics)
     if isinstance(model.loss_fn, MultiLoss):  # each output's loss, logged like an extra step figure
         names += [f"{name}_loss" for name in model.loss_fn.names]
     keys = ["epoch", "loss", *names]
@@ -134,5 +135,16 @@ def eval_run(model: Any, callbacks: Optional[Sequence[Callback]], fast_path: boo
 
 def evaluate_parts(model: Any, dl: Any, run: Run) -> tuple:
     """The loader and tracker of an evaluate call: this rank's part and figures over the whole dataset."""
-    tracker = Tracker(copy_metrics(model.metrics), prefix="val_")
+    tracker = Tracker(copy_metrics(model.compiled_metrics), prefix="val_")
     return run.config.strategy.evaluate_loader(dl, tracker, recompute_for(model, "eval_step"))
+
+
+def evaluate_result(figures: Any, verbose: Any, return_dict: bool, is_main: bool) -> Any:
+    """What evaluate returns: the figures (a dict), or Keras' list ``[loss, *metrics]`` (the loss alone
+    when there are no metrics); ``verbose`` prints them on one line first, through the formatter."""
+    if verbose not in (0, None, False) and is_main:
+        print(" - ".join(f"{k}: {format_figure(v, k)}" for k, v in figures.items()))
+    if return_dict:
+        return figures
+    values = list(figures.values())
+    return values[0] if len(values) == 1 else values

@@ -75,3 +75,16 @@ def preflight_metrics(metrics: Any, preds: Any, targets: Any, n: int) -> None:
     probe.reset()  # a metric may set its state up in reset(), as the Metric docstring shows
     probe.update(StepResult(None, preds, targets, n))
     probe.compute()
+
+
+def keras_loss(model: Any, preds: Any, targets: Any, sample_weight: Any, training: bool) -> torch.Tensor:
+    """``Model.compute_loss``: the compiled loss of ``preds`` against ``targets``, weighted per sample
+    as fit weighs ``sample_weight`` (Keras' ``compute_loss(y=, y_pred=, sample_weight=)``)."""
+    if sample_weight is None:
+        return compute_loss(model.loss_fn, preds, targets)
+    try:
+        return SampleWeighting(model.loss_fn).loss(preds, targets, sample_weight, training)
+    except TypeError:
+        raise
+    except Exception as exc:
+        raise LossError(loss_failure(model.loss_fn, preds, targets, exc)) from exc

@@ -190,7 +190,7 @@ class LearningRateScheduler(Callback):
                                      "interval or monitor")
                 self.keras_schedule, self._arity = scheduler, arity
                 self.scheduler, self.factory, self.interval, self.monitor = None, None, "epoch", None
-                self._seen_step, self._groups_before_build = 0, None
+                self._seen_step, self._groups_before_build, self.last_step_rates = 0, None, None
                 return
         factory = None
         if not _is_scheduler(scheduler):

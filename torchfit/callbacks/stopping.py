@@ -8,7 +8,7 @@ processes must stop together); only the main process prints.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional
+from typing import Mapping, Any, Callable, Dict, Optional
 
 import torch
 
@@ -141,9 +141,10 @@ class TerminateOnNaN(Callback):
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
         run = self.model.run
         out = run.last_result
-        if out is None or out.loss is None:
+        loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)  # a Keras-style dict too
+        if loss is None:
             return
-        loss = out.loss.item()
+        loss = float(loss)
         bad = not math.isfinite(loss)
         reducer = run.config.reducer
         if reducer is not None:

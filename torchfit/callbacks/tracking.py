@@ -49,7 +49,7 @@ def fit_params(model: Any, params: Mapping[str, Any]) -> Dict[str, Any]:
         "optimizer": type(opt).__name__ if opt is not None else None,
         "lr": float(groups[0]["lr"]) if groups and groups[0].get("lr") is not None else None,  # a tensor lr too
         "loss": None if loss is None else getattr(loss, "__name__", None) or type(loss).__name__,
-        "metrics": ", ".join(getattr(model, "metrics", {}) or {}) or None,
+        "metrics": ", ".join(model.compiled_metrics) or None,
     }
     return {k: v for k, v in found.items() if v is not None}
 

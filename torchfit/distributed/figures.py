@@ -1,7 +1,7 @@
 """Exact epoch figures over a sharded loader: padding trimmed, states merged across ranks."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 
@@ -58,6 +58,9 @@ class ShardTracker(Tracker):
 
     def update(self, out: StepResult) -> None:
         self._synced = False
+        if isinstance(out, Mapping):  # a Keras-style step's own figures (this rank's)
+            super().update(out)
+            return
         n = out.batch_size
         if self._real is None:
             super().update(out)

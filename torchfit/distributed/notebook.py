@@ -389,7 +389,7 @@ def _result(model: Any, user_callbacks: List[Any]) -> Dict[str, Any]:
 
 def _move(model: Any, device: torch.device) -> None:
     """Compile the worker's copy again for its own GPU: same loss, optimizer, metrics and options."""
-    model.compile(model.loss_fn, model.optimizer, model.metrics, device=device,
+    model.compile(model.loss_fn, model.optimizer, model.compiled_metrics, device=device,
                   precision=model.precision.name, jit_compile=model.jit_compile, strategy=model.strategy)
 
 

@@ -78,7 +78,7 @@ Under ``torch.distributed`` the loop calls ``metric.sync(reducer)`` before
 and an ``update`` after it drops the synced view, so ``compute()`` is local
 again until the next ``sync``.
 """
-from .base import BatchMetric, Mean, Metric, Reducer
+from .base import BatchMetric, Mean, Metric, MetricList, Reducer
 from .classification import AUC, F1, Accuracy, Precision, Recall
 from .regression import MAE, MSE, R2
 from .registry import KNOWN_METRICS, UnknownMetricError, get_metric, resolve_metrics
@@ -94,6 +94,7 @@ __all__ = [
     "MSE",
     "Mean",
     "Metric",
+    "MetricList",
     "Precision",
     "R2",
     "Recall",

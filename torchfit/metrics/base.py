@@ -114,6 +114,56 @@ class Metric:
             "combined across processes; implement it to use this metric under torch.distributed"
         )
 
+    # Keras' names for the same protocol, for train_steps written the Keras way:
+    # ``metric.update_state(y, y_pred)``, ``metric.result()``, ``metric.reset_state()``, ``metric.name``.
+    @property
+    def name(self) -> str:
+        return self.__dict__.get("_name") or type(self).__name__.lower()
+
+    @name.setter
+    def name(self, value: Optional[str]) -> None:
+        self.__dict__["_name"] = value
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        """Keras' ``update_state(y_true, y_pred)``: ``update(y_pred, y_true)``."""
+        if sample_weight is not None:
+            raise TypeError(f"{self.name}.update_state(..., sample_weight=...) is not supported: torchfit's "
+                            "metrics weigh samples equally")
+        self.update(y_pred, y_true)
+
+    def result(self) -> Any:
+        """Keras' ``result()``: ``compute()``."""
+        return self.compute()
+
+    def reset_state(self) -> None:
+        """Keras' ``reset_state()``: ``reset()``."""
+        self.reset()
+
+
+class MetricList(list):
+    """``model.metrics``: the compiled metric objects, in order. Keras code iterates them
+    (``for m in self.metrics: m.update_state(y, y_pred)``; ``m.name``); ``metrics["acc"]``,
+    ``keys()`` and ``items()`` look them up by name.
+
+    >>> from torchfit.metrics import Accuracy
+    >>> ms = MetricList([Accuracy()]); ms[0] is ms["accuracy"], ms.keys()
+    (True, ['accuracy'])
+    """
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            for metric in self:
+                if metric.name == key:
+                    return metric
+            raise KeyError(f"no metric named {key!r}; the metrics are {self.keys()}")
+        return super().__getitem__(key)
+
+    def keys(self) -> list:
+        return [m.name for m in self]
+
+    def items(self) -> list:
+        return [(m.name, m) for m in self]
+
 
 class Mean(Metric):
     """Sample-weighted running mean of scalars, e.g. the batch-mean loss.
@@ -129,8 +179,22 @@ class Mean(Metric):
     2.4
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: Optional[str] = None) -> None:
+        self.name = name  # Keras' Mean(name="loss")
         self.reset()
+
+    def update_state(self, values: Any, sample_weight: Any = None) -> None:  # type: ignore[override]
+        """Keras' ``Mean.update_state(values)``: the mean of ``values`` (weighted by ``sample_weight``),
+        counted as that many samples."""
+        if isinstance(values, Tensor) and values.dim() > 0:
+            values = values.detach().float()
+            if sample_weight is not None:
+                w = torch.as_tensor(sample_weight, dtype=values.dtype, device=values.device).expand_as(values)
+                self.update((values * w).sum() / w.sum(), values.numel())
+                return
+            self.update(values.mean(), values.numel())
+            return
+        self.update(values.detach() if isinstance(values, Tensor) else values, 1)
 
     def reset(self) -> None:
         self._tensor_total: Optional[Tensor] = None

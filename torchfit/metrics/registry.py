@@ -172,6 +172,8 @@ def resolve_metrics(
         )
     resolved: dict[str, Metric] = {}
     for key, metric in pairs:
+        if isinstance(metric, Metric):
+            metric.name = key  # Keras code reads metric.name
         if key in resolved:
             raise ValueError(f"two metrics are named {key!r}; give them distinct names with a dict")
         for other_key, other in resolved.items():

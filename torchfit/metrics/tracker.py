@@ -33,9 +33,11 @@ class Tracker:
         self.metrics: Dict[str, Metric] = dict(metrics)
         self.extra: Dict[str, Mean] = {}
         self.loss_seen = False  # steps may return loss=None (custom train_step)
+        self.reported: Dict[str, Any] = {}  # a Keras-style step's returned {name: running value}
 
     def reset(self) -> None:
         self.loss_seen = False
+        self.reported = {}
         self.loss.reset()
         for name, m in self.metrics.items():
             try:
@@ -47,7 +49,12 @@ class Tracker:
             m.reset()
 
     def update(self, out: Any) -> None:
-        """Add one step's result (a ``StepResult``): weighted by its batch size, on the device."""
+        """Add one step's result (a ``StepResult``): weighted by its batch size, on the device. A
+        mapping (a train_step written the Keras way returns ``{name: metric.result()}``) holds the
+        step's own running figures: the last one is the epoch's, as in Keras."""
+        if isinstance(out, Mapping):
+            self.reported = dict(out)
+            return
         n = out.batch_size
         if out.loss is not None:
             self.loss_seen = True
@@ -89,6 +96,8 @@ class Tracker:
                 raise MetricError(f"metric {p + name!r} raised {type(exc).__name__} in compute(): {exc}") from exc
         for name, mean in self.extra.items():
             logs[p + name] = mean.compute()
+        for name, value in self.reported.items():
+            logs[p + name] = _to_float(value)
         return logs
 
 
