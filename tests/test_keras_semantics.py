@@ -5,9 +5,8 @@ batch logs, the rules of ``EarlyStopping`` / ``ReduceLROnPlateau`` / ``LearningR
 epoch by epoch, the weight verbs, ``ModelCheckpoint``'s Keras arguments, ``fit`` / ``evaluate`` in
 Keras' argument orders. Published code run as written is in ``tests/compat/test_keras_*.py``.
 
-Tests marked ``xfail(strict=True)`` record a Keras behaviour torchfit does not have (yet); those
-marked ``xfail(strict=False, reason="lead is adding: ...")`` test features being added in the
-same issue and become plain tests once they are on main.
+Tests marked ``xfail(strict=True)`` record a Keras behaviour torchfit does not have (yet), with
+the exact Keras behaviour in the reason: closing one makes it fail until the marker goes.
 """
 from __future__ import annotations
 
@@ -274,8 +273,6 @@ def test_early_stopping_negative_min_delta_is_its_absolute_value():
 
 
 # --------------------------------------------------------------- LearningRateScheduler
-@pytest.mark.xfail(strict=False, reason="lead is fixing: LearningRateScheduler(schedule) (Keras' form) "
-                                        "fails at the first epoch's end on main: no attribute 'last_step_rates'")
 def test_learning_rate_scheduler_keras_schedule_rate_per_epoch():
     seen = []
 
@@ -310,7 +307,6 @@ def test_compile_keras_positional_order():
     assert isinstance(model.optimizer, torch.optim.SGD)
 
 
-@pytest.mark.xfail(strict=False, reason="lead is adding: fit(x, y, epochs=, batch_size=) in Keras' positional order")
 def test_fit_keras_positional_order():
     x, y = regression(64)
     model = torchfit.Model(linear()).compile(loss="mse", optimizer="sgd")
@@ -320,7 +316,6 @@ def test_fit_keras_positional_order():
     assert model.epoch == 3
 
 
-@pytest.mark.xfail(strict=False, reason="lead is adding: fit(dl, epochs=5)")
 def test_fit_loader_with_epochs_keyword():
     x, y = regression(64)
     dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
@@ -331,7 +326,6 @@ def test_fit_loader_with_epochs_keyword():
     assert model.epoch == 15
 
 
-@pytest.mark.xfail(strict=False, reason="lead is adding: evaluate(x, y, batch_size=, verbose=, return_dict=)")
 def test_evaluate_keras_arguments_and_return_values():
     x, y = regression(20)
     net = linear()
@@ -348,7 +342,6 @@ def test_evaluate_keras_arguments_and_return_values():
 
 
 # ------------------------------------------------------------------- weights
-@pytest.mark.xfail(strict=False, reason="lead is adding: get_weights/set_weights/save_weights/load_weights")
 def test_get_set_save_load_weights(tmp_path):
     x, y = regression(16)
     model = torchfit.Model(linear()).compile(loss="mse", optimizer="sgd")
@@ -368,7 +361,6 @@ def test_get_set_save_load_weights(tmp_path):
     np.testing.assert_array_equal(model.get_weights()[0], trained[0])  # nothing changed
 
 
-@pytest.mark.xfail(strict=False, reason="lead is adding: ModelCheckpoint(filepath=, save_weights_only=, save_freq=)")
 def test_model_checkpoint_keras_arguments(tmp_path):
     from torchfit.callbacks import ModelCheckpoint
 

@@ -12,16 +12,13 @@ float32 inputs and ``(5, 10)`` targets; ``history.history["loss"]`` -> ``history
 import math
 
 import numpy as np
-import pytest
 import torch
 from torch import nn  # changed: torch layers instead of keras.layers
 
 import torchfit as keras  # changed: import keras -> torchfit
 
-LEAD_FIT = pytest.mark.xfail(strict=False, reason="lead is adding: fit(x, y, ...) in Keras' positional order")
 
 
-@LEAD_FIT
 def test_early_stopping_docstring():
     torch.manual_seed(0)  # changed: seeded (Keras' doctest is not, and prints 4 whatever the draw)
     callback = keras.callbacks.EarlyStopping(monitor='loss',
@@ -42,8 +39,6 @@ def test_early_stopping_docstring():
     assert callback.stopped_epoch is not None
 
 
-@pytest.mark.xfail(strict=False, reason="lead is fixing: LearningRateScheduler(schedule) (Keras' form) "
-                                        "fails at the first epoch's end on main: no attribute 'last_step_rates'")
 def test_learning_rate_scheduler_docstring():
     # This function keeps the initial learning rate for the first ten epochs
     # and decreases it exponentially after that.
@@ -67,7 +62,6 @@ def test_learning_rate_scheduler_docstring():
     np.testing.assert_allclose(history["lr"], expected, rtol=1e-6)
 
 
-@LEAD_FIT
 def test_reduce_lr_on_plateau_docstring():
     # changed: data. Zero weights and zero training targets give zero gradients, so val_loss stays 1.0:
     # a plateau from the first epoch on, which makes when the callback acts a hand computation.

@@ -11,8 +11,8 @@ convolutional nets -> two small MLPs); ``self.optimizer.apply(gradients, trainab
 ``loss_fn(y_pred, y_true)`` where it matters (binary cross-entropy); ``fit(..., shuffle=False)``
 where a hand-written loop replays the batches; MNIST -> the ``mnist_arrays`` stand-in.
 
-Everything here needs what the lead is adding for issue 20 (Keras' metric objects, ``compute_loss``
-with keywords, ``test_step``, ``fit(x, y)`` / ``fit(dl, epochs=)``), hence the non-strict xfails.
+These are marked ``xfail(strict=False)`` while main lacks pieces of Keras' custom-step API (each
+test's reason names what it trips on); they become plain tests once those land.
 """
 import copy
 
@@ -23,8 +23,16 @@ import torch
 import torchfit as keras  # changed: import keras -> torchfit
 from torch import nn as layers  # changed: from keras import layers -> torch's
 
-LEAD = pytest.mark.xfail(strict=False, reason="lead is adding: Keras-style custom steps (metric objects in "
-                                              "self.metrics, compute_loss(y=, y_pred=), test_step, fit(x, y))")
+NO_LOSS_TRACKER = pytest.mark.xfail(strict=False, reason="not on main yet: a compiled model's self.metrics has "
+                                                         "no 'loss' tracker (Keras' Mean named 'loss')")
+NAMED_MAE = pytest.mark.xfail(strict=False, reason="not on main yet: torchfit.metrics.MAE(name='mae')")
+WEIGHTED_UPDATE = pytest.mark.xfail(strict=False, reason="not on main yet: metric.update_state(y, y_pred, "
+                                                         "sample_weight=...)")
+ONE_CALL_PER_BATCH = pytest.mark.xfail(strict=True, reason="fit tries dl_val's first batch with test_step before "
+                                                           "training (docs/migration.md, what still differs); Keras "
+                                                           "calls test_step once per validation batch")
+TUPLE_BATCHES = pytest.mark.xfail(strict=False, reason="not on main yet: a DataLoader's batch reaches the step as a "
+                                                       "list; Keras hands train_step a tuple")
 
 
 def replay(net, optimizer, x, y, epochs, batch_size=32, loss_fn=None, sample_weight=None):
@@ -93,7 +101,7 @@ class CustomModel(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
 
-@LEAD
+@NO_LOSS_TRACKER
 def test_a_first_simple_example():
     torch.manual_seed(0)  # changed: seeded
     # Construct and compile an instance of CustomModel
@@ -155,7 +163,7 @@ class LowerLevelModel(keras.Model):  # changed: the guide redefines CustomModel;
         return [self.loss_tracker, self.mae_metric]
 
 
-@LEAD
+@NAMED_MAE
 def test_going_lower_level():
     torch.manual_seed(0)  # changed: seeded
     # Construct an instance of CustomModel
@@ -221,7 +229,7 @@ class WeightedModel(keras.Model):  # changed: the guide redefines CustomModel
         return {m.name: m.result() for m in self.metrics}
 
 
-@LEAD
+@WEIGHTED_UPDATE
 def test_supporting_sample_weight():
     torch.manual_seed(0)  # changed: seeded
     # Construct and compile an instance of CustomModel
@@ -262,7 +270,7 @@ class EvalModel(keras.Model):  # changed: the guide redefines CustomModel
         return {m.name: m.result() for m in self.metrics}
 
 
-@LEAD
+@NO_LOSS_TRACKER
 def test_providing_your_own_evaluation_step():
     torch.manual_seed(0)  # changed: seeded
     # Construct an instance of CustomModel
@@ -284,7 +292,7 @@ def test_providing_your_own_evaluation_step():
     assert values[1] == pytest.approx(float(np.abs(pred - y).mean()), rel=1e-5)
 
 
-@LEAD
+@ONE_CALL_PER_BATCH
 def test_test_step_is_what_fit_validates_with():
     """Not in the guide: Keras' fit calls test_step for validation_data too."""
     model = EvalModel(layers.Linear(32, 1))
@@ -401,7 +409,7 @@ class GAN(keras.Model):
         }
 
 
-@LEAD
+@TUPLE_BATCHES
 def test_end_to_end_gan(mnist_arrays):
     torch.manual_seed(0)  # changed: seeded
     # Prepare the dataset. We use both the training & test MNIST digits.

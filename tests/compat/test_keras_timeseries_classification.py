@@ -140,8 +140,7 @@ def train(forda, epochs=EPOCHS_PATIENCE["epochs"]):  # changed: epochs = 500 -> 
     return model, history, x_test, y_test
 
 
-@pytest.mark.slow  # about 10 s on 2 cores
-@pytest.mark.xfail(strict=False, reason="lead is adding: fit(x, y, ...) in Keras' positional order")
+@pytest.mark.slow  # about 5 s on 2 cores
 def test_callbacks_act_on_kerass_epochs(forda, capsys):
     model, history, x_test, y_test = train(forda)
     values = history["val_loss"].tolist()

@@ -16,11 +16,6 @@ import torch  # changed: torch instead of keras' backend
 
 import torchfit as keras  # changed: import keras -> torchfit (keras.callbacks.Callback is torchfit.callbacks.Callback)
 
-LEAD_FIT = pytest.mark.xfail(strict=False, reason="lead is adding: fit(x, y, ...) and evaluate(x, y, ...) in "
-                                                  "Keras' positional order")
-LEAD_WEIGHTS = pytest.mark.xfail(strict=False, reason="lead is adding: fit(x, y, ...) in Keras' order and "
-                                                      "model.get_weights()/set_weights()")
-
 
 # Define the Keras model to add callbacks to
 def get_model():
@@ -160,7 +155,6 @@ def without_torchfits_extra_keys(text):
     return [line.replace("'step', ", "").replace("'epoch', ", "") for line in text.strip().splitlines()]
 
 
-@LEAD_FIT
 def test_custom_callback_hooks_numbers_and_keys(data, capsys):
     run_custom_callback(data)
     assert without_torchfits_extra_keys(capsys.readouterr().out) == keras_prints()
@@ -211,7 +205,6 @@ def parse(text, pattern):
     return [tuple(float(g) if "." in g else int(g) for g in m) for m in re.findall(pattern, text)]
 
 
-@LEAD_FIT
 def test_loss_and_error_printing_callback_prints_running_means(data, capsys):
     x_train, y_train, x_test, y_test = data
     batch_losses = BatchLosses()
@@ -297,7 +290,6 @@ class EarlyStoppingAtMinLoss(keras.callbacks.Callback):
             print(f"Epoch {self.stopped_epoch + 1}: early stopping")
 
 
-@LEAD_WEIGHTS
 def test_early_stopping_at_min_loss(data, capsys):
     x_train, y_train, x_test, y_test = data
     model = get_model()
@@ -381,7 +373,6 @@ class RatesTrainedWith(keras.callbacks.Callback):
 KERAS_RATES = [0.1] * 3 + [0.05] * 3 + [0.01] * 3 + [0.005] * 3 + [0.001] * 3
 
 
-@LEAD_FIT
 def test_custom_learning_rate_scheduler(data, capsys):
     x_train, y_train, x_test, y_test = data
     rates = RatesTrainedWith()
@@ -406,8 +397,6 @@ def test_custom_learning_rate_scheduler(data, capsys):
     assert len(model.history) == 15
 
 
-@pytest.mark.xfail(strict=False, reason="lead is fixing: LearningRateScheduler(schedule) (Keras' form) "
-                                        "fails at the first epoch's end on main: no attribute 'last_step_rates'")
 def test_the_same_table_through_keras_learning_rate_scheduler_callback(data):
     """Not in the guide (it points there): ``keras.callbacks.LearningRateScheduler(lr_schedule)``."""
     x_train, y_train, x_test, y_test = data

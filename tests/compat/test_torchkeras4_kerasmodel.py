@@ -22,8 +22,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import torchfit as torchkeras  # changed: import torchkeras
 
-LEAD = pytest.mark.xfail(strict=False, reason="lead is adding: torchkeras 4's fit(train_data=, val_data=, epochs=) "
-                                              "and evaluate(dl, quiet=False)")
 
 
 @pytest.fixture
@@ -90,7 +88,6 @@ def by_hand(net, dl):
     return F.binary_cross_entropy_with_logits(logits, y).item(), ((logits >= 0).float() == y).float().mean().item()
 
 
-@LEAD
 def test_kerasmodel_example(example, capsys):
     X, dl_train, dl_val, features = example
     net = Net()
