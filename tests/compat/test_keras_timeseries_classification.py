@@ -140,7 +140,6 @@ def train(forda, epochs=EPOCHS_PATIENCE["epochs"]):  # changed: epochs = 500 -> 
     return model, history, x_test, y_test
 
 
-@pytest.mark.slow  # about 5 s on 2 cores
 def test_callbacks_act_on_kerass_epochs(forda, capsys):
     model, history, x_test, y_test = train(forda)
     values = history["val_loss"].tolist()
