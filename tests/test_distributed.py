@@ -146,7 +146,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(launched):
     assert r0["nan"] == r1["nan"] == {"history": [], "epoch": 0}
     assert "non-finite loss (nan) at epoch 1, step 2" in launched["stdout"]
     # TerminateOnNaN stops every rank at the offending batch, between logging points
-    assert r0["terminate_on_nan"] == r1["terminate_on_nan"] == {"batches": [1, 2], "epoch": 0}
+    assert r0["terminate_on_nan"] == r1["terminate_on_nan"] == {"batches": [0, 1], "epoch": 0}  # 0-based batches
     assert launched["stdout"].count("TerminateOnNaN: the loss is not finite on another process at epoch 1, "
                                     "batch 2") == 1  # rank 0's own batch was fine; printed once
 

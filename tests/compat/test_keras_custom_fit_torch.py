@@ -11,8 +11,8 @@ convolutional nets -> two small MLPs); ``self.optimizer.apply(gradients, trainab
 ``loss_fn(y_pred, y_true)`` where it matters (binary cross-entropy); ``fit(..., shuffle=False)``
 where a hand-written loop replays the batches; MNIST -> the ``mnist_arrays`` stand-in.
 
-These are marked ``xfail(strict=False)`` while main lacks pieces of Keras' custom-step API (each
-test's reason names what it trips on); they become plain tests once those land.
+The one still marked ``xfail`` is metrics weighed by ``sample_weight`` (docs/migration.md, what
+still differs).
 """
 import copy
 
@@ -23,16 +23,11 @@ import torch
 import torchfit as keras  # changed: import keras -> torchfit
 from torch import nn as layers  # changed: from keras import layers -> torch's
 
-NO_LOSS_TRACKER = pytest.mark.xfail(strict=False, reason="not on main yet: a compiled model's self.metrics has "
-                                                         "no 'loss' tracker (Keras' Mean named 'loss')")
-NAMED_MAE = pytest.mark.xfail(strict=False, reason="not on main yet: torchfit.metrics.MAE(name='mae')")
 WEIGHTED_UPDATE = pytest.mark.xfail(strict=False, reason="not on main yet: metric.update_state(y, y_pred, "
                                                          "sample_weight=...)")
 ONE_CALL_PER_BATCH = pytest.mark.xfail(strict=True, reason="fit tries dl_val's first batch with test_step before "
                                                            "training (docs/migration.md, what still differs); Keras "
                                                            "calls test_step once per validation batch")
-TUPLE_BATCHES = pytest.mark.xfail(strict=False, reason="not on main yet: a DataLoader's batch reaches the step as a "
-                                                       "list; Keras hands train_step a tuple")
 
 
 def replay(net, optimizer, x, y, epochs, batch_size=32, loss_fn=None, sample_weight=None):
@@ -101,7 +96,6 @@ class CustomModel(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
 
-@NO_LOSS_TRACKER
 def test_a_first_simple_example():
     torch.manual_seed(0)  # changed: seeded
     # Construct and compile an instance of CustomModel
@@ -163,7 +157,6 @@ class LowerLevelModel(keras.Model):  # changed: the guide redefines CustomModel;
         return [self.loss_tracker, self.mae_metric]
 
 
-@NAMED_MAE
 def test_going_lower_level():
     torch.manual_seed(0)  # changed: seeded
     # Construct an instance of CustomModel
@@ -270,7 +263,6 @@ class EvalModel(keras.Model):  # changed: the guide redefines CustomModel
         return {m.name: m.result() for m in self.metrics}
 
 
-@NO_LOSS_TRACKER
 def test_providing_your_own_evaluation_step():
     torch.manual_seed(0)  # changed: seeded
     # Construct an instance of CustomModel
@@ -409,7 +401,6 @@ class GAN(keras.Model):
         }
 
 
-@TUPLE_BATCHES
 def test_end_to_end_gan(mnist_arrays):
     torch.manual_seed(0)  # changed: seeded
     # Prepare the dataset. We use both the training & test MNIST digits.

@@ -10,6 +10,7 @@ metrics live in ``classification`` and ``regression``; turning a user's
 """
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
@@ -114,6 +115,23 @@ class Metric:
             "combined across processes; implement it to use this metric under torch.distributed"
         )
 
+    _takes_name = False  # a subclass whose own __init__ takes ``name`` sets this
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Keras' metrics take ``name=``: every subclass's constructor accepts it (e.g. ``MAE(name="mae")``).
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or cls.__dict__.get("_takes_name"):
+            return
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, name: Optional[str] = None, **kw: Any) -> None:
+            init(self, *args, **kw)
+            if name is not None:
+                self.name = name
+
+        cls.__init__ = __init__  # type: ignore[misc]
+
     # Keras' names for the same protocol, for train_steps written the Keras way:
     # ``metric.update_state(y, y_pred)``, ``metric.result()``, ``metric.reset_state()``, ``metric.name``.
     @property
@@ -178,6 +196,8 @@ class Mean(Metric):
     >>> m.compute()
     2.4
     """
+
+    _takes_name = True
 
     def __init__(self, name: Optional[str] = None) -> None:
         self.name = name  # Keras' Mean(name="loss")
@@ -275,6 +295,8 @@ class BatchMetric(Metric):
     >>> m.compute()
     0.75
     """
+
+    _takes_name = True
 
     def __init__(self, fn: Callable[[Tensor, Tensor], Any], name: Optional[str] = None) -> None:
         if not callable(fn):
