@@ -276,9 +276,9 @@ def cross_validate(build: Callable[[], Model], data: Any, folds: Folds = 5, *, y
         rows.append(picked)
         models.append(model)
     history = pd.concat(histories, ignore_index=True)
-    per_fold = pd.DataFrame(rows).reset_index(drop=True)
+    per_fold = pd.DataFrame(rows).reset_index(drop=True).infer_objects()
     per_fold[["fold", "epoch"]] = per_fold[["fold", "epoch"]].astype(int)
-    figures = per_fold.drop(columns=["fold", "epoch"])
+    figures = per_fold.drop(columns=["fold", "epoch"]).select_dtypes("number")  # not OptunaPruning's text
     summary = pd.DataFrame({"mean": figures.mean(), "std": figures.std(ddof=1), "min": figures.min(),
                             "max": figures.max()})
     return CrossValidation(history, per_fold, summary, splits, models, monitor, summary_at)

@@ -8,6 +8,7 @@ from .liveplot import LivePlot
 from .loggers import CSVLogger, TensorBoard
 from .printing import ProgressPrinter
 from .progress import ProgressBar
+from .pruning import OptunaPruning
 from .schedulers import LearningRateScheduler, ReduceLROnPlateau, run_steps_per_epoch, run_total_steps, warmup_cosine
 from .stopping import EarlyStopping, TerminateOnNaN
 from .tracking import MLflowLogger, WandbLogger
@@ -16,5 +17,5 @@ __all__ = [
     "HOOKS", "Callback", "CallbackList", "LambdaCallback", "History", "ProgressPrinter", "ProgressBar",
     "EarlyStopping", "TerminateOnNaN", "ModelCheckpoint", "CSVLogger", "TensorBoard",
     "LearningRateScheduler", "ReduceLROnPlateau", "run_steps_per_epoch", "run_total_steps", "warmup_cosine",
-    "EMA", "SWA", "MLflowLogger", "WandbLogger", "LivePlot",
+    "EMA", "SWA", "MLflowLogger", "WandbLogger", "LivePlot", "OptunaPruning",
 ]
