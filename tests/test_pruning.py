@@ -37,7 +37,7 @@ def test_a_pruned_trial_stops_after_its_epoch_the_history_says_why_and_the_study
         models.append(model)
         ds = data.classification(64)
         model.fit(5, DataLoader(ds, 32), DataLoader(ds, 64), verbose=0,
-                  callbacks=[OptunaPruning(trial, sink=lines.append), CSVLogger(str(tmp_path / "log.csv"))])
+                  callbacks=[OptunaPruning(trial, verbose=True, sink=lines.append), CSVLogger(str(tmp_path / "log.csv"))])
         return model.history["val_loss"].iloc[-1]
 
     # prunes from epoch 2 on whenever val_loss is above 0 (always): a deterministic pruner

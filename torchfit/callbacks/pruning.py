@@ -27,8 +27,8 @@ class OptunaPruning(Callback):
 
     The value is reported with the epoch number as the step. When the study's pruner says
     so, the epoch ends as usual, training stops, the history's last row gets
-    ``pruned = "<why>"`` (the column is empty on other rows), a line is printed (with
-    ``verbose``), and after fit's last output ``optuna.TrialPruned`` is raised: the objective
+    ``pruned = "<why>"`` (the column is empty on other rows), a line is printed (``verbose``:
+    None prints when fit's ``verbose`` does; True/False always/never), and after fit's last output ``optuna.TrialPruned`` is raised: the objective
     above needs no code of its own and the study records the trial as pruned.
     ``raise_pruned=False`` returns from ``fit`` instead; read ``pruned`` / ``reason`` and raise
     yourself. Epochs without ``monitor`` (``fit(validation_freq=...)``) report nothing.
@@ -37,7 +37,7 @@ class OptunaPruning(Callback):
     # After every other callback, so that loggers and printers have closed before on_train_end raises.
     runs_last = True
 
-    def __init__(self, trial: Any, monitor: str = "val_loss", raise_pruned: bool = True, verbose: bool = True,
+    def __init__(self, trial: Any, monitor: str = "val_loss", raise_pruned: bool = True, verbose: Optional[bool] = None,
                  sink: Callable[[str], None] = print):
         if not (callable(getattr(trial, "report", None)) and callable(getattr(trial, "should_prune", None))):
             raise TypeError(f"OptunaPruning needs the optuna trial your objective receives (with report() and "
@@ -77,7 +77,8 @@ class OptunaPruning(Callback):
         if rows and rows[-1].get("epoch") == epoch:
             rows[-1]["pruned"] = self.reason
         self.model.stop_training = True
-        if self.verbose and main_process(self.model):
+        verbose = self.params.get("verbose", 0) if self.verbose is None else self.verbose
+        if verbose and main_process(self.model):
             self.sink(self.reason + ".")
 
     def on_train_end(self, logs: dict) -> None:
