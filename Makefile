@@ -9,7 +9,7 @@ DEPS_KEY := $(shell cat constraints.txt setup.cfg | sha256sum | cut -c1-12)
 STAMP := $(VENV)/.torchfit-deps-$(DEPS_KEY)
 EXTRAS ?= dev
 
-.PHONY: install demo test test-torch bench bench-peers gpu-check notebooks clean
+.PHONY: install demo test test-torch bench bench-tiny bench-peers gpu-check notebooks clean
 
 $(STAMP): constraints.txt setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ test-torch:
 # `make bench BENCH_ARGS=--quick` for a short run; results go to benchmarks/results/.
 bench: install
 	$(PY) benchmarks/overhead.py $(BENCH_ARGS)
+	$(PY) benchmarks/tiny_fit.py $(BENCH_ARGS)
+
+# A unit-test-sized fit (128 rows, 3 epochs, validation) against a hand-written loop.
+bench-tiny: install
+	$(PY) benchmarks/tiny_fit.py $(BENCH_ARGS)
 
 # The peers (benchmarks/requirements-peers.txt) live in their own venv, never the shared
 # one: it sees the shared venv's packages (torch...) through a .pth line.
