@@ -48,7 +48,7 @@ test-torch:
 # `make bench BENCH_ARGS=--quick` for a short run; results go to benchmarks/results/.
 bench: install
 	$(PY) benchmarks/overhead.py $(BENCH_ARGS)
-	$(PY) benchmarks/tiny_fit.py $(BENCH_ARGS)
+	$(PY) benchmarks/tiny_fit.py $(filter --quick,$(BENCH_ARGS))
 
 # A unit-test-sized fit (128 rows, 3 epochs, validation) against a hand-written loop.
 bench-tiny: install

@@ -22,6 +22,7 @@ hand-written loop and the median of the per-round (paired) ratios.
     python benchmarks/tiny_fit.py               # 300 rounds: results/tiny-fit-cpu.{json,md}
     python benchmarks/tiny_fit.py --quick       # 60 rounds: results/tiny-fit-cpu-quick.{json,md}
     python benchmarks/tiny_fit.py --profile     # cProfile of 300 torchfit fits: results/tiny-fit-profile.txt
+    python benchmarks/tiny_fit.py --breakdown   # CPU time of fit's parts per fit: results/tiny-fit-breakdown.md
 """
 from __future__ import annotations
 
@@ -197,17 +198,90 @@ def profile(rounds: int, out: str) -> None:
     print(f"wrote {out}")
 
 
+# The parts of a fit timed by --breakdown: (owner, attribute, label). Each is wrapped in a CPU-time
+# counter; parts nest (fit_loop holds the steps), so they do not add up to the total.
+PARTS = [
+    ("torchfit.model:Model", "__init__", "Model(net)"),
+    ("torchfit.model:Model", "compile", "Model.compile"),
+    ("torchfit.model:Model", "fit", "Model.fit, the whole call"),
+    ("torchfit.runs", "fit_run", "runs.fit_run: callbacks, trackers, OptimizerStep, params"),
+    ("torchfit.loop", "check_first_batch", "loop.check_first_batch: dl_val's first batch before training"),
+    ("torchfit.loop", "fit_loop", "loop.fit_loop: the epochs"),
+    ("torchfit.loop", "run_epoch", "loop.run_epoch: train and validation passes"),
+    ("torchfit.model:Model", "train_step", "Model.train_step (24 a fit)"),
+    ("torchfit.model:Model", "_check_targets", "Model._check_targets: the first batch's labels"),
+    ("torchfit.model:Model", "_preflight_metrics", "Model._preflight_metrics: metrics on the first batch"),
+    ("torchfit.metrics.tracker:Tracker", "update", "Tracker.update (every step)"),
+    ("torchfit.metrics.tracker:Tracker", "compute", "Tracker.compute (logging points, epoch ends)"),
+    ("torchfit.callbacks.history:StepHistory", "on_train_batch_end", "StepHistory.on_train_batch_end"),
+    ("torchfit.checkpoint", "training_state", "checkpoint.training_state at the end of fit"),
+    ("torchfit.model", "history_frame", "the history DataFrame fit returns"),
+    ("torchfit.callbacks.printing:ProgressPrinter", "on_train_batch_end", "ProgressPrinter: step dicts"),
+    ("torchfit.callbacks.printing:ProgressPrinter", "on_epoch_end", "ProgressPrinter: epoch tables"),
+]
+
+
+def breakdown(rounds: int, out: str) -> None:
+    import functools
+    import importlib
+
+    spent: Dict[str, float] = {}
+    for owner, attribute, label in PARTS:
+        module_name, _, class_name = owner.partition(":")
+        target = importlib.import_module(module_name)
+        target = getattr(target, class_name) if class_name else target
+        original = getattr(target, attribute)
+
+        def timed(*args, __original=original, __label=label, **kwargs):
+            start = time.process_time()
+            try:
+                return __original(*args, **kwargs)
+            finally:
+                spent[__label] = spent.get(__label, 0.0) + time.process_time() - start
+
+        setattr(target, attribute, functools.wraps(original)(timed))
+    lines = [f"# Where a tiny fit's time goes ({rounds} fits each, CPU ms per fit)", ""]
+    with contextlib.redirect_stdout(io.StringIO()):
+        for printing in (False, True):
+            for fast_path in (True, False):
+                run, hand = with_torchfit(printing, fast_path), hand_written(printing)
+                for _ in range(5):
+                    run(), hand()
+                spent.clear()
+                totals = {"hand": 0.0, "torchfit": 0.0}
+                for _ in range(rounds):  # interleaved, so that load drifts hit both alike
+                    for name, fn in (("hand", hand), ("torchfit", run)):
+                        start = time.process_time()
+                        fn()
+                        totals[name] += time.process_time() - start
+                lines += [f"## verbose={int(printing)}, fast_path={fast_path}", "",
+                          f"hand-written loop {1e3 * totals['hand'] / rounds:.3f} ms; torchfit (Model, compile, fit) "
+                          f"{1e3 * totals['torchfit'] / rounds:.3f} ms: ratio "
+                          f"{totals['torchfit'] / totals['hand']:.3f}", "",
+                          "| part | CPU ms per fit |", "|---|---:|"]
+                lines += [f"| {label} | {1e3 * spent.get(label, 0.0) / rounds:.3f} |" for _, _, label in PARTS
+                          if label in spent]
+                lines.append("")
+    with open(out, "w") as f:
+        f.write("\n".join(lines))
+    sys.stdout.write("\n".join(lines) + f"\nwrote {out}\n")
+
+
 def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--quick", action="store_true", help="60 rounds, results named *-quick")
     parser.add_argument("--profile", action="store_true", help="cProfile the torchfit runner instead")
+    parser.add_argument("--breakdown", action="store_true", help="CPU time of fit's parts, per fit")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     rounds = 60 if args.quick else args.rounds
     if args.profile:
         profile(rounds, os.path.join(HERE, "results", "tiny-fit-profile.txt"))
+        return 0
+    if args.breakdown:
+        breakdown(rounds, os.path.join(HERE, "results", "tiny-fit-breakdown.md"))
         return 0
     check_parity()
     load_start = os.getloadavg()
