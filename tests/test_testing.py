@@ -363,18 +363,3 @@ def test_the_entry_point_names_the_plugin_module():
     # entry point are one plugin, never registered twice
     assert points == ["torchfit.testing.plugin = torchfit.testing.plugin"]
 
-
-def test_history_frames_are_built_as_dataframe_would_build_them():
-    # callbacks.history.frame uses DataFrame.from_records (faster); the frame must not change
-    import pandas as pd
-
-    from torchfit.callbacks.history import frame
-
-    cases = [[], [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.4, "lr": 0.1}],
-             [{"epoch": 1, "loss": 0.5, "pruned": "why"}, {"epoch": 2, "loss": float("nan")}],
-             [{"epoch": 1, "flag": True}, {"epoch": 2}], [{"epoch": 1, "loss": None, "step": 3}]]
-    for rows in cases:
-        got = frame(rows, ["epoch"])
-        columns = list(got.columns)
-        pd.testing.assert_frame_equal(got, pd.DataFrame(list(rows), columns=columns))
-        assert columns[0] == "epoch"

@@ -17,9 +17,7 @@ def frame(rows: Sequence[Mapping[str, Any]], first: Sequence[str]) -> Any:
     columns: List[str] = list(first)
     for row in rows:
         columns.extend(k for k in row if k not in columns)
-    # from_records: the same frame (dtypes, NaN for missing keys) as DataFrame(rows), in half the time;
-    # fit returns one, so a unit-test-sized fit pays this once per call
-    return pd.DataFrame.from_records(list(rows), columns=columns)
+    return pd.DataFrame(list(rows), columns=columns)
 
 
 class History(Callback):
