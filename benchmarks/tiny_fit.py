@@ -221,10 +221,78 @@ PARTS = [
 ]
 
 
+def split_costs(rounds: int) -> List[str]:
+    """fit's fixed cost per call and its cost per step, apart: both sides train on lists of batches
+    (no DataLoader, so no fast path either) for 1 and for 6 epochs, logging once an epoch."""
+    def as_list(ds: torch.utils.data.TensorDataset, size: int) -> list:
+        x, y = ds.tensors
+        return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+
+    train, val = as_list(TRAIN, BATCH), as_list(VAL, VAL_BATCH)
+    steps = len(train) + len(val)
+
+    def hand(epochs: int) -> None:
+        net = make_net()
+        opt = torch.optim.Adam(net.parameters(), lr=LR)
+        loss_fn = nn.CrossEntropyLoss()
+        for _ in range(epochs):
+            net.train()
+            total, hits, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
+            for x, y in train:
+                opt.zero_grad()
+                out = net(x)
+                loss = loss_fn(out, y)
+                loss.backward()
+                opt.step()
+                total += loss.detach() * len(y)
+                hits += (out.detach().argmax(1) == y).sum()
+                seen += len(y)
+            net.eval()
+            v_total, v_hits, v_seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
+            with torch.no_grad():
+                for x, y in val:
+                    out = net(x)
+                    v_total += loss_fn(out, y) * len(y)
+                    v_hits += (out.argmax(1) == y).sum()
+                    v_seen += len(y)
+            _ = (total.item() / seen, hits.item() / seen, v_total.item() / v_seen, v_hits.item() / v_seen)
+
+    def fit(epochs: int) -> None:
+        net = make_net()
+        model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), torch.optim.Adam(net.parameters(), lr=LR),
+                                            ["accuracy"], device="cpu")
+        model.fit(epochs, train, val, verbose=0, log_step_freq=len(train))
+
+    times: Dict[tuple, List[float]] = {}
+    for _ in range(3):
+        for fn in (hand, fit):
+            fn(1), fn(6)
+    for _ in range(rounds):
+        for name, fn in (("hand", hand), ("torchfit", fit)):
+            for epochs in (1, 6):
+                start = time.process_time()
+                fn(epochs)
+                times.setdefault((name, epochs), []).append(time.process_time() - start)
+    med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    per_epoch = {n: (med[(n, 6)] - med[(n, 1)]) / 5 for n in ("hand", "torchfit")}
+    fixed = {n: med[(n, 1)] - per_epoch[n] for n in ("hand", "torchfit")}
+    return ["## Fixed cost per call and cost per step, apart", "",
+            f"Lists of batches ({len(train)} training and {len(val)} validation batches an epoch, no DataLoader), "
+            f"1 and 6 epochs, one logging point an epoch, {rounds} interleaved rounds, medians:", "",
+            "| | hand-written | torchfit | torchfit's extra |", "|---|---:|---:|---:|",
+            f"| per call (net, optimizer, set-up, end), ms | {fixed['hand']:.3f} | {fixed['torchfit']:.3f} "
+            f"| +{fixed['torchfit'] - fixed['hand']:.3f} |",
+            f"| per step (train or validation), µs | {1e3 * per_epoch['hand'] / steps:.1f} "
+            f"| {1e3 * per_epoch['torchfit'] / steps:.1f} | +{1e3 * (per_epoch['torchfit'] - per_epoch['hand']) / steps:.1f} |",
+            ""]
+
+
 def breakdown(rounds: int, out: str) -> None:
     import functools
     import importlib
 
+    with contextlib.redirect_stdout(io.StringIO()):
+        split = split_costs(rounds)  # before the parts are wrapped: the wrappers cost a little per call
     spent: Dict[str, float] = {}
     for owner, attribute, label in PARTS:
         module_name, _, class_name = owner.partition(":")
@@ -240,7 +308,9 @@ def breakdown(rounds: int, out: str) -> None:
                 spent[__label] = spent.get(__label, 0.0) + time.process_time() - start
 
         setattr(target, attribute, functools.wraps(original)(timed))
-    lines = [f"# Where a tiny fit's time goes ({rounds} fits each, CPU ms per fit)", ""]
+    lines = [f"# Where a tiny fit's time goes ({rounds} fits each, CPU ms per fit)", "", *split,
+             "## The parts of one fit", "", "Each part timed by a CPU-time counter around it (the counters add a few "
+             "µs per call to torchfit's side); parts nest, so they do not add up.", ""]
     with contextlib.redirect_stdout(io.StringIO()):
         for printing in (False, True):
             for fast_path in (True, False):
