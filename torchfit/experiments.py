@@ -174,7 +174,7 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
 
 def _built(build: Callable[[], Any], fold: int) -> Model:
     model = build()
-    if not isinstance(model, Model) or not model._compiled:
+    if not isinstance(model, Model) or model.device is None:
         got = "a Model that is not compiled" if isinstance(model, Model) else type(model).__name__
         raise TypeError(f"build() must return a new compiled torchfit.Model (fold {fold + 1}); it returned {got}. "
                         "e.g. build = lambda: torchfit.Model(make_net()).compile(loss=..., optimizer='adam')")

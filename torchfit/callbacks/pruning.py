@@ -16,6 +16,12 @@ from .base import Callback
 from .monitor import check_monitor, main_process
 
 
+def _history_rows(model: Any) -> list:
+    """The model's recorded epoch rows (the list ``model.history`` is built from)."""
+    state = getattr(model, "training_state", None)  # the training state's owner, where there is one
+    return state.history if state is not None else model._history_rows
+
+
 class OptunaPruning(Callback):
     """Report ``monitor`` to ``trial`` after each epoch; stop training when the trial should be pruned.
 
@@ -64,6 +70,7 @@ class OptunaPruning(Callback):
         value = logs.get(self.monitor)
         if value is None:
             return
+        epoch = int(logs.get("epoch", self.model.epoch))  # the history's 1-based number, as the trial's step
         if isinstance(value, float) and math.isnan(value):
             value = float("nan")  # optuna accepts NaN and prunes on it with its default pruners
         self.trial.report(value, epoch)
@@ -73,7 +80,7 @@ class OptunaPruning(Callback):
         self.pruned, self.pruned_epoch = True, epoch
         self.reason = (f"Optuna pruned trial {number} at epoch {epoch}: {self.monitor}={value:.6g} is behind the "
                        "study's other trials at this epoch")
-        rows = self.model._history_rows  # History recorded this epoch first: its row says why
+        rows = _history_rows(self.model)  # History recorded this epoch first: its row says why
         if rows and rows[-1].get("epoch") == epoch:
             rows[-1]["pruned"] = self.reason
         self.model.stop_training = True

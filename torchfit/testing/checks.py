@@ -31,7 +31,7 @@ __all__ = ["assert_loss_decreases", "assert_can_overfit", "assert_gradients_flow
 
 
 def _check_model(model: Any, helper: str) -> None:
-    if not isinstance(model, Model) or not model._compiled:
+    if not isinstance(model, Model) or model.device is None:
         got = type(model).__name__ if not isinstance(model, Model) else "a Model that is not compiled"
         raise TypeError(f"{helper} needs a compiled torchfit.Model; got {got}. Wrap and compile the net first: "
                         f"torchfit.Model(net).compile(loss=nn.CrossEntropyLoss(), optimizer='adam')")

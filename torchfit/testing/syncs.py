@@ -97,6 +97,13 @@ class SyncRecorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _at_logging_point(logs: Any) -> bool:
+    """Whether a batch hook's logs come from a logging point: a flag on the logs where the loop sets
+    one (reading it never computes figures), else whether they hold figures at all."""
+    flag = getattr(logs, "at_logging_point", None)
+    return bool(logs) if flag is None else bool(flag)
+
+
 class HostSync(NamedTuple):
     """One sync found inside a step: the op, the phase (``train``/``validation``), epoch, batch and the caller."""
 
@@ -135,7 +142,7 @@ class HostSyncAudit(Callback):
         self._window: Optional[Tuple[str, int, int]] = None  # (phase, epoch, batch) while a step runs
         self._pending: List[HostSync] = []
         self._first_train_step = False
-        self._epoch = 0
+        self._epoch = self._batch = self._val_batch = 0
         self._recorder = SyncRecorder(self._record)
         self._active = False
 
@@ -167,19 +174,27 @@ class HostSyncAudit(Callback):
         self.fits += 1
         self._first_train_step = True
 
+    # Epochs and batches are numbered here, 1-based as the history numbers epochs, whatever base
+    # the hooks' arguments use (Keras passes 0-based ones).
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
-        self._epoch = epoch
+        self._epoch = self.model.epoch + 1
+        self._batch = 0
 
     def on_train_batch_begin(self, batch: int, logs: dict) -> None:
-        self._open("train", batch)
+        self._batch += 1
+        self._open("train", self._batch)
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
-        # logs are filled at logging points only: reading figures back there is the design
-        self._close(excused=bool(logs) or self._first_train_step)
+        # figures are read back at logging points: that is the design, not a stray sync
+        self._close(excused=_at_logging_point(logs) or self._first_train_step)
         self._first_train_step = False
 
+    def on_test_begin(self, logs: dict) -> None:
+        self._val_batch = 0
+
     def on_test_batch_begin(self, batch: int, logs: dict) -> None:
-        self._open("validation", batch)
+        self._val_batch += 1
+        self._open("validation", self._val_batch)
 
     def on_test_batch_end(self, batch: int, logs: dict) -> None:
         self._close(excused=False)
