@@ -337,20 +337,36 @@ def test_data(regression_data, sequence_data, image_data, seeded):
 '''
 
 
-@pytest.mark.slow  # a pytest subprocess
-def test_plugin_from_a_fresh_project(tmp_path):
-    # A project of its own: one test file, no conftest, torchfit importable (installed or, here, on PYTHONPATH).
-    (tmp_path / "test_model.py").write_text(textwrap.dedent(PLUGIN_TESTS))
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "torchfit.testing.plugin", "-q", "-p", "no:cacheprovider",
-                           "--rootdir", str(tmp_path), str(tmp_path)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    out = done.stdout
-    assert done.returncode == 1, out + done.stderr
-    assert "2 failed, 2 passed" in out, out
-    assert "FAILED test_model.py::test_leaky - AssertionError: 11 host sync(s)" in out, out
-    assert "test_model.py:15 in train_step" in out, out  # the line of float(out.loss)
-    assert "FAILED test_model.py::test_forgot_the_callback - AssertionError: HostSyncAudit saw no fit" in out, out
+@pytest.mark.slow  # builds and installs torchfit (pip, no network) and runs pytest: ~15 s
+def test_installing_torchfit_installs_the_plugin(tmp_path):
+    # torchfit installed (not on PYTHONPATH as a checkout): pytest finds the plugin through the
+    # pytest11 entry point, with no -p and no conftest; -p no:... turns it off
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(os.path.join(ROOT, "torchfit"), src / "torchfit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), src / name)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(site), str(src)], check=True, timeout=240, capture_output=True)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_model.py").write_text(textwrap.dedent(PLUGIN_TESTS))
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
+    run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(project), str(project)]
+    probe = subprocess.run([sys.executable, "-c", "import torchfit; print(torchfit.__file__)"], cwd=project, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert probe.stdout.startswith(str(site)), probe.stdout + probe.stderr  # the installed copy, not the checkout
+    done = subprocess.run(run, cwd=project, env=env, capture_output=True, text=True, timeout=240)
+    assert "2 failed, 2 passed" in done.stdout, done.stdout + done.stderr
+    assert "FAILED test_model.py::test_leaky - AssertionError: 11 host sync(s)" in done.stdout
+    assert "test_model.py:15 in train_step" in done.stdout  # the line of float(out.loss)
+    assert "FAILED test_model.py::test_forgot_the_callback - AssertionError: HostSyncAudit saw no fit" in done.stdout
+    off = subprocess.run(run + ["-p", "no:torchfit.testing.plugin"], cwd=project, env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert "fixture 'no_host_sync' not found" in off.stdout, off.stdout
 
 
 def test_the_entry_point_names_the_plugin_module():
