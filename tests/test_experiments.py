@@ -162,9 +162,16 @@ def test_bad_arguments_fail_before_any_training():
         torchfit.cross_validate(counting, ds, folds=3, dl_val=ds)
     with pytest.raises(ValueError, match="summary_at must be 'best'"):
         torchfit.cross_validate(counting, ds, summary_at="first")
-    with pytest.raises(ValueError, match="monitor='val_f1' is not in the history"):
-        torchfit.cross_validate(build, ds, folds=2, epochs=1, monitor="val_f1")
     assert len(calls) == 1  # only the folds check ran a build (to read its loss), no fit
+    built = []
+
+    def remembered():
+        built.append(build())
+        return built[-1]
+
+    with pytest.raises(ValueError, match=r"cross_validate\(monitor='val_f1'\): this fit's epoch logs will not have"):
+        torchfit.cross_validate(remembered, ds, folds=2, epochs=1, monitor="val_f1")
+    assert len(built) == 1 and built[0].epoch == 0 and built[0].history.empty  # failed before fold 1 trained
 
 
 def test_plot_draws_each_fold_their_mean_and_a_band():

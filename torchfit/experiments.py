@@ -29,6 +29,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from . import inputs
+from .callbacks import Callback
+from .callbacks.monitor import check_monitor
 from .model import Model
 
 __all__ = ["cross_validate", "CrossValidation", "fold_indices"]
@@ -181,6 +183,17 @@ def _built(build: Callable[[], Any], fold: int) -> Model:
     return model
 
 
+class _MonitorCheck(Callback):
+    """Fails fold 1's fit before training when its epoch logs will not have the summary's monitor."""
+
+    def __init__(self, monitor: str):
+        self.monitor = monitor
+
+    def set_params(self, params: dict) -> None:
+        super().set_params(params)
+        check_monitor("cross_validate", self.monitor, params)
+
+
 def _rng_state() -> tuple:
     return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
 
@@ -222,7 +235,7 @@ def cross_validate(build: Callable[[], Model], data: Any, folds: Folds = 5, *, y
     folds are stratified for class labels, by ``groups`` when given). Each fold trains
     ``epochs`` epochs on shuffled batches of ``batch_size`` (a generator seeded with
     ``seed + fold``) and validates on its held-out rows; ``fit_kwargs`` and ``verbose`` go to
-    ``fit``. The summary reads each fold at its best epoch by ``monitor`` (``mode`` "min" or
+    ``fit`` (``callbacks=[...]`` serve every fold: each fit starts them afresh at ``on_train_begin``). The summary reads each fold at its best epoch by ``monitor`` (``mode`` "min" or
     "max"; None: "max" for accuracy-like names, "min" otherwise) with ``summary_at="best"``,
     or at its last epoch with ``"last"``.
     """
@@ -254,6 +267,9 @@ def cross_validate(build: Callable[[], Model], data: Any, folds: Folds = 5, *, y
                         f"got {type(ds).__name__}") from exc
     splits = fold_indices(n, folds, _labels(ds), groups, stratify, seed)
 
+    callbacks = list(fit_kwargs.pop("callbacks", None) or [])
+    if summary_at == "best":  # a monitor the folds never log fails before fold 1 trains
+        callbacks.append(_MonitorCheck(monitor))
     histories, rows, models = [], [], []
     for fold, (train_rows, val_rows) in enumerate(splits):
         with torch.random.fork_rng():
@@ -266,7 +282,7 @@ def cross_validate(build: Callable[[], Model], data: Any, folds: Folds = 5, *, y
             generator = torch.Generator().manual_seed(seed + fold)
             dl_train = DataLoader(_part(ds, train_rows), batch_size, shuffle=True, generator=generator)
             dl_val = DataLoader(_part(ds, val_rows), batch_size)
-            history = model.fit(epochs, dl_train, dl_val, verbose=verbose, **fit_kwargs)
+            history = model.fit(epochs, dl_train, dl_val, verbose=verbose, callbacks=callbacks, **fit_kwargs)
         if summary_at == "best" and monitor not in history.columns:
             raise ValueError(f"monitor={monitor!r} is not in the history; it has {list(history.columns)}")
         history = history.copy()
