@@ -189,3 +189,18 @@ def test_plot_draws_each_fold_their_mean_and_a_band():
     assert {t.get_text() for t in loss_ax.get_legend().get_texts()} == {"train (mean of 3 folds)",
                                                                        "validation (mean of 3 folds)"}
     assert torchfit.plot.quantities(cv.history) == ["loss", "accuracy"]  # fold is not a quantity
+
+
+def test_a_dataframe_with_target_a_splitter_and_explicit_folds():
+    from sklearn.model_selection import KFold
+
+    x, y = data.classification(40).tensors
+    df = pd.DataFrame(x.numpy(), columns=list("abcd")).assign(label=y.numpy())
+    by_frame = torchfit.cross_validate(build, df, target="label", folds=KFold(4), epochs=1)
+    assert [val.tolist() for _, val in by_frame.folds] == [list(range(i, i + 10)) for i in (0, 10, 20, 30)]
+    explicit = torchfit.cross_validate(build, (x, y), folds=by_frame.folds, epochs=1)
+    pd.testing.assert_frame_equal(by_frame.history, explicit.history)
+    with pytest.raises(ValueError, match=r"fold 1 names rows outside \[0, 39\]"):
+        fold_indices(40, [(np.arange(10), np.arange(10, 20)), (np.arange(30), np.array([40]))])
+    with pytest.raises(TypeError, match="folds must be a number of folds, a scikit-learn splitter"):
+        fold_indices(40, "five")

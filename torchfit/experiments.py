@@ -137,7 +137,7 @@ def fold_indices(n: int, folds: Folds = 5, labels: Optional[np.ndarray] = None, 
         else:
             splitter = KFold(k, shuffle=True, random_state=seed)
         pairs: Iterable = splitter.split(np.zeros((n, 1)), labels if stratified else None, groups)
-    elif hasattr(folds, "split"):
+    elif hasattr(folds, "split") and not isinstance(folds, (str, bytes)):
         pairs = folds.split(np.zeros((n, 1)), labels, groups)
     elif isinstance(folds, (list, tuple)):
         pairs = folds
