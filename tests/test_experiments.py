@@ -204,3 +204,41 @@ def test_a_dataframe_with_target_a_splitter_and_explicit_folds():
         fold_indices(40, [(np.arange(10), np.arange(10, 20)), (np.arange(30), np.array([40]))])
     with pytest.raises(TypeError, match="folds must be a number of folds, a scikit-learn splitter"):
         fold_indices(40, "five")
+
+
+@pytest.mark.slow  # worker processes
+def test_folds_in_worker_processes_equal_folds_one_after_another():
+    ds = data.classification(60)
+    one = torchfit.cross_validate(build, ds, folds=3, epochs=2, seed=3)
+    state = torch.get_rng_state()
+    many = torchfit.cross_validate(build, ds, folds=3, epochs=2, seed=3, n_jobs=2)
+    assert torch.equal(torch.get_rng_state(), state)
+    pd.testing.assert_frame_equal(one.history, many.history)
+    pd.testing.assert_frame_equal(one.summary, many.summary)
+    for a, b in zip(one.models, many.models):
+        for key, value in a.net.state_dict().items():
+            assert torch.equal(value, b.net.state_dict()[key]), key
+        # the whole model came back: its optimizer still steps the net's own parameters
+        assert b.epoch == 2 and b.optimizer.param_groups[0]["params"][0] is next(b.net.parameters())
+        assert b.predict(ds.tensors[0][:4]).shape == (4, 3)
+
+
+@pytest.mark.slow  # worker processes
+def test_a_failing_fold_in_a_worker_names_the_fold_and_its_error():
+    calls = []
+
+    def counted():
+        calls.append(1)
+        return build()
+
+    def breaks_in_fold_2():
+        model = build()
+        if torch.initial_seed() == 1:  # fold 2 (0-based 1) builds under seed + 1
+            model.net[0].weight.data = model.net[0].weight.data[:, :3]  # a wrong shape: its fit fails
+        return model
+
+    with pytest.raises(torchfit.experiments.FoldError, match=r"fold 2 failed in its worker process: StepError"):
+        torchfit.cross_validate(breaks_in_fold_2, data.classification(30), folds=3, epochs=1, n_jobs=2)
+    with pytest.raises(ValueError, match="n_jobs must be an int >= 1"):
+        torchfit.cross_validate(counted, data.classification(30), folds=3, n_jobs=0)
+    assert calls == []  # checked before anything was built

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import pickle
+import signal
+import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -33,7 +36,7 @@ from .callbacks import Callback
 from .callbacks.monitor import check_monitor
 from .model import Model
 
-__all__ = ["cross_validate", "CrossValidation", "fold_indices"]
+__all__ = ["cross_validate", "CrossValidation", "fold_indices", "FoldError"]
 
 Folds = Union[int, Any, Sequence[Tuple[Sequence[int], Sequence[int]]]]
 
@@ -194,6 +197,111 @@ class _MonitorCheck(Callback):
         check_monitor("cross_validate", self.monitor, params)
 
 
+@dataclasses.dataclass
+class _FoldJob:
+    """Everything one fold's training needs; ``train(fold)`` runs it, here or in a worker process."""
+
+    build: Callable[[], Model]
+    ds: Dataset
+    splits: List[Tuple[np.ndarray, np.ndarray]]
+    first: Model  # fold 0's model, built before the folds (its loss decided how targets are read)
+    after_build: tuple  # the RNG state right after building it
+    seed: int
+    epochs: int
+    batch_size: int
+    verbose: Any
+    callbacks: List[Callback]
+    fit_kwargs: Dict[str, Any]
+
+    def train(self, fold: int) -> Model:
+        train_rows, val_rows = self.splits[fold]
+        with torch.random.fork_rng():
+            if fold == 0:  # as if built here: the generators continue from where its build left them
+                _set_rng_state(self.after_build)
+                model = self.first
+            else:
+                torch.manual_seed(self.seed + fold)
+                model = _built(self.build, fold)
+            generator = torch.Generator().manual_seed(self.seed + fold)
+            dl_train = DataLoader(_part(self.ds, train_rows), self.batch_size, shuffle=True, generator=generator)
+            dl_val = DataLoader(_part(self.ds, val_rows), self.batch_size)
+            model.fit(self.epochs, dl_train, dl_val, verbose=self.verbose, callbacks=self.callbacks,
+                      **self.fit_kwargs)
+        return model
+
+
+class FoldError(RuntimeError):
+    """A fold trained in a worker process (``cross_validate(n_jobs=k)``) failed; the message holds its traceback."""
+
+
+def _fold_worker(job: _FoldJob, fold: int, threads: int, conn: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    torch.set_num_threads(threads)
+    try:
+        model = job.train(fold)
+        conn.send(("ok", pickle.dumps(model)))
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"))
+    finally:
+        conn.close()
+
+
+def _in_processes(job: _FoldJob, n_jobs: int) -> List[Model]:
+    """Each fold's trained model, ``n_jobs`` folds at a time in worker processes, in fold order."""
+    import multiprocessing.connection
+
+    import torch.multiprocessing as mp
+
+    from .distributed.notebook import start_method  # how the notebook launcher starts its workers
+
+    if torch.cuda.is_initialized():
+        raise RuntimeError("cross_validate(n_jobs=...) cannot start worker processes: CUDA is already initialised "
+                           "in this process and a CUDA context does not survive a fork. Use n_jobs=1, or start "
+                           "a fresh process and build the models on the CPU")
+    method = start_method()
+    ctx = mp.get_context(method)
+    if method != "fork":
+        try:
+            pickle.dumps(job)
+        except Exception as exc:
+            raise TypeError(f"cross_validate(n_jobs=...) starts its workers with 'spawn' here, which needs build and "
+                            f"the data to be picklable, and one is not ({type(exc).__name__}: {exc}). Define build "
+                            "in a module (not a lambda or a notebook cell), or use n_jobs=1") from exc
+    threads = max(1, torch.get_num_threads() // n_jobs)
+    todo = list(range(len(job.splits)))
+    running: Dict[Any, Tuple[int, Any]] = {}  # the receiving end of a fold's pipe -> (fold, process)
+    results: Dict[int, Model] = {}
+    try:
+        while todo or running:
+            while todo and len(running) < n_jobs:
+                fold = todo.pop(0)
+                receive, send = ctx.Pipe(duplex=False)
+                process = ctx.Process(target=_fold_worker, args=(job, fold, threads, send),
+                                      name=f"torchfit-fold{fold + 1}", daemon=True)
+                process.start()
+                send.close()
+                running[receive] = (fold, process)
+            for receive in multiprocessing.connection.wait(list(running)):
+                fold, process = running.pop(receive)
+                try:
+                    status, payload = receive.recv()
+                except EOFError:
+                    process.join()
+                    status, payload = "error", f"its process ended with exit code {process.exitcode} and no result"
+                receive.close()
+                process.join()
+                if status != "ok":
+                    raise FoldError(f"fold {fold + 1} failed in its worker process: {payload}")
+                results[fold] = pickle.loads(payload)
+    except BaseException:
+        for _, process in running.values():  # the other folds stop with it
+            process.terminate()
+        for _, process in running.values():
+            process.join()
+        raise
+    return [results[fold] for fold in range(len(job.splits))]
+
+
 def _rng_state() -> tuple:
     return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
 
@@ -217,7 +325,7 @@ def cross_validate(build: Callable[[], Model], data: Any, folds: Folds = 5, *, y
                    target: Union[str, Sequence[str], None] = None, epochs: int = 10, batch_size: int = 32,
                    groups: Any = None, stratify: Optional[bool] = None, seed: int = 0,
                    monitor: str = "val_loss", mode: Optional[str] = None, summary_at: str = "best",
-                   verbose: Union[int, str] = 0, **fit_kwargs: Any) -> CrossValidation:
+                   verbose: Union[int, str] = 0, n_jobs: int = 1, **fit_kwargs: Any) -> CrossValidation:
     """Train a fresh model per fold and gather the histories: ``fold`` column, per-fold figures, a summary.
 
     >>> from torch import nn
@@ -237,11 +345,15 @@ def cross_validate(build: Callable[[], Model], data: Any, folds: Folds = 5, *, y
     ``seed + fold``) and validates on its held-out rows; ``fit_kwargs`` and ``verbose`` go to
     ``fit`` (``callbacks=[...]`` serve every fold: each fit starts them afresh at ``on_train_begin``). The summary reads each fold at its best epoch by ``monitor`` (``mode`` "min" or
     "max"; None: "max" for accuracy-like names, "min" otherwise) with ``summary_at="best"``,
-    or at its last epoch with ``"last"``.
+    or at its last epoch with ``"last"``. ``n_jobs=k`` trains k folds at a time in worker
+    processes (forked on Linux, spawned elsewhere, where ``build`` and the data must be
+    picklable), each with ``torch.get_num_threads() // k`` threads and the same figures as one
+    after another; the models come back whole (weights, optimizer, history).
     """
     epochs = _check_count("epochs", epochs, 1)
     batch_size = _check_count("batch_size", batch_size, 1)
     seed = _check_count("seed", seed, 0)
+    n_jobs = _check_count("n_jobs", n_jobs, 1)
     if summary_at not in ("best", "last"):
         raise ValueError(f"summary_at must be 'best' (each fold's best epoch by monitor) or 'last'; got {summary_at!r}")
     if mode is None:
@@ -270,19 +382,14 @@ def cross_validate(build: Callable[[], Model], data: Any, folds: Folds = 5, *, y
     callbacks = list(fit_kwargs.pop("callbacks", None) or [])
     if summary_at == "best":  # a monitor the folds never log fails before fold 1 trains
         callbacks.append(_MonitorCheck(monitor))
+    job = _FoldJob(build, ds, splits, first, after_build, seed, epochs, batch_size, verbose, callbacks, fit_kwargs)
+    if n_jobs > 1:
+        trained = _in_processes(job, min(n_jobs, len(splits)))
+    else:
+        trained = [job.train(fold) for fold in range(len(splits))]
     histories, rows, models = [], [], []
-    for fold, (train_rows, val_rows) in enumerate(splits):
-        with torch.random.fork_rng():
-            if fold == 0:  # as if built here: the generators continue from where its build left them
-                _set_rng_state(after_build)
-                model = first
-            else:
-                torch.manual_seed(seed + fold)
-                model = _built(build, fold)
-            generator = torch.Generator().manual_seed(seed + fold)
-            dl_train = DataLoader(_part(ds, train_rows), batch_size, shuffle=True, generator=generator)
-            dl_val = DataLoader(_part(ds, val_rows), batch_size)
-            history = model.fit(epochs, dl_train, dl_val, verbose=verbose, callbacks=callbacks, **fit_kwargs)
+    for fold, model in enumerate(trained):
+        history = model.history
         if summary_at == "best" and monitor not in history.columns:
             raise ValueError(f"monitor={monitor!r} is not in the history; it has {list(history.columns)}")
         history = history.copy()
