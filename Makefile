@@ -1,4 +1,6 @@
 # Two commands set up everything on a fresh machine: `make demo` and `make test`.
+# `make demo` installs what the demo needs (torch, numpy, pandas, scikit-learn,
+# tqdm, matplotlib); `make test` adds the dev set (pytest, jupyter, tensorboard, mlflow, wandb, ray...).
 # VENV can point elsewhere (CI reuses one venv across fresh clones: see .ci/run).
 VENV ?= .venv
 PYTHON ?= python3
@@ -7,15 +9,33 @@ PY := $(VENV)/bin/python
 # next run re-installs into the venv (pip moves only what changed).
 DEPS_KEY := $(shell cat constraints.txt setup.cfg | sha256sum | cut -c1-12)
 STAMP := $(VENV)/.torchfit-deps-$(DEPS_KEY)
+DEMO_STAMP := $(VENV)/.torchfit-demo-deps-$(DEPS_KEY)
 EXTRAS ?= dev
+DEMO_EXTRAS ?= plot
 
-.PHONY: install demo test test-torch bench bench-tiny bench-peers gpu-check notebooks clean
+.PHONY: install install-demo demo test test-torch bench bench-tiny bench-peers gpu-check notebooks clean
 
-$(STAMP): constraints.txt setup.cfg
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
+
+# The dev set, with the pinned torch (the CUDA build where the registry's default is one).
+$(STAMP): constraints.txt setup.cfg | $(VENV)/bin/python
 	$(PY) -m pip install -c constraints.txt -e ".[$(EXTRAS)]"
-	rm -f $(VENV)/.torchfit-deps-*
+	rm -f $(VENV)/.torchfit-deps-* $(VENV)/.torchfit-demo-deps-*
+	touch $@ $(DEMO_STAMP)
+
+# The runtime set only. Without an NVIDIA GPU, a CPU-only torch where pip can see one
+# (tools/cpu_torch.py: a `+cpu` wheel in pip's find-links), else the pinned build; a venv
+# that had the dev set (an older stamp) keeps the pinned build, which its torchvision needs.
+$(DEMO_STAMP): constraints.txt setup.cfg tools/cpu_torch.py | $(VENV)/bin/python
+	cpu_torch="$$(ls $(VENV)/.torchfit-deps-* >/dev/null 2>&1 || $(PY) tools/cpu_torch.py)"; \
+	if [ -n "$$cpu_torch" ]; then \
+		grep -v '^torch==' constraints.txt > $(VENV)/demo-constraints.txt; \
+		echo "no NVIDIA GPU: $$cpu_torch (CPU-only build)"; \
+	else cp constraints.txt $(VENV)/demo-constraints.txt; fi; \
+	$(PY) -m pip install -c $(VENV)/demo-constraints.txt $$cpu_torch -e ".[$(DEMO_EXTRAS)]"
+	rm -f $(VENV)/.torchfit-demo-deps-*
 	touch $@
 
 # The editable install is re-pointed at this checkout every time (cheap), so one
@@ -23,7 +43,10 @@ $(STAMP): constraints.txt setup.cfg
 install: $(STAMP)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 
-demo: install
+install-demo: $(DEMO_STAMP)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+
+demo: install-demo
 	$(PY) examples/demo.py --out demo_output
 
 test: install

@@ -209,12 +209,12 @@ PARTS = [
     ("torchfit.loop", "fit_loop", "loop.fit_loop: the epochs"),
     ("torchfit.loop", "run_epoch", "loop.run_epoch: train and validation passes"),
     ("torchfit.model:Model", "train_step", "Model.train_step (24 a fit)"),
-    ("torchfit.model:Model", "_check_targets", "Model._check_targets: the first batch's labels"),
-    ("torchfit.model:Model", "_preflight_metrics", "Model._preflight_metrics: metrics on the first batch"),
+    ("torchfit.steps", "check_first_targets", "steps.check_first_targets: the first batch's labels"),
+    ("torchfit.steps", "preflight_metrics", "steps.preflight_metrics: metrics on the first batch"),
     ("torchfit.metrics.tracker:Tracker", "update", "Tracker.update (every step)"),
     ("torchfit.metrics.tracker:Tracker", "compute", "Tracker.compute (logging points, epoch ends)"),
     ("torchfit.callbacks.history:StepHistory", "on_train_batch_end", "StepHistory.on_train_batch_end"),
-    ("torchfit.checkpoint", "training_state", "checkpoint.training_state at the end of fit"),
+    ("torchfit.checkpoint", "run_state", "checkpoint.run_state at the end of fit (for save_checkpoint)"),
     ("torchfit.model", "history_frame", "the history DataFrame fit returns"),
     ("torchfit.callbacks.printing:ProgressPrinter", "on_train_batch_end", "ProgressPrinter: step dicts"),
     ("torchfit.callbacks.printing:ProgressPrinter", "on_epoch_end", "ProgressPrinter: epoch tables"),
@@ -298,7 +298,10 @@ def breakdown(rounds: int, out: str) -> None:
         module_name, _, class_name = owner.partition(":")
         target = importlib.import_module(module_name)
         target = getattr(target, class_name) if class_name else target
-        original = getattr(target, attribute)
+        original = getattr(target, attribute, None)
+        if original is None:  # moved by a refactor: say so rather than fail the whole breakdown
+            print(f"--breakdown: {owner}.{attribute} no longer exists; {label!r} is not timed", file=sys.stderr)
+            continue
 
         def timed(*args, __original=original, __label=label, **kwargs):
             start = time.process_time()

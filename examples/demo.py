@@ -1,4 +1,4 @@
-"""torchfit in one minute: the seeds' CNN on scikit-learn's 8x8 digits (bundled, no download).
+"""torchfit in one minute: a small CNN on scikit-learn's 8x8 digits (bundled, no download).
 
     python examples/demo.py --out demo_output        # what `make demo` runs
 
@@ -20,7 +20,7 @@ import torchfit
 
 
 def make_net() -> nn.Module:
-    # The seeds' MNIST CNN, kernels and padding sized for 8x8 images instead of 28x28.
+    # A classic two-conv MNIST CNN, kernels and padding sized for 8x8 images instead of 28x28.
     return nn.Sequential(
         nn.Conv2d(1, 32, kernel_size=3, padding=1),   # 32 x 8 x 8
         nn.MaxPool2d(2),                              # 32 x 4 x 4
@@ -69,7 +69,7 @@ def main(argv=None) -> None:
                   metrics=["accuracy"], device="cpu")
     history = model.fit(args.epochs, dl_train, dl_val, log_step_freq=15)
 
-    print("\nevaluate:", {k: round(v, 4) for k, v in model.evaluate(dl_val).items()})
+    print("\nevaluate:", model.evaluate(dl_val))  # exact floats, shown through torchfit's formatter
     x_val, y_val = next(iter(dl_val))
     predicted = model.predict(x_val[:10]).argmax(dim=1)
     print("predict: ", predicted.tolist())

@@ -33,7 +33,7 @@ def mlp(n_in: int = 4, n_out: int = 3, seed: int = 0, dropout: float = 0.0) -> n
 
 
 class SmallCNN(nn.Module):
-    """The seeds' CNN shape, sized for 8x8 digits; BatchNorm and dropout included on purpose."""
+    """A two-conv CNN, sized for 8x8 digits; BatchNorm and dropout included on purpose."""
 
     def __init__(self):
         super().__init__()
@@ -88,4 +88,4 @@ class Scripted(Callback):
         params["log_keys"].append("score")
 
     def on_epoch_end(self, epoch, logs):
-        logs["score"] = self.values[epoch - 1]
+        logs["score"] = self.values[epoch]  # hooks count epochs from 0, as in Keras

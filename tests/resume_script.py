@@ -82,8 +82,8 @@ def build(seed):
 
 
 def dump(model, path):
-    torch.save({"weights": model.net.state_dict(), "history": model._history_rows,
-                "step_history": model._step_rows, "global_step": model.global_step}, path)
+    torch.save({"weights": model.net.state_dict(), "history": model.training_state.history,
+                "step_history": model.training_state.step_history, "global_step": model.global_step}, path)
 
 
 def main():

@@ -38,8 +38,9 @@ def test_early_stopping_waits_patience_epochs_and_says_why():
     model = compiled()
     h = model.fit(10, loader(blobs(16), 8), callbacks=[Scripted([5.0, 4.0, 4.5, 4.2, 1.0]), es], verbose=0)
     assert len(h) == 4 and model.epoch == 4 and es.stopped_epoch == 4
-    assert said == ["Early stopping at epoch 4: score has not improved on 4 (epoch 2) by more than 0 "
-                    "for 2 epoch(s) (patience 2, mode min)."]
+    # figures as the epoch table shows them (format_figure), counts with their noun
+    assert said == ["Early stopping at epoch 4: score has not improved on 4.000 (epoch 2) by more than 0.000 "
+                    "for 2 epochs (patience 2, mode min)."]
 
 
 def test_early_stopping_min_delta_mode_max_and_baseline():
@@ -52,7 +53,7 @@ def test_early_stopping_min_delta_mode_max_and_baseline():
     es = EarlyStopping(monitor="score", mode="min", patience=2, baseline=0.4, sink=said.append)
     model = compiled()
     model.fit(10, loader(blobs(16), 8), callbacks=[Scripted([0.5, 0.45, 0.3]), es], verbose=0)
-    assert model.epoch == 2 and "has not beaten the baseline 0.4" in said[0]
+    assert model.epoch == 2 and "has not beaten the baseline 0.400 in 2 epochs" in said[0]
 
 
 def test_early_stopping_restores_the_best_weights_and_restarts_with_each_fit():
@@ -61,12 +62,12 @@ def test_early_stopping_restores_the_best_weights_and_restarts_with_each_fit():
     model = compiled(net)
     said = []
     es = EarlyStopping(monitor="score", mode="min", patience=2, restore_best_weights=True, sink=said.append)
-    keep = LambdaCallback(on_epoch_end=lambda epoch, logs: snapshots.__setitem__(epoch, weights(net)))
+    keep = LambdaCallback(on_epoch_end=lambda epoch, logs: snapshots.__setitem__(epoch + 1, weights(net)))
     model.fit(10, loader(blobs(16), 8), callbacks=[Scripted([3.0, 1.0, 2.0, 2.5]), es, keep], verbose=0)
     assert model.epoch == 4
     assert not all(torch.equal(v, snapshots[4][k]) for k, v in snapshots[2].items())
     assert all(torch.equal(v, snapshots[2][k]) for k, v in net.state_dict().items())
-    assert said[-1] == "EarlyStopping restored the weights of epoch 2 (score=1)."
+    assert said[-1] == "EarlyStopping restored the weights of epoch 2 (score=1.000)."
     # a new fit starts counting afresh (Keras): the old best does not carry over
     model.fit(2, loader(blobs(16), 8), callbacks=[Scripted([9.0] * 5 + [8.0]), es], verbose=0)
     assert es.best == 8.0 and es.best_epoch == 6 and model.epoch == 6
@@ -101,7 +102,7 @@ def test_terminate_on_nan_stops_at_the_batch(terminate):
                                                                     "batch 5" if terminate else "non-finite loss")):
         h = model.fit(3, loader(nan_data(), 8), callbacks=cbs, verbose=0, log_step_freq=100)
     # without it fit notices only at the epoch's end (no logging point in between)
-    assert seen == ([1, 2, 3, 4, 5] if terminate else list(range(1, 9)))
+    assert seen == ([0, 1, 2, 3, 4] if terminate else list(range(8)))  # Keras' 0-based batch indices
     assert len(h) == 0 and model.epoch == 0
 
 
@@ -145,7 +146,7 @@ def test_csv_logger_read_gives_the_figures_back_exactly_on_any_pandas(tmp_path):
     rows = [{"epoch": 1, "loss": 1.0590504288673401, "lr": 0.009000000000000001},
             {"epoch": 2, "loss": float("inf"), "lr": 0.006561000000000002, "val_loss": 0.30000000000000004}]
     model = compiled()
-    model._history_rows = rows
+    model.training_state.history = rows
     path = tmp_path / "h.csv"
     logger = CSVLogger(path)
     logger.set_model(model)
@@ -212,8 +213,10 @@ def test_reduce_lr_on_plateau_follows_its_monitor():
     model = compiled()
     rl = ReduceLROnPlateau(monitor="score", factor=0.5, patience=1, verbose=1, sink=said.append)
     h = model.fit(5, loader(blobs(16), 8), callbacks=[Scripted([1.0, 1.0, 1.0, 0.5, 0.5]), rl], verbose=0)
-    assert list(h["lr"]) == [0.1, 0.1, 0.1, 0.05, 0.05]
-    assert said == ["Epoch 3: ReduceLROnPlateau reduced the learning rate to 0.05 (score has not improved)."]
+    # Keras' rule: the wait reaches patience=1 at the first epoch without improvement (torch waits one more)
+    assert list(h["lr"]) == [0.1, 0.1, 0.05, 0.025, 0.025]
+    assert said == [f"Epoch {e}: ReduceLROnPlateau reduced the learning rate to {lr} (score has not improved)."
+                    for e, lr in ((2, 0.05), (3, 0.025), (5, 0.0125))]
 
 
 def test_torch_plateau_scheduler_through_the_shortcut_watches_val_loss():
@@ -378,3 +381,14 @@ def test_shipped_callbacks_add_no_per_step_host_sync(sync_log, tmp_path, monkeyp
     # logging points (10, 20), the training epoch end (25), the validation end (4), the preflight (1, 1)
     allowed = {(e, b) for e in (1, 2) for b in (10, 20, 25, 4)} | {(1, 1), (0, 0)}  # (0, 0): dl_val's check
     assert batches <= allowed, sorted(batches - allowed)
+
+
+def test_early_stopping_prints_figures_as_the_table_does():
+    # 0.00806672 was printed with 6 significant digits; the table shows 0.008
+    said = []
+    es = EarlyStopping(monitor="score", patience=1, restore_best_weights=True, sink=said.append)
+    model = compiled()
+    model.fit(10, loader(blobs(16), 8), callbacks=[Scripted([0.00806672, 0.009, 0.0004123]), es], verbose=0)
+    assert said == ["Early stopping at epoch 2: score has not improved on 0.008 (epoch 1) by more than 0.000 "
+                    "for 1 epoch (patience 1, mode min).",
+                    "EarlyStopping restored the weights of epoch 1 (score=0.008)."]

@@ -79,7 +79,7 @@ def test_checkpoint_is_plain_data_that_loads_with_weights_only(tmp_path):
     model.save_checkpoint(tmp_path / "c.pt")
     ckpt = torch.load(tmp_path / "c.pt", weights_only=True)
     list(plain_leaves(ckpt))
-    assert ckpt["epoch"] == 1 and ckpt["history"] == model._history_rows
+    assert ckpt["epoch"] == 1 and ckpt["history"] == model.training_state.history
     assert set(ckpt["callbacks"]) == {"EarlyStopping", "LearningRateScheduler"}
     assert len(ckpt["loaders"]["dl_train"]) == 1 and ckpt["loaders"]["dl_val"] == []
     assert set(ckpt["rng"]) >= {"torch", "numpy", "python"}

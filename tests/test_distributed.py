@@ -321,8 +321,9 @@ def test_a_single_process_gets_no_distributed_context(monkeypatch):
     assert distributed.context(torch.device("cpu")) is None
     assert distributed.is_main_process() and distributed.world_size() == 1
     model = sc.compiled(sc.mlp())
-    run, strategy = runs.eval_run(model, None, fast_path=True)
-    assert strategy is None and run.config.reducer is None and run.config.is_main_process
+    run = runs.eval_run(model, None, fast_path=True)
+    assert isinstance(run.config.strategy, distributed.SingleProcess)
+    assert run.config.reducer is None and run.config.is_main_process
     # torchrun with one process is a single process too
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")

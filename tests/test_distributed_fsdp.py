@@ -204,7 +204,8 @@ def test_jit_compile_with_fsdp_is_refused_before_sharding():
     net = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="jit_compile.*strategy='fsdp'"):
         # with jit_compile the model hands the strategy torch.compile's wrapper, not the net itself
-        strategy.prepare_fit(net, lambda x: net(x), torch.device("cpu"), 1, None, None, None, None, None, None)
+        strategy.prepare_fit(distributed.FitRequest(net, lambda x: net(x), torch.device("cpu"), 1, None, None, None,
+                                                    None))
     assert not fsdp_mod.is_sharded(net)
 
 
@@ -243,15 +244,19 @@ def test_num_processes_with_fsdp_hands_back_whole_weights():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux")
-def test_model_checkpoint_under_fsdp_is_refused_with_the_fix(tmp_path):
+def test_model_checkpoint_under_fsdp_gathers_on_every_rank_and_rank_0_writes(tmp_path):
+    """The strategy saves collectively, so ModelCheckpoint runs on every rank (no isinstance of it
+    anywhere): the file holds whole tensors and loads in one process, equal to the gathered net."""
     from torchfit.callbacks import ModelCheckpoint
 
     model = fs.model("fsdp")
-    with pytest.raises(distributed.WorkerError, match=r"ModelCheckpoint runs on rank 0 only.*save_sharded"):
-        model.fit(1, *fs.loaders(), verbose=0, callbacks=[ModelCheckpoint(str(tmp_path / "c.pt"))],
-                  num_processes=2)
-    assert not os.path.exists(tmp_path / "c.pt")
-
+    history = model.fit(2, *fs.loaders(), verbose=0, num_processes=2,
+                        callbacks=[ModelCheckpoint(str(tmp_path / "e{epoch}.pt"))])
+    assert sorted(os.listdir(tmp_path)) == ["e1.pt", "e2.pt"]
+    one = fs.model(None)
+    one.load_checkpoint(tmp_path / "e2.pt")
+    assert one.epoch == 2 and list(one.history["loss"]) == list(history["loss"])
+    assert_close_state(one.net.state_dict(), model.net.state_dict())
 
 
 @pytest.mark.slow

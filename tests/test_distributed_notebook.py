@@ -113,7 +113,7 @@ def test_a_checkpoint_saved_after_a_launched_fit_resumes_it(tmp_path):
     straight.fit(2, *loaders(8), verbose=0, num_processes=2)
     for k, v in straight.net.state_dict().items():
         assert torch.equal(fresh.net.state_dict()[k], v), k
-    assert fresh.epoch == 2 and fresh._resume_state is None
+    assert fresh.epoch == 2 and fresh.training_state.pending_resume is None
 
 
 # --------------------------------------------------------------- refusals

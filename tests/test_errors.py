@@ -192,7 +192,7 @@ class InterruptAt(torchfit.Callback):
         self.at = (epoch, batch)
 
     def on_train_batch_begin(self, batch, logs):
-        if (self.model._run.epoch, batch) == self.at:
+        if (self.model.run.epoch, batch) == self.at:
             raise KeyboardInterrupt
 
 
@@ -212,7 +212,7 @@ def test_ctrl_c_returns_finished_epochs_and_model_stays_usable(capsys):
 def test_error_mid_training_keeps_history_of_finished_epochs():
     class FailAt(torchfit.Callback):
         def on_epoch_begin(self, epoch, logs):
-            if epoch == 3:
+            if epoch == 2:  # the third epoch: hooks count from 0
                 raise RuntimeError("disk full")
 
     model = compiled()

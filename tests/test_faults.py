@@ -77,9 +77,9 @@ class Snapshot:
         self.net = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
         self.opt = copy.deepcopy(model.optimizer.state_dict())
         self.counters = (model.epoch, model.global_step, model.stop_training)
-        self.history = [dict(row) for row in model._history_rows]
-        self.steps = [dict(row) for row in model._step_rows]
-        self.resume = (model._fit_state, model._resume_state)
+        self.history = [dict(row) for row in model.training_state.history]
+        self.steps = [dict(row) for row in model.training_state.step_history]
+        self.resume = (model.training_state.last_fit, model.training_state.pending_resume)
         self.files = files_under(*dirs)
 
     def assert_same(self) -> None:
@@ -94,11 +94,11 @@ class Snapshot:
                 assert torch.equal(torch.as_tensor(value), torch.as_tensor(self.opt["state"][i][name])), \
                     f"optimizer state {i}.{name} changed"
         assert (model.epoch, model.global_step, model.stop_training) == self.counters, "epoch/global_step changed"
-        assert model._history_rows == self.history, "history changed"
-        assert model._step_rows == self.steps, "step history changed"
-        assert model._resume_state is self.resume[1], "what the next fit resumes from changed"
+        assert model.training_state.history == self.history, "history changed"
+        assert model.training_state.step_history == self.steps, "step history changed"
+        assert model.training_state.pending_resume is self.resume[1], "what the next fit resumes from changed"
         if self.same_fit_state:  # a failed fit may record its RNG/loader state; a failed load or save may not
-            assert model._fit_state is self.resume[0], "the state the next save writes changed"
+            assert model.training_state.last_fit is self.resume[0], "the state the next save writes changed"
         assert files_under(*self.dirs) == self.files, "files on disk changed"
 
 
@@ -402,7 +402,7 @@ def test_numpy_figures_become_python_numbers_and_every_checkpoint_loads(tmp_path
             params["log_keys"].append("score")
 
         def on_epoch_end(self, epoch, logs):
-            logs["score"] = np.float64(1.0 / epoch)
+            logs["score"] = np.float64(1.0 / (epoch + 1))
 
     model = trained(epochs=0)
     es = EarlyStopping(monitor="score", mode="min", patience=5, verbose=0)
@@ -413,7 +413,7 @@ def test_numpy_figures_become_python_numbers_and_every_checkpoint_loads(tmp_path
         ck = torch.load(tmp_path / f"e{epoch}.pt", weights_only=True)
         best = ck["callbacks"]["EarlyStopping"]["best"]
         assert type(best) is float and best == 1.0 / epoch
-    model._history_rows[-1]["score"] = np.float32(0.25)  # a figure that reached the history as numpy
+    model.training_state.history[-1]["score"] = np.float32(0.25)  # a figure that reached the history as numpy
     model.save_checkpoint(tmp_path / "e3.pt")
     assert type(torch.load(tmp_path / "e3.pt", weights_only=True)["history"][-1]["score"]) is float
     fresh = trained(seed=4)
@@ -425,19 +425,19 @@ def test_numpy_figures_become_python_numbers_and_every_checkpoint_loads(tmp_path
 @pytest.mark.parametrize("value", [object(), [0.5], torch.zeros(2)], ids=["object", "list", "tensor"])
 def test_a_history_figure_no_checkpoint_can_hold_is_refused(value, tmp_path):
     model = trained()
-    model._history_rows[-1]["note"] = value
+    model.training_state.history[-1]["note"] = value
     attack(model, lambda: model.save_checkpoint(tmp_path / "c.pt"), CheckpointError,
            r"model.history holds history\[0\]\['note'\] = a ", tmp_path, same_fit_state=True)
 
 
 def test_what_save_writes_load_accepts_a_tensor_figure_becomes_a_number(tmp_path):
     model = trained()
-    model._history_rows[-1]["note"] = torch.tensor(0.25)
-    model._step_rows[-1]["note"] = np.int64(3)
+    model.training_state.history[-1]["note"] = torch.tensor(0.25)
+    model.training_state.step_history[-1]["note"] = np.int64(3)
     model.save_checkpoint(tmp_path / "c.pt")
     fresh = trained(seed=2)
     fresh.load_checkpoint(tmp_path / "c.pt")
-    assert fresh._history_rows[-1]["note"] == 0.25 and type(fresh._step_rows[-1]["note"]) is int
+    assert fresh.training_state.history[-1]["note"] == 0.25 and type(fresh.training_state.step_history[-1]["note"]) is int
 
 
 def test_a_checkpoint_loads_with_plain_weights_only_and_carries_a_digest_of_every_tensor(tmp_path):
@@ -647,9 +647,9 @@ class InterruptAt(Callback):
         return hook == self.hook
 
     def _maybe(self, *args):
-        run = self.model._run
+        run = self.model.run
         epoch = run.epoch if run is not None else 0
-        batch = args[0] if self.hook.endswith("batch_begin") else 1
+        batch = args[0] + 1 if self.hook.endswith("batch_begin") else 1  # hooks count batches from 0
         if (epoch, batch) == self.at or self.hook == "on_train_begin":
             raise KeyboardInterrupt
 
@@ -683,7 +683,7 @@ def test_ctrl_c_in_epoch_two_keeps_epoch_one_everywhere(hook, tmp_path):
     assert len(CSVLogger.read(tmp_path / "log.csv")) == 1
     fresh = trained(seed=5)
     fresh.load_checkpoint(tmp_path / "last.pt")
-    assert fresh.epoch == 1 and fresh._history_rows == model._history_rows
+    assert fresh.epoch == 1 and fresh.training_state.history == model.training_state.history
     trains_normally(model)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 import torchfit
 from torchfit.callbacks import LearningRateScheduler, ProgressPrinter
 from torchfit.callbacks.printing import epoch_table, epoch_table_html
-from torchfit.formatting import Figures, figure_widths, format_figure, format_step, is_rate
+from torchfit.formatting import ColumnFormat, Figures, figure_widths, format_figure, format_step, is_rate
 from conftest import blobs, loader, mlp
 
 
@@ -80,9 +80,9 @@ def test_step_dict_stays_a_python_literal_with_exact_figures_underneath():
 def test_tables_in_text_and_html_use_the_formatter():
     rows = [{"epoch": 1, "loss": 2.1, "lr": 0.0025}]
     text = epoch_table(rows)
-    assert "| 2.100 |" in text and "0.0025" in text and "0.003" not in text
+    assert "| 2.100    |" in text and "| 0.0025    |" in text and "0.003" not in text
     html = epoch_table_html(rows)
-    assert "<td>2.100</td>" in html and "<td>0.0025</td>" in html and "<td>1</td>" in html
+    assert "<td>2.100   </td>" in html and "<td>0.0025   </td>" in html and "<td>  1  </td>" in html
 
 
 def test_figure_widths_only_grow():
@@ -161,3 +161,66 @@ def test_figures_wraps_what_evaluate_returns():
     figures = Figures(result)
     assert figures == result
     assert re.fullmatch(r"\{'val_loss': \d+\.\d{3}, 'val_accuracy': \d\.\d{3}\}", repr(figures)), repr(figures)
+
+
+def run_tables(width, epochs=30):
+    """A printer's tables over a run whose loss falls from 2 to 1e-5, with 6 metrics and an lr column."""
+    lines = []
+    printer = ProgressPrinter(2, sink=lines.append, width=width)
+    printer.on_train_begin({})
+    for e in range(1, epochs + 1):
+        loss = 2 * (5e-6) ** ((e - 1) / (epochs - 1))
+        row = {"epoch": e, "loss": loss, "accuracy": 0.5 + e / 70, "auc": 0.7, "f1": 0.4 + e / 80,
+               "precision": 0.6, "recall": 1.0, "mse": loss / 3, "val_loss": loss * 1.1, "val_accuracy": 0.5,
+               "val_auc": 0.71, "val_f1": 0.4, "val_precision": 0.6, "val_recall": 0.61, "val_mse": loss * 40,
+               "lr": 0.01 * 0.6 ** e}
+        printer.on_epoch_end(e, row)
+    return lines
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_tables_fit_the_width_and_keep_one_layout_for_the_run(width):
+    outputs = run_tables(width)
+    assert len(outputs) == 30
+    per_epoch = [out.strip("\n").splitlines() for out in outputs]
+    assert all(len(line) <= width for lines in per_epoch for line in lines)
+    assert all(len(lines) == len(per_epoch[0]) for lines in per_epoch)  # the same tables every epoch
+    # every line but the figure rows is the same in every epoch; each row keeps its bars in place
+    for i, line in enumerate(per_epoch[0]):
+        column = [lines[i] for lines in per_epoch]
+        if line.startswith("+") or line.startswith("| epoch"):
+            assert len(set(column)) == 1, column
+        else:
+            assert len({tuple(m.start() for m in re.finditer(r"\|", row)) for row in column}) == 1, column
+    names = {c.strip() for lines in per_epoch[:1] for line in lines if line.startswith("| epoch")
+             for c in line.strip("|").split("|")}
+    assert len(names) == 16  # epoch, loss, 6 metrics, val_loss, 6 val_ metrics, lr: none left out
+    tables = sum(line.startswith("| epoch") for line in per_epoch[0])
+    assert tables == {60: 4, 80: 3, 120: 2}[width]
+
+
+def test_a_column_keeps_its_decimal_point_as_the_loss_falls():
+    outputs = run_tables(80)
+    rows = [line for out in outputs for line in out.splitlines() if re.match(r"\|\s+\d+\s+\|", line)
+            and line.count("|") == 9]  # the first table's rows: epoch, loss and 6 metrics
+    losses = [row.split("|")[2] for row in rows]
+    assert losses[0] == " 2.000    " and losses[-1] == " 1.00e-05 "
+    assert len({cell.index(".") for cell in losses}) == 1 and len({len(c) for c in losses}) == 1
+
+
+def test_a_figure_wider_than_planned_widens_its_column_once():
+    col = ColumnFormat("loss")
+    assert col.text(2.5) == "2.500   "
+    assert col.text(12.25) == "12.250   " and col.width == 9  # two digits before the point: one more column
+    assert col.text(0.5) == " 0.500   "  # and the points stay aligned afterwards
+    assert ColumnFormat("val_accuracy").width == len("val_accuracy")
+    assert ColumnFormat("epoch").text(7) == "  7  "
+    assert ColumnFormat("loss").text(float("nan")).strip() == "nan"
+
+
+def test_the_printer_width_is_checked_and_a_sink_of_ones_own_gets_80_columns(monkeypatch):
+    with pytest.raises(ValueError, match=r"ProgressPrinter\(width=...\) is the line width in characters"):
+        ProgressPrinter(width=5)
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: stdout's tables may use it, a sink's do not
+    lines = run_tables(None, epochs=2)
+    assert max(len(line) for out in lines for line in out.splitlines()) <= 80

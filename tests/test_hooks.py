@@ -2,6 +2,8 @@
 what arguments; callback list order; set_params and the monitor-key check."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 import torch
 from torch import nn
@@ -22,7 +24,7 @@ class Recorder(Callback):
         self.calls.append(("set_params", params["log_keys"]))
 
     def _rec(self, name, *args):
-        self.calls.append((name,) + tuple(sorted(a) if isinstance(a, dict) else a for a in args))
+        self.calls.append((name,) + tuple(sorted(a) if isinstance(a, Mapping) else a for a in args))
 
     def on_train_begin(self, logs): self._rec("on_train_begin", logs)
     def on_train_end(self, logs): self._rec("on_train_end", logs)
@@ -41,26 +43,27 @@ class Recorder(Callback):
     def on_predict_batch_end(self, batch, logs): self._rec("on_predict_batch_end", batch, logs)
 
 
-TRAIN_KEYS = sorted(["step", "loss", "accuracy"])
-VAL_KEYS = sorted(["val_loss", "val_accuracy"])
+TRAIN_KEYS = sorted(["step", "loss", "accuracy"])  # running figures at every batch, as Keras gives them
+VAL_KEYS = sorted(["loss", "accuracy"])  # Keras' keys in on_test_*: no val_ prefix
 EPOCH_KEYS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
 
 
-def expected_fit(epochs, n_train, n_val, log_at, step_at):
+def expected_fit(epochs, n_train, n_val, step_at):
+    """Keras' numbering: epochs and batches count from 0 in every hook."""
     calls = [("set_params", EPOCH_KEYS), ("on_train_begin", [])]
-    for e in range(1, epochs + 1):
+    for e in range(epochs):
         calls.append(("on_epoch_begin", e, []))
-        for b in range(1, n_train + 1):
+        for b in range(n_train):
             calls.append(("on_train_batch_begin", b, []))
-            if b in step_at:
+            if b + 1 in step_at:
                 calls.append(("on_backward_end", b))
-            calls.append(("on_train_batch_end", b, TRAIN_KEYS if b in log_at else []))
+            calls.append(("on_train_batch_end", b, TRAIN_KEYS))
         calls.append(("on_test_begin", []))
-        for b in range(1, n_val + 1):
-            calls += [("on_test_batch_begin", b, []), ("on_test_batch_end", b, [])]
+        for b in range(n_val):
+            calls += [("on_test_batch_begin", b, []), ("on_test_batch_end", b, sorted(VAL_KEYS + ["step"]))]
         calls.append(("on_test_end", VAL_KEYS))
         calls.append(("on_epoch_end", e, sorted(EPOCH_KEYS)))
-    calls.append(("on_train_end", []))
+    calls.append(("on_train_end", sorted(EPOCH_KEYS)))  # Keras: the last epoch's logs
     return calls
 
 
@@ -75,20 +78,21 @@ def test_hook_order_for_fit_evaluate_predict():
     model = compiled()
     # 6 samples in batches of 2: 3 training batches; 4 validation samples: 2 batches
     model.fit(2, loader(blobs(6), 2), loader(blobs(4), 2), log_step_freq=2, callbacks=[rec], verbose=0)
-    assert rec.calls == expected_fit(2, 3, 2, log_at={2}, step_at={1, 2, 3})
+    assert rec.calls == expected_fit(2, 3, 2, step_at={1, 2, 3})
 
     rec.calls.clear()
     model.evaluate(loader(blobs(4), 2), callbacks=[rec])
+    val_batch = sorted(VAL_KEYS + ["step"])
     assert rec.calls == [("on_test_begin", []),
-                         ("on_test_batch_begin", 1, []), ("on_test_batch_end", 1, []),
-                         ("on_test_batch_begin", 2, []), ("on_test_batch_end", 2, []),
+                         ("on_test_batch_begin", 0, []), ("on_test_batch_end", 0, val_batch),
+                         ("on_test_batch_begin", 1, []), ("on_test_batch_end", 1, val_batch),
                          ("on_test_end", VAL_KEYS)]
 
     rec.calls.clear()
     model.predict(loader(blobs(6), 4), callbacks=[rec])
     assert rec.calls == [("on_predict_begin", []),
-                         ("on_predict_batch_begin", 1, []), ("on_predict_batch_end", 1, []),
-                         ("on_predict_batch_begin", 2, []), ("on_predict_batch_end", 2, []),
+                         ("on_predict_batch_begin", 0, []), ("on_predict_batch_end", 0, ["outputs"]),
+                         ("on_predict_batch_begin", 1, []), ("on_predict_batch_end", 1, ["outputs"]),
                          ("on_predict_end", [])]
 
 
@@ -98,7 +102,7 @@ def test_on_backward_end_fires_at_optimizer_steps_only_with_accumulation():
     # 5 batches, windows of 2: steps after batches 2, 4 and (the partial window) 5
     model.fit(1, loader(blobs(10), 2), loader(blobs(4), 2), log_step_freq=5, callbacks=[rec], verbose=0,
               grad_accum_steps=2)
-    assert rec.calls == expected_fit(1, 5, 2, log_at={5}, step_at={2, 4, 5})
+    assert rec.calls == expected_fit(1, 5, 2, step_at={2, 4, 5})
     assert model.global_step == 3
 
 

@@ -182,7 +182,7 @@ def test_target_list_gives_a_column_and_bce_gets_float_targets():
     (dict(x="X", y="y", seed=1.5), TypeError, "seed must be an int"),
     (dict(x="X", y="y", validation_data=("X",)), TypeError, r"must be \(X_val, Y_val\)"),
     (dict(x="pair", y="y"), TypeError, r"several inputs.*\(\(x1, x2\), y\)"),
-    (dict(x="X_nan", y="y"), ValueError, r"NaN or inf in 1 row\(s\)"),
+    (dict(x="X_nan", y="y"), ValueError, r"NaN or inf in 1 row;"),
     (dict(x="df_text", target="label"), TypeError, r"\['city'\] are not numeric.*get_dummies"),
     (dict(x="dl", batch_size=8), TypeError, "batch_size= with a loader"),
     (dict(x="dl", validation_split=0.2), TypeError, "validation_split= with a loader.*dl_val"),
@@ -220,7 +220,7 @@ def test_positional_arrays_and_misplaced_options():
         compiled().fit(1, x=X, y=y, dl_val=loader(blobs(20)), validation_data=(X, y))
     with pytest.raises(TypeError, match="a Dataset yields"):
         compiled().fit(1, blobs(20), y=y)
-    with pytest.raises(TypeError, match="evaluate got dl as a ndarray without targets"):
+    with pytest.raises(TypeError, match="evaluate got x as a ndarray without targets"):  # Keras' evaluate(x, y)
         compiled().evaluate(X)
     with pytest.raises(TypeError, match="predict needs data"):
         compiled().predict()

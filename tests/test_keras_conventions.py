@@ -86,7 +86,7 @@ class Batches(Callback):
         self.seen = []
 
     def on_train_batch_begin(self, batch, logs):
-        self.seen.append((self.model._run.epoch, batch))
+        self.seen.append((self.model.run.epoch, batch))
 
 
 def test_initial_epoch_numbers_epochs_as_keras_does():
@@ -103,10 +103,10 @@ def test_steps_per_epoch_cuts_and_restarts_the_loader():
     rec = Batches()
     model = compile_(torchfit.Model(mlp()))
     model.fit(2, loader(blobs(40), 8), steps_per_epoch=3, callbacks=[rec], verbose=0)  # 5 batches available
-    assert rec.seen == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)] and model.global_step == 6
+    assert rec.seen == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)] and model.global_step == 6
     rec.seen.clear()
     model.fit(1, loader(blobs(16), 8), steps_per_epoch=5, callbacks=[rec], verbose=0)  # 2 batches: 2.5 passes
-    assert [b for _, b in rec.seen] == [1, 2, 3, 4, 5] and model.global_step == 11
+    assert [b for _, b in rec.seen] == [0, 1, 2, 3, 4] and model.global_step == 11
 
 
 def test_steps_per_epoch_gives_a_loader_without_len_its_epochs():

@@ -135,12 +135,12 @@ def test_without_matplotlib_fit_fails_before_training_naming_the_fix(tmp_path, m
 
     def missing():
         raise ImportError("torchfit.plot_history needs matplotlib, which is an optional extra: "
-                          "pip install torchfit[plot]")
+                          'pip install "torchfit-keras[plot]"')
 
     monkeypatch.setattr(torchfit.plot, "_import_matplotlib", missing)
     model = compiled()
     before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(ImportError, match=r"pip install torchfit\[plot\]"):
+    with pytest.raises(ImportError, match=r'pip install "torchfit-keras\[plot\]"'):
         model.fit(1, loader(blobs(40), 20), verbose=0, callbacks=[LivePlot(tmp_path / "h.png")])
     assert model.global_step == 0 and all(p.equal(b) for p, b in zip(model.parameters(), before))
     assert os.listdir(tmp_path) == []

@@ -16,7 +16,7 @@ class Recorder(Callback):
         self.calls = []
 
     def on_predict_batch_begin(self, batch, logs):
-        self.calls.append(("begin", batch, self.model._run.batch_idx))
+        self.calls.append(("begin", batch, self.model.run.batch_idx))
 
     def on_predict_batch_end(self, batch, logs):
         self.calls.append(("end", batch))
@@ -36,7 +36,8 @@ def test_predict_runs_the_same_batch_loop_with_its_hooks():
     model = compiled()
     out = model.predict(loader(blobs(10), 4), callbacks=[rec])
     assert out.shape == (10, 3)
-    assert rec.calls == [("begin", 1, 1), ("end", 1), ("begin", 2, 2), ("end", 2), ("begin", 3, 3), ("end", 3)]
+    # the hooks get Keras' 0-based batch index; run.batch_idx counts batches done
+    assert rec.calls == [("begin", 0, 1), ("end", 0), ("begin", 1, 2), ("end", 1), ("begin", 2, 3), ("end", 2)]
 
 
 def test_a_failing_predict_step_names_the_batch():
@@ -56,7 +57,7 @@ class Boom(Callback):
         self.exc, self.at = exc, at
 
     def on_train_batch_begin(self, batch, logs):
-        if (self.model._run.epoch, batch) == self.at:
+        if (self.model.run.epoch, batch) == self.at:
             raise self.exc
 
 
@@ -128,4 +129,4 @@ def test_the_run_is_gone_after_each_call():
     model.fit(1, loader(blobs(8), 4), loader(blobs(8), 4), verbose=0)
     model.evaluate(loader(blobs(8), 4))
     model.predict(loader(blobs(8), 4))
-    assert model._run is None
+    assert model.run is None

@@ -444,3 +444,30 @@ def test_class_weight_wiring_matches_a_hand_written_keras_loop():
             opt.step()
     for key, value in net.state_dict().items():
         assert torch.allclose(model.net.state_dict()[key], value, atol=1e-7), key
+
+
+def test_one_output_with_cross_entropy_names_the_binary_fix_and_counts_in_words():
+    import torchfit
+    from conftest import binary, loader, mlp
+
+    model = torchfit.Model(mlp(6, 1)).compile(nn.CrossEntropyLoss(), device="cpu")
+    before = [p.detach().clone() for p in model.parameters()]
+    ds = binary(40)
+    labels = torch.utils.data.TensorDataset(ds.tensors[0], ds.tensors[1].squeeze(1).long())  # 0/1 class ids
+    with pytest.raises(losses.TargetError) as caught:
+        model.fit(1, loader(labels, 20), verbose=0)
+    message = str(caught.value)
+    assert "1 output" in message and "nn.BCEWithLogitsLoss()" in message
+    assert not re.search(r"\b1 classes\b", message)
+    assert all(p.equal(b) for p, b in zip(model.parameters(), before))  # refused before any step
+
+
+def test_counts_in_messages_agree_with_their_number():
+    from torchfit.diagnose import _loss_hint  # the words of a failed step's first line
+    from torchfit.formatting import count_of
+
+    assert count_of(1, "class", "classes") == "1 class" and count_of(2, "class", "classes") == "2 classes"
+    with pytest.raises(losses.TargetError, match=r"the net outputs 2 classes\)"):
+        losses.targets.check_targets(nn.CrossEntropyLoss(), torch.zeros(2, 2), torch.tensor([0, 5]))
+    hint = _loss_hint(nn.CrossEntropyLoss(), torch.zeros(4, 1), torch.tensor([0, 1, 1, 0]))
+    assert "the net outputs 1 class (indices 0 to 0)" in hint

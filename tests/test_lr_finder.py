@@ -57,9 +57,9 @@ def everything(model, dl):
         "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
         "loader_gen": dl.generator.get_state(),
         "epoch": model.epoch, "global_step": model.global_step, "stop_training": model.stop_training,
-        "history": model._history_rows and [dict(r) for r in model._history_rows],
-        "step_history": [dict(r) for r in model._step_rows],
-        "fit_state": model._fit_state, "resume_state": model._resume_state,
+        "history": model.training_state.history and [dict(r) for r in model.training_state.history],
+        "step_history": [dict(r) for r in model.training_state.step_history],
+        "fit_state": model.training_state.last_fit, "resume_state": model.training_state.pending_resume,
         "modes": [m.training for m in net.modules()],
     }
 
@@ -106,9 +106,9 @@ def test_a_pending_checkpoint_still_resumes_exactly_after_lr_find(tmp_path):
 
     resumed, dl, _ = setup(seed=3)
     resumed.load_checkpoint(tmp_path / "c.pt")
-    pending = resumed._resume_state
+    pending = resumed.training_state.pending_resume
     lr_find(resumed, dl, num_steps=6)
-    assert resumed._resume_state is pending  # lr_find's own fit did not consume it
+    assert resumed.training_state.pending_resume is pending  # lr_find's own fit did not consume it
     resumed.fit(1, dl, verbose=0)
     assert_same_weights(straight.net, resumed.net)
     pd.testing.assert_frame_equal(straight.history, resumed.history, check_exact=True)
@@ -250,7 +250,7 @@ def test_a_fresh_optimizer_stays_empty_and_trains_as_if_untouched():
     dl_a, dl_b = loader(blobs(96), 16, shuffle=True, seed=2), loader(blobs(96), 16, shuffle=True, seed=2)
     lr_find(a, dl_a, num_steps=8)
     assert len(a.optimizer.state) == 0 and a.history.empty and a.step_history.empty
-    assert a._fit_state is None and a.global_step == 0 and a.epoch == 0
+    assert a.training_state.last_fit is None and a.global_step == 0 and a.epoch == 0
     assert all(p.grad is None for p in a.parameters())
     a.fit(2, dl_a, verbose=0)
     b.fit(2, dl_b, verbose=0)

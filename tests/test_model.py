@@ -278,3 +278,21 @@ def test_torchkeras_1x_call_style_runs_unchanged():
     # the plain sklearn function is sample-weighted over the epoch, like the built-in one
     named = torchfit.Model(net).compile(nn.CrossEntropyLoss(), metrics=["accuracy"]).evaluate(loader(ds, 32))
     assert model.evaluate(loader(ds, 32))["val_accuracy"] == pytest.approx(named["val_accuracy"], abs=1e-12)
+
+
+def test_fit_arguments_are_one_value_that_matches_the_signature():
+    """``FitArgs`` holds exactly fit's parameters, so the launcher hands workers every argument."""
+    import dataclasses
+    import inspect
+
+    from torchfit.arguments import FitArgs
+
+    # positional data are placed by name (FitArgs.from_call), torchkeras 4's aliases folded into dl_train/dl_val
+    aliases = ("self", "data", "train_data", "val_data")
+    params = [p for p in inspect.signature(torchfit.Model.fit).parameters if p not in aliases]
+    fields = [f.name for f in dataclasses.fields(FitArgs)]
+    assert fields == params
+    defaults = {p.name: p.default for p in inspect.signature(torchfit.Model.fit).parameters.values()
+                if p.name not in aliases}
+    assert {f.name: f.default for f in dataclasses.fields(FitArgs)} == defaults
+    assert "num_processes" not in FitArgs(epochs=3).kwargs() and FitArgs(epochs=3).kwargs(seed=4)["seed"] == 4

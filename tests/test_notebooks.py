@@ -63,7 +63,9 @@ def test_notebook_mode_updates_one_step_line_and_one_growing_table():
         assert bundle["text/plain"] == epoch_table(rows[:n])
         assert bundle["text/html"].count("<tr>") == n + 1
     assert "<th>val_accuracy</th>" in table[-1]["text/html"]
-    assert f"<td>{format_figure(rows[-1]['loss'])}</td>" in table[-1]["text/html"]
+    # the figures placed as in the text table (padded, a fixed-width font: decimal points line up)
+    assert re.search(rf"<td> *{re.escape(format_figure(rows[-1]['loss']))} *</td>", table[-1]["text/html"])
+    assert "font-family:monospace;white-space:pre" in table[-1]["text/html"]
 
 
 def test_notebook_mode_verbose_2_shows_only_the_table():
@@ -112,7 +114,7 @@ def fit_with_widget_bar(epochs=3, stop_at=None):
         seen.append((label.value, progress_widget.value, progress_widget.max, bar._bar.container.model_id))
 
     def stop(batch, logs):
-        if stop_at == (model.epoch + 1, batch):
+        if stop_at == (model.epoch + 1, batch + 1):  # hooks count batches from 0
             model.stop_training = True
 
     callbacks = [bar, ProgressPrinter(2, notebook=NotebookDisplay(fake)),
@@ -177,7 +179,8 @@ def stale_bar_outputs(nb):
 def test_committed_notebooks_carry_their_outputs():
     assert [p.name for p in NOTEBOOKS] == ["01_quick_start.ipynb", "02_tabular_binary.ipynb",
                                            "03_raw_loop_vs_torchfit.ipynb", "04_torchvision_pipeline.ipynb",
-                                           "05_callbacks_tour.ipynb", "06_workflow.ipynb", "07_experiments.ipynb"]
+                                           "05_callbacks_tour.ipynb", "06_workflow.ipynb", "07_experiments.ipynb",
+                                           "08_inspect.ipynb"]
     for path in NOTEBOOKS:
         nb = nbformat.read(str(path), as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
@@ -241,7 +244,7 @@ def test_notebook_runs_in_a_venv_kernel_without_errors(path, tmp_path, capsys):
     assert not stale_bar_outputs(done) and "widgets" not in done.metadata
     # each plotting cell shows its figure exactly once (a live plot too: one display updated in place)
     plotting = sum(any(p in c.source for p in ("plot_history(", "plt.show()", "LivePlot(", "plot=True", "plot_lr_find(",
-                                               "plot_confusion_matrix(")) for c in code)
+                                               "plot_confusion_matrix(", "profiler.plot(", "grads.plot(")) for c in code)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == plotting
 
 @pytest.mark.parametrize("doc", ["docs/notebooks.md", "docs/api.md"])

@@ -115,7 +115,7 @@ def test_the_window_closes_every_k_batches_and_at_the_last(accum, n, expected):
                                         accum_steps=accum, on_backward_end=calls.append)
     assert drive(step, n, net=net) == expected
     assert step.steps_taken == expected.count(True)
-    assert calls == [i + 1 for i, s in enumerate(expected) if s]  # on_backward_end once per window, its batch
+    assert calls == [i for i, s in enumerate(expected) if s]  # on_backward_end once per window, its 0-based batch
 
 
 def test_flush_steps_a_window_a_loader_without_len_left_open():

@@ -80,7 +80,7 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     model = trained(1)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(ImportError, match=r"pip install torchfit\[plot\]"):
+    with pytest.raises(ImportError, match=r'pip install "torchfit-keras\[plot\]"'):
         model.plot_history()
 
 
@@ -108,7 +108,8 @@ def test_step_history_rows_at_logging_points_only_across_fit_calls():
     model = torchfit.Model(mlp()).compile(nn.CrossEntropyLoss(), "sgd", ["accuracy"], device="cpu")
     printed = []
     model.fit(2, loader(ds, 10), log_step_freq=4, verbose=0,
-              callbacks=[torchfit.LambdaCallback(on_train_batch_end=lambda b, logs: logs and printed.append(logs))])
+              callbacks=[torchfit.LambdaCallback(on_train_batch_end=lambda b, logs: logs.at_logging_point
+                                                 and printed.append(dict(logs)))])
     model.fit(1, loader(ds, 10), log_step_freq=5, verbose=0)
     sh = model.step_history
     assert list(sh.columns) == ["epoch", "step", "global_step", "lr", "loss", "accuracy"]

@@ -21,7 +21,7 @@ def test_the_first_example_is_complete():
     # it defines everything it uses: data, net, the three steps (no `net` or `dl_train` from nowhere)
     for defined in ("net = ", "dl_train = ", "dl_val = ", "torchfit.Model(net)", ".compile(", ".fit("):
         assert defined in code, defined
-    assert README.index(code) < README.index("## What you can count on")  # on the first screen
+    assert README.index(code) < README.index("## Two commands")  # on the first screen, before the set-up
 
 
 @pytest.mark.slow  # trains 5 small epochs; a few seconds on a busy machine
@@ -40,7 +40,7 @@ def test_the_first_example_runs_as_pasted_and_prints_what_the_readme_shows(tmp_p
     out = capsys.readouterr().out
     if next(model.parameters()).device.type != "cpu":
         return  # compile() picked a GPU: other kernels, other last digits
-    pasted = [line for line in README.split("## What you can count on")[0].splitlines()
+    pasted = [line for line in README.split("## Two commands")[0].splitlines()
               if re.match(r"\|\s+\d+\s+\|", line)]
     assert len(pasted) >= 2
     printed = [line for line in out.splitlines() if re.match(r"\|\s+\d+\s+\|", line)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import pandas as pd
 import pytest
@@ -129,8 +130,9 @@ def test_epoch_interval_factory_gets_the_number_of_epochs_and_a_later_fit_contin
     totals = []
 
     def factory(opt, total):
-        totals.append(total)
-        return torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.1, total_iters=total - 1)
+        scheduler = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.1, total_iters=total - 1)
+        totals.append(total)  # after building: telling it from a Keras schedule(epoch, lr) calls it with (0, 0.001)
+        return scheduler
 
     cb = LearningRateScheduler(factory)
     model.fit(2, dl, callbacks=[cb], verbose=0)
@@ -174,3 +176,34 @@ def test_resume_keeps_what_another_callback_did_to_the_rate(tmp_path):
     resumed.fit(3, dl, dl_val, verbose=0, resume_from=tmp_path / "a" / "ep1.pt", callbacks=make_cbs(resumed, "b"))
     assert_same_weights(straight.net, resumed.net)
     assert straight.optimizer.param_groups[0]["lr"] == resumed.optimizer.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("accum", [1, 3])
+def test_the_lr_column_shows_the_rate_of_the_epochs_last_step(accum):
+    # a per-step one-cycle schedule: when the epoch ends the optimizer already holds the next
+    # step's rate (0.000559 where the last step trained at 4e-07); the column shows the last step's
+    model, dl_train, dl_val = setup()
+    rates = RatesOfSteps()
+    history = model.fit(3, dl_train, dl_val, verbose=0, grad_accum_steps=accum,
+                        callbacks=[AccumInParams(accum), rates, LearningRateScheduler(one_cycle, interval="step")])
+    per_epoch = len(rates.lrs) // 3  # on_backward_end runs once per batch
+    last_of_each_epoch = [rates.lrs[(e + 1) * per_epoch - 1] for e in range(3)]
+    assert history["lr"].tolist() == last_of_each_epoch
+    assert history["lr"].iloc[-1] == pytest.approx(0.1 / 25 / 1e4)  # one-cycle's final rate, the run's last step
+
+
+def test_a_per_epoch_schedule_shows_each_epochs_own_rate():
+    model, dl_train, dl_val = setup()
+    history = model.fit(3, dl_train, dl_val, verbose=0, callbacks=[
+        LearningRateScheduler(torch.optim.lr_scheduler.StepLR(model.optimizer, step_size=1, gamma=0.5))])
+    assert history["lr"].tolist() == [0.05, 0.025, 0.0125]
+
+
+def test_a_factory_that_fails_gives_its_error_and_no_false_warning():
+    # fit's cleanup takes every callback's state; an unbuilt scheduler has none, which is no error
+    model, dl, _ = setup()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(TypeError, match="returned float"):
+            model.fit(1, dl, callbacks=[LearningRateScheduler(lambda opt, total: 0.1, interval="step")], verbose=0)
+    assert not [w for w in caught if "while fit was stopping" in str(w.message)], [str(w.message) for w in caught]

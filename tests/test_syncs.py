@@ -30,7 +30,7 @@ def sync_log(monkeypatch):
         def wrapper(self, *args, __original=original, __name=name, **kwargs):
             caller = sys._getframe(1).f_code.co_filename
             if caller.startswith(TORCHFIT_DIR):
-                run = calls.model._run if calls.model is not None else None
+                run = calls.model.run if calls.model is not None else None
                 calls.append((__name, run.epoch if run else None, run.batch_idx if run else None, caller))
             return __original(self, *args, **kwargs)
 
@@ -82,7 +82,7 @@ class DeviceSyncAudit(SyncRecorder):
         self.seen = []
 
     def _seen(self, name, where):
-        run = self.model._run
+        run = self.model.run
         self.seen.append((name, run.epoch if run else None, run.batch_idx if run else None))
 
 
@@ -130,3 +130,17 @@ def test_no_device_sync_between_logging_points_regression_cnn():
     net.head[-1] = nn.Linear(16, 1)
     model = torchfit.Model(net).compile(nn.MSELoss(), "adamw", ["mse", "mae", "r2"], device="cpu")
     _fit_and_audit(model, loader(reg, 8, shuffle=True), loader(reg, 50), fast_path=False)
+
+
+def test_no_device_sync_between_logging_points_with_profiler_and_gradient_stats():
+    from torchfit.callbacks.gradients import GradientStats
+    from torchfit.callbacks.profiling import Profiler
+
+    net = mlp()
+    model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), "adam", ["accuracy"], device="cpu")
+    stats, prof = GradientStats(activations=["1"]), Profiler()
+    _fit_and_audit(model, loader(blobs(200), 8, shuffle=True), loader(blobs(30), 8), epochs=2,
+                   grad_accum_steps=3, callbacks=[stats, prof])
+    # both recorded: the audit saw a fit that measured something
+    assert set(stats.frame()["step"]) == {12, 21}  # logging points 10 and 20, at the windows closing after them
+    assert len(prof.frame()) == 2

@@ -44,8 +44,9 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def run_on_pty(columns: int, stop_at=None, rows: int = 24) -> list:
-    """Run the child fit on a ``columns`` x ``rows`` pty; return the screen's lines (a tall screen: no scrolling)."""
+def run_on_pty(columns: int, stop_at=None, rows: int = 24, code: str = None, height: int = 400) -> list:
+    """Run the child fit (or ``code``) on a ``columns`` x ``rows`` pty; return the screen's lines
+    (a screen ``height`` lines tall: nothing scrolls away)."""
     import fcntl
     import pty
     import struct
@@ -55,7 +56,7 @@ def run_on_pty(columns: int, stop_at=None, rows: int = 24) -> list:
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONIOENCODING": "utf-8", "LANG": "C.UTF-8",
            "OMP_NUM_THREADS": "1", "COLUMNS": str(columns), "LINES": str(rows)}
-    code = CHILD.format(tests=os.path.join(ROOT, "tests"), stop_at=stop_at)
+    code = (code or CHILD).format(tests=os.path.join(ROOT, "tests"), stop_at=stop_at)
     child = subprocess.Popen([sys.executable, "-c", code], stdin=slave, stdout=slave, stderr=slave,
                              env=env, cwd=ROOT, close_fds=True)
     os.close(slave)
@@ -72,7 +73,7 @@ def run_on_pty(columns: int, stop_at=None, rows: int = 24) -> list:
     finally:
         os.close(master)
         child.wait(timeout=120)
-    screen = pyte.Screen(columns, 400)  # as wide as the terminal, tall enough that nothing scrolls away
+    screen = pyte.Screen(columns, height)  # as wide as the terminal, tall enough that nothing scrolls away
     stream = pyte.ByteStream(screen)
     stream.feed(b"".join(chunks).replace(b"\n", b"\r\n"))  # the pty's onlcr, which pyte does not apply
     lines = [line.rstrip() for line in screen.display]
@@ -124,6 +125,91 @@ def test_the_bar_fits_the_terminal_and_never_cuts_a_figure(columns):
             assert text == row[name], f"bar {name}={text}, table {row[name]}"
     if columns == 120:  # room for all: every figure, and the rate
         assert all(len(FIGURE.findall(line)) == 3 and "step/s" in line for line, _ in found), screen
+
+
+# 30 epochs of a net with 6 metrics and an lr schedule; the loss (a scripted figure: the net is
+# not what is tested) falls from 2 to 1e-5, the rate from 0.01 to 2e-07.
+WIDE_CHILD = textwrap.dedent("""
+    import sys, torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, {tests!r})
+    from torch import nn
+    import torchfit
+    from torchfit.callbacks import LambdaCallback, LearningRateScheduler
+    from conftest import binary, loader, mlp
+
+    class Scripted(nn.Module):
+        value = 2.0
+
+        def forward(self, preds, targets):
+            return nn.functional.binary_cross_entropy_with_logits(preds, targets) * 0 + self.value
+
+    torch.manual_seed(0)
+    net = mlp(6, 1)
+    model = torchfit.Model(net).compile(Scripted(), torch.optim.SGD(net.parameters(), lr=0.01),
+                                        metrics=["accuracy", "auc", "f1", "precision", "recall", "mse"], device="cpu")
+    schedule = torch.optim.lr_scheduler.ExponentialLR(model.optimizer, gamma=0.65)
+    set_loss = LambdaCallback(on_epoch_begin=lambda epoch, logs: setattr(
+        Scripted, "value", 2.0 * (5e-6) ** ((epoch - 1) / 29)))
+    model.fit(30, loader(binary(40), 20), loader(binary(20, seed=1), 20), progress_bar=True,
+              callbacks=[set_loss, LearningRateScheduler(schedule)])
+    print("DONE", flush=True)
+""")
+
+
+def stacked_tables(lines):
+    """The one-row tables on the screen (border, header, border, row, border), stacked or not."""
+    tables, block = [], []
+    for line in lines + [""]:
+        if line.startswith(("+", "|")):
+            block.append(line)
+            continue
+        assert len(block) % 5 == 0, block
+        tables += [block[i:i + 5] for i in range(0, len(block), 5)]
+        block = []
+    return tables
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("columns", [60, 80, 120])
+def test_epoch_tables_fit_the_terminal_and_keep_their_columns_for_the_whole_run(columns):
+    lines = run_on_pty(columns, code=WIDE_CHILD, height=3000)
+    screen = "\n".join(lines)
+    assert lines[-1] == "DONE", screen[-3000:]
+    assert max(len(line) for line in lines) <= columns, screen
+    tables = stacked_tables(lines)
+    by_header = {}
+    for table in tables:
+        assert len(table) == 5 and table[0] == table[2] == table[4], table  # whole tables, borders unindented
+        assert table[0].startswith("+-") and table[1].startswith("| epoch |")
+        by_header.setdefault(table[1], []).append(table)
+    # the same tables every epoch, each with one layout for the run: borders equal, bars in the same places
+    assert all(len(group) == 30 for group in by_header.values()), {h: len(g) for h, g in by_header.items()}
+    headers = [[c.strip() for c in h.strip("|").split("|")] for h in by_header]
+    shown = [name for names in headers for name in names[1:]]
+    assert sorted(shown) == sorted(["loss", "accuracy", "auc", "f1", "precision", "recall", "mse", "val_loss",
+                                    "val_accuracy", "val_auc", "val_f1", "val_precision", "val_recall", "val_mse",
+                                    "lr"])
+    if columns == 120:
+        assert len(by_header) <= 2
+    if columns == 60:
+        assert len(by_header) >= 3
+    for header, group in by_header.items():
+        assert len({t[0] for t in group}) == 1, header
+        bars = {tuple(m.start() for m in re.finditer(r"\|", t[3])) for t in group}
+        assert len(bars) == 1, (header, [t[3] for t in group])
+        names = [c.strip() for c in header.strip("|").split("|")]
+        for name in ("loss", "lr"):
+            if name not in names:
+                continue
+            at = names.index(name)
+            cells = [t[3].strip("|").split("|")[at] for t in group]
+            points = {cell.index(".") if "." in cell else cell.index("e") for cell in cells}
+            assert len(points) == 1, (name, cells)  # the decimal point (or exponent) stays in its place
+            if name == "loss":
+                assert cells[0].strip() == "2.000" and cells[-1].strip() == "1.00e-05", cells
+        # every row's epoch is there, in order
+        assert [int(t[3].strip("|").split("|")[0]) for t in group] == list(range(1, 31))
 
 
 def fit_calls_on_exception() -> bool:
@@ -178,9 +264,9 @@ def test_on_exception_closes_the_text_bar_on_a_line_of_its_own():
     bar = ProgressBar(file=out, mininterval=0.0)
     bar.set_params({"epochs": 3, "steps": 10})
     bar.on_train_begin({})
-    bar.on_epoch_begin(2, {})
+    bar.on_epoch_begin(1, {})  # hooks count from 0 (Keras): the second epoch
     for step in range(1, 5):
-        bar.on_train_batch_end(step, {"step": step, "loss": 0.5} if step == 4 else {})
+        bar.on_train_batch_end(step - 1, {"step": step, "loss": 0.5} if step == 4 else {})
     bar.on_exception(KeyboardInterrupt())
     text = out.getvalue()
     assert bar._bar is None and text.endswith("\n")  # closed, the cursor on a fresh line
@@ -206,9 +292,9 @@ def test_on_exception_leaves_the_jupyter_widget_where_it_stopped():
     bar = ProgressBar(notebook=NotebookDisplay(display))
     bar.set_params({"epochs": 2, "steps": 10})
     bar.on_train_begin({})
-    bar.on_epoch_begin(1, {})
+    bar.on_epoch_begin(0, {})
     for step in range(1, 4):
-        bar.on_train_batch_end(step, {})
+        bar.on_train_batch_end(step - 1, {})
     bar.on_exception(RuntimeError("boom"))
     assert bar._bar is None and len(outputs) == 1
     assert outputs[0][-1]["text/plain"].startswith("Epoch 1/2:  30%")  # not 0%, not a live bar left open

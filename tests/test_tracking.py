@@ -235,5 +235,5 @@ def test_a_missing_package_fails_when_the_logger_is_built(cls, package, monkeypa
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
-    with pytest.raises(ImportError, match=rf"pip install {package} \(or pip install torchfit\[{package}\]\)"):
+    with pytest.raises(ImportError, match=rf'pip install {package} \(or pip install "torchfit-keras\[{package}\]"\)'):
         cls()

@@ -4,6 +4,11 @@ Owns the argument checks that do not need the model's state: counts, clipping
 thresholds, verbosity, loaders, and ``FitOptions`` (fit's settings that shape
 a run, checked together). Each error names the argument and the fix. The
 checks that need the model (its net, optimizer, loss) stay in ``Model``.
+
+``FitArgs`` is fit's arguments as one value (the notebook launcher hands it to
+its workers whole), and ``check_fit`` turns it into a ``CheckedFit``: everything
+fit decided before the run is assembled, with the checkpoint of ``resume_from``
+read and checked but not applied.
 """
 from __future__ import annotations
 
@@ -11,14 +16,19 @@ import dataclasses
 import numbers
 import warnings
 from collections.abc import Iterator
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from . import distributed
-from .callbacks import CallbackList, ProgressPrinter
+from . import checkpoint, distributed, inputs
+from .callbacks import Callback, CallbackList, ProgressPrinter
+from .callbacks.base import check_callbacks
+from .callbacks import profiling
+from .callbacks.liveplot import LivePlot
+from .callbacks.schedulers import from_fit_argument
+from .errors import NotCompiledError
 from .heads import MultiLoss
-from .loop import loader_length
+from .loaders import first_batches, loader_length
 from .losses import SampleWeighting
 
 
@@ -66,6 +76,190 @@ class FitOptions:
         if self.log_step_freq is not None:
             return self.log_step_freq
         return max(1, -(-n_batches // 10)) if n_batches else 100  # ceil: at most ten logging points
+
+
+@dataclasses.dataclass(frozen=True)
+class FitArgs:
+    """``Model.fit``'s arguments as given, one field per parameter (a test keeps them equal to the
+    signature). ``kwargs()`` calls ``fit`` again with them (the launcher's workers do)."""
+
+    epochs: Any = 1
+    dl_train: Any = None
+    dl_val: Any = None
+    log_step_freq: Any = None
+    callbacks: Any = None
+    verbose: Any = 1
+    initial_epoch: Any = None
+    steps_per_epoch: Any = None
+    validation_steps: Any = None
+    validation_freq: Any = 1
+    overfit_batches: Any = None
+    class_weight: Any = None
+    sample_weight: Any = None
+    plot: Any = False
+    profile: Any = False
+    grad_accum_steps: Any = 1
+    grad_clip_norm: Any = None
+    grad_clip_value: Any = None
+    lr_scheduler: Any = None
+    resume_from: Any = None
+    progress_bar: Any = None
+    x: Any = None
+    y: Any = None
+    target: Any = None
+    batch_size: Any = None
+    validation_split: Any = None
+    validation_data: Any = None
+    shuffle: Any = None
+    seed: Any = 0
+    fast_path: Any = True
+    num_processes: Any = None
+
+    @classmethod
+    def from_call(cls, data: tuple, **named: Any) -> "FitArgs":
+        """fit's arguments with the positional ones placed by the order the caller wrote (``fit_order``)
+        and torchkeras 4's ``train_data`` / ``val_data`` folded into ``dl_train`` / ``dl_val``."""
+        for alias, name in (("train_data", "dl_train"), ("val_data", "dl_val")):
+            value = named.pop(alias, None)
+            if value is not None:
+                if named.get(name) is not None:
+                    raise TypeError(f"fit got both {alias}= (torchkeras 4) and {name}=; pass one")
+                named[name] = value
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for name, value in zip(fit_order(data), data):
+            if named.get(name, defaults[name]) is not defaults[name]:  # also given by name
+                raise TypeError(f"fit got {name} twice: as positional argument {fit_order(data).index(name) + 1} "
+                                f"and as {name}=; pass it once")
+            named[name] = value
+        return cls(**named)
+
+    def kwargs(self, **changes: Any) -> Dict[str, Any]:
+        """The keyword arguments of ``fit`` for these values (``num_processes`` left out), with ``changes``."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "num_processes"}
+        values.update(changes)
+        return values
+
+
+#: The positional orders fit reads, chosen by what comes first.
+TORCHKERAS_ORDER = ("epochs", "dl_train", "dl_val", "log_step_freq", "callbacks", "verbose")
+LOADER_ORDER = ("dl_train", "dl_val", "epochs")  # torchkeras 4's fit(train_data, val_data, epochs)
+KERAS_ORDER = ("x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_split", "validation_data",
+               "shuffle", "class_weight", "sample_weight", "initial_epoch", "steps_per_epoch", "validation_steps")
+
+
+def fit_order(data: tuple) -> tuple:
+    """Which names fit's positional arguments have: torchkeras 1.x's ``fit(epochs, dl_train, dl_val, ...)``
+    when the first is a number; torchkeras 4's ``fit(train_data, val_data, epochs)`` when it is a loader
+    (anything iterable over batches but not an array); else Keras' ``fit(x, y, batch_size, epochs, ...)``.
+
+    >>> fit_order((10, [(1, 2)]))[:2], fit_order(([(1, 2)],))[:1], fit_order((torch.zeros(3), torch.zeros(3)))[:2]
+    (('epochs', 'dl_train'), ('dl_train',), ('x', 'y'))
+    """
+    if not data:
+        return ()
+    first = data[0]
+    if first is None or isinstance(first, (numbers.Number, str)):  # an epoch count (checked as one later)
+        order = TORCHKERAS_ORDER
+    elif inputs.is_loader(first):
+        order = LOADER_ORDER
+    else:
+        order = KERAS_ORDER
+    if len(data) > len(order):
+        raise TypeError(f"fit got {len(data)} positional arguments; in this order ({', '.join(order)}) it takes "
+                        f"at most {len(order)}: pass the others by name")
+    return order[: len(data)]
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckedFit:
+    """What ``check_fit`` decided: the run's settings, epochs, loaders, callbacks and the resume to apply."""
+
+    options: FitOptions
+    start: int  # epochs finished before this fit
+    epochs: int  # epochs this fit runs
+    dl_train: Any
+    dl_val: Any
+    callbacks: List[Callback]
+    weighting: Optional[SampleWeighting]
+    resume: Optional[checkpoint.Resume]
+
+
+def check_net(net: Any, own_forward: bool) -> Any:
+    """``Model(net)``'s argument: a module, or None for a subclass with its own ``forward``; returns ``net``."""
+    if net is None and not own_forward:
+        raise TypeError("torchfit.Model(net) needs the torch.nn.Module to train, e.g. Model(nn.Sequential(...)); "
+                        "or subclass torchfit.Model, define your layers in __init__ and a forward method")
+    if net is not None and not isinstance(net, torch.nn.Module):
+        raise TypeError(f"torchfit.Model(net) needs a torch.nn.Module; got {type(net).__name__}. "
+                        "Define your network as an nn.Module subclass (or nn.Sequential) and pass that")
+    return net
+
+
+def check_compiled(model: Any, verb: str, setup: Any) -> None:
+    """``model.<verb>`` can run: compiled (``setup`` is what compile resolved), with a loss unless the
+    step is the user's own; ``fit`` also needs something to train and no call in progress."""
+    if setup is None:
+        raise NotCompiledError(f"call model.compile(loss=..., optimizer=..., metrics=...) before model.{verb}(...)")
+    overridden = {"fit": "train_step", "evaluate": "eval_step"}.get(verb)
+    if model.loss_fn is None and overridden and model._default_step(overridden):
+        raise NotCompiledError(
+            f"model.{verb} needs a loss: call model.compile(loss=nn.CrossEntropyLoss(), ...) "
+            f"(or override {overridden} to compute your own)"
+        )
+    if verb != "fit":
+        return
+    if model._default_step("train_step") and not any(p.requires_grad for p in model.net.parameters()):
+        raise ValueError(
+            "fit has nothing to train: every parameter of the net has requires_grad=False (frozen). "
+            "Unfreeze what should learn, e.g. for p in model.net.head.parameters(): p.requires_grad_(True), "
+            "then compile again; evaluate and predict work on a frozen net as it is"
+        )
+    if setup.foreign_optimizer is not None:
+        raise ValueError(f"fit cannot train with the compiled optimizer: {setup.foreign_optimizer}")
+    if model.run is not None:
+        raise RuntimeError(
+            "model.fit was called while this model is already in a fit, evaluate or predict call "
+            "(from a callback?). Finish that call first: set model.stop_training = True in the "
+            "callback and call fit again after it returns"
+        )
+
+
+def check_fit(model: Any, args: FitArgs) -> CheckedFit:
+    """Every argument of ``fit`` checked against ``model`` before anything changes; ``resume_from``'s
+    checkpoint is read and checked, not applied."""
+    epochs = check_count("epochs", args.epochs, minimum=0)
+    options = FitOptions.check(args.verbose, args.log_step_freq, args.grad_accum_steps, args.grad_clip_norm,
+                               args.grad_clip_value, args.progress_bar, args.fast_path, args.steps_per_epoch,
+                               args.validation_steps, args.validation_freq)
+    first_epoch = check_initial_epoch(args.initial_epoch, epochs, args.resume_from)
+    dl_train, dl_val = inputs.fit_loaders(
+        args.dl_train, args.dl_val, x=args.x, y=args.y, target=args.target, batch_size=args.batch_size,
+        validation_split=args.validation_split, validation_data=args.validation_data, shuffle=args.shuffle,
+        seed=args.seed, loss_fn=model.loss_fn, epoch=model.epoch, sample_weight=args.sample_weight)
+    if dl_train is None:
+        raise TypeError("fit needs a training loader: model.fit(epochs, dl_train, dl_val=None)")
+    weighting = weighting_for(model.loss_fn, args.class_weight, args.sample_weight, model._default_step("train_step"))
+    check_loader("dl_train", dl_train)
+    if dl_val is not None:
+        check_loader("dl_val", dl_val)
+    callbacks = check_callbacks(args.callbacks)
+    if args.plot:
+        callbacks.append(LivePlot())
+    if args.profile:  # one Profiler per model (model.profiler), its rows continuing across fits
+        callbacks.append(profiling.attach(model))
+    if args.lr_scheduler is not None:
+        callbacks.append(from_fit_argument(args.lr_scheduler, dl_val is not None, model.optimizer))
+    if args.overfit_batches is not None:  # the same first n batches for training and validation, every epoch
+        dl_train = dl_val = first_batches(dl_train, check_count("overfit_batches", args.overfit_batches, 1))
+    resume = None
+    if first_epoch is not None:  # Keras' initial_epoch: epochs is the number of the last epoch
+        epochs -= first_epoch
+    elif args.resume_from is not None:  # read and checked now, applied once fit's own checks pass
+        resume = checkpoint.Resume.plan(model, args.resume_from, epochs)
+        epochs, first_epoch = resume.epochs_left, resume.start
+    start = model.epoch if first_epoch is None else first_epoch
+    check_reiterable(epochs, dl_train, dl_val, options.steps_per_epoch)
+    return CheckedFit(options, start, epochs, dl_train, dl_val, callbacks, weighting, resume)
 
 
 def announcer(cbs: CallbackList) -> Callable[..., None]:
@@ -145,3 +339,26 @@ def weighting_for(loss_fn: Any, class_weight: Any, sample_weight: Any, default_s
         raise TypeError("class_weight / sample_weight act in the default train_step; your overridden "
                         "train_step gets (x, y, w) batches and weighs them itself")
     return SampleWeighting(loss_fn, class_weight)  # a loss without per-sample values fails here
+
+
+#: Keras' positional order of evaluate(x, y, batch_size, verbose); torchfit's is evaluate(dl, callbacks).
+KERAS_EVALUATE_ORDER = ("x", "y", "batch_size", "verbose")
+
+
+def evaluate_args(data: tuple, **named: Any) -> Dict[str, Any]:
+    """evaluate's arguments with the positional ones named: ``evaluate(dl, callbacks)`` when the first
+    is a loader, Keras' ``evaluate(x, y, batch_size, verbose)`` otherwise.
+
+    >>> evaluate_args((torch.zeros(2), torch.zeros(2)), dl=None, callbacks=None, x=None, y=None, batch_size=None,
+    ...               verbose=0)["y"].shape
+    torch.Size([2])
+    """
+    order = ("dl", "callbacks") if data and inputs.is_loader(data[0]) else KERAS_EVALUATE_ORDER
+    if len(data) > len(order):
+        raise TypeError(f"evaluate got {len(data)} positional arguments; in this order ({', '.join(order)}) it "
+                        f"takes at most {len(order)}: pass the others by name")
+    for name, value in zip(order, data):
+        if named[name] is not None and named[name] is not (0 if name == "verbose" else None):
+            raise TypeError(f"evaluate got {name} twice, by position and as {name}=; pass it once")
+        named[name] = value
+    return named

@@ -11,6 +11,7 @@ from typing import Any, Callable, Union
 import torch
 
 from .batch import to_device
+from .formatting import count_of
 
 DeviceLike = Union[str, torch.device, int, None]
 
@@ -46,7 +47,7 @@ def resolve_device(device: DeviceLike = None) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(
                 f"device={device!r} does not exist: this machine has "
-                f"{torch.cuda.device_count()} CUDA device(s)"
+                f"{count_of(torch.cuda.device_count(), 'CUDA device')}"
             )
     elif dev.type == "mps":
         mps = getattr(torch.backends, "mps", None)

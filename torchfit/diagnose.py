@@ -19,6 +19,7 @@ from torch import nn
 
 from .batch import describe
 from .errors import MetricError, StepError
+from .formatting import count_of
 
 _TORCHFIT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _MODULE_CALL = os.path.join("torch", "nn", "modules", "module.py")
@@ -63,8 +64,10 @@ def _loss_hint(loss_fn: Any, preds: Any, targets: Any) -> Optional[str]:
             return ("it expects class indices of shape (N,) (int64), and the targets are a column (N, 1). "
                     "Fix: y.squeeze(1).long() (or make the dataset return 1-d labels)")
         if t.dim() == 2 and t.shape[1] != c:
-            return (f"the targets have {t.shape[1]} columns (one-hot?) but the net outputs {c} classes. Fix: make "
-                    f"the last layer output {t.shape[1]} classes, or one-hot encode with {c} classes")
+            return (f"the targets have {count_of(t.shape[1], 'column')} (one-hot?) but the net outputs "
+                    f"{count_of(c, 'class', 'classes')}. Fix: make the last layer output "
+                    f"{count_of(t.shape[1], 'class', 'classes')}, or one-hot encode with "
+                    f"{count_of(c, 'class', 'classes')}")
         if t.is_floating_point():
             return ("it expects class indices as int64 (or per-class probabilities of the output's shape), and the "
                     f"targets are {str(t.dtype).replace('torch.', '')}. Fix: y.long() (labels must be whole "
@@ -72,7 +75,8 @@ def _loss_hint(loss_fn: Any, preds: Any, targets: Any) -> Optional[str]:
         if t.dim() == 1 and t.numel():
             lo, hi = int(t.min()), int(t.max())  # a sync, after the failure only
             if lo < 0 or hi >= c:
-                return (f"the targets hold class indices from {lo} to {hi}, but the net outputs {c} classes "
+                return (f"the targets hold class indices from {lo} to {hi}, but the net outputs "
+                        f"{count_of(c, 'class', 'classes')} "
                         f"(indices 0 to {c - 1}). Fix: give the last layer {hi + 1} outputs, or relabel the classes "
                         "from 0")
         return None
@@ -141,8 +145,8 @@ def _layer_hint(module: nn.Module, x: Any) -> Optional[str]:
     if isinstance(module, nn.modules.conv._ConvNd):
         dims, kind = len(module.kernel_size), type(module).__name__
         if x.dim() == dims + 1 and x.shape[0] != module.in_channels:
-            return (f"a {kind} takes (N, C, ...) input with {dims} spatial dimension(s); this one has no channel "
-                    f"dimension. Fix: x.unsqueeze(1) for single-channel data (N, 1, ...)")
+            return (f"a {kind} takes (N, C, ...) input with {count_of(dims, 'spatial dimension')}; this one has no "
+                    "channel dimension. Fix: x.unsqueeze(1) for single-channel data (N, 1, ...)")
         if x.dim() not in (dims + 1, dims + 2):
             return f"a {kind} takes {dims + 2}-d (N, C, ...) input, this is {x.dim()}-d. Fix: reshape it to (N, C, ...)"
         channels = x.shape[1] if x.dim() == dims + 2 else x.shape[0]

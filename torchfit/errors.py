@@ -4,6 +4,19 @@ Each message names the problem and the fix; the original exception, where there
 is one, stays chained (``raise ... from exc``).
 """
 
+# The name torchfit is published under on the package index (the import name stays ``torchfit``):
+# plain "torchfit" there is an unrelated project. Install hints are built from it.
+DISTRIBUTION = "torchfit-keras"
+
+
+def install_hint(extra: str) -> str:
+    """The pip command that installs torchfit with an optional extra, quoted for any shell.
+
+    >>> install_hint("plot")
+    'pip install "torchfit-keras[plot]"'
+    """
+    return f'pip install "{DISTRIBUTION}[{extra}]"'
+
 
 class NotCompiledError(RuntimeError):
     """fit/evaluate/predict was called before ``compile``."""

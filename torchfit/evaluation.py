@@ -25,6 +25,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .formatting import count_of
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
@@ -134,7 +136,8 @@ def _names(target_names: Optional[Sequence[str]], shown: List[int]) -> List[Any]
     if target_names is None:
         return shown
     if len(target_names) != len(shown):
-        raise ValueError(f"target_names has {len(target_names)} names for {len(shown)} classes {shown}; give one "
+        raise ValueError(f"target_names has {count_of(len(target_names), 'name')} for "
+                         f"{count_of(len(shown), 'class', 'classes')} {shown}; give one "
                          "name per class")
     return list(target_names)
 

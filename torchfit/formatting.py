@@ -15,6 +15,13 @@ The rule:
 - a nonzero figure that 3 decimals would show as ``0.000`` gets 3 significant digits
   (``2.35e-05``); huge ones too (``1.235e+09``);
 - counts (``epoch``, ``step``, ints) as integers; nan and inf as ``nan``, ``inf``.
+
+In a table (``Columns``) each column keeps one layout for the whole run: the decimal
+point stays in one place and the width is decided before the first row, with room for
+the digits the column's kind may need later (a loss that falls to ``4.89e-04``, a rate
+of ``9.877e-05``), so a figure that needs more digits gets them without moving the
+others. Only a figure the room was not made for (a loss above 9.999, a 3-digit epoch)
+widens its column, once.
 """
 from __future__ import annotations
 
@@ -23,13 +30,15 @@ import math
 import numbers
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-__all__ = ["format_figure", "is_rate", "Figures", "figure_widths"]
+__all__ = ["format_figure", "is_rate", "Figures", "figure_widths", "ColumnFormat", "Columns", "count_of"]
 
 PLACES = 3
 # Keys that count things: shown as integers even when they arrive as floats.
 COUNT_KEYS = frozenset({"epoch", "step", "global_step", "batch", "steps"})
 # The widest text of a rate with 4 significant digits: 0.0009877, 9.877e-05.
 RATE_WIDTH = 9
+# Figures that stay between 0 and 1 in practice: their columns make room for 3 decimals only.
+BOUNDED = ("accuracy", "acc", "auc", "f1", "precision", "recall", "r2")
 
 
 def is_rate(key: Optional[str]) -> bool:
@@ -155,3 +164,118 @@ def columns_of(rows: List[Mapping[str, Any]]) -> List[str]:
     for row in rows:
         columns.extend(k for k in row if k not in columns)
     return columns
+
+
+def count_of(n: int, noun: str, plural: Optional[str] = None) -> str:
+    """``n`` and the noun, singular for one: what an error says about a count.
+
+    >>> count_of(1, "class", "classes"), count_of(3, "class", "classes"), count_of(2, "column")
+    ('1 class', '3 classes', '2 columns')
+    """
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"
+
+
+def is_bounded(key: Optional[str]) -> bool:
+    """Whether ``key`` names a figure between 0 and 1 (accuracy, AUC, F1...), which never needs
+    more than 3 decimals in practice (``val_accuracy``, ``digit_accuracy`` count too)."""
+    name = (key or "").lower()
+    return any(name == b or name.endswith("_" + b) for b in BOUNDED)
+
+
+def _split(text: str) -> tuple:
+    """``("12", ".500")``: the text before its decimal point (or exponent) and the rest."""
+    for mark in (".", "e"):
+        at = text.find(mark)
+        if at > 0:
+            return text[:at], text[at:]
+    return text, ""
+
+
+class ColumnFormat:
+    """One column of a table, laid out the same way for a whole run.
+
+    The figure's text is ``format_figure``'s; the column places it so that the decimal
+    points (or, for ``1e-07``, the exponents) line up, and pads every figure to one
+    width. The width is decided before the first figure, from the column's kind:
+
+    - losses and other unbounded figures make room for ``4.89e-04`` (3 significant
+      digits of a figure below 0.0005), so a loss falling from 2 to 1e-5 never moves;
+    - figures between 0 and 1 (accuracy, AUC, F1...) for 3 decimals;
+    - rates for 4 significant digits (``0.0009877``, ``9.877e-05``);
+    - counts for their digits.
+
+    >>> col = ColumnFormat("loss")
+    >>> [col.text(v) for v in (2.1, 0.000489, 1e-05)]
+    ['2.100   ', '4.89e-04', '1.00e-05']
+    >>> col.width, ColumnFormat("accuracy").text(0.5), ColumnFormat("lr").text(1e-07)
+    (8, ' 0.500  ', '1e-07    ')
+    """
+
+    def __init__(self, key: str, places: int = PLACES):
+        self.key = key
+        self.places = places
+        self.head = 1  # characters before the decimal point
+        if key in COUNT_KEYS:
+            self.tail = 0
+        elif is_rate(key):
+            self.tail = RATE_WIDTH - 1  # ".0009877", ".877e-05"
+        elif is_bounded(key):
+            self.tail = 1 + places  # ".805"
+        else:
+            self.tail = places + 4  # "4.89e-04": ".89e-04" after the "4"
+        self.width = max(len(str(key)), self.head + self.tail)
+
+    def observe(self, value: Any) -> None:
+        """Make room for ``value`` (a figure wider than planned widens the column, once)."""
+        text = format_figure(value, self.key, self.places)
+        if text in ("nan", "inf", "-inf", "") or not _split(text)[0].lstrip("-").isdigit():
+            self.width = max(self.width, len(text))
+            return
+        head, tail = _split(text)
+        self.head, self.tail = max(self.head, len(head)), max(self.tail, len(tail))
+        self.width = max(self.width, self.head + self.tail)
+
+    def text(self, value: Any) -> str:
+        """``value``'s text padded to the column's width, its decimal point in the column's place."""
+        self.observe(value)
+        text = format_figure(value, self.key, self.places)
+        head, tail = _split(text)
+        if not head.lstrip("-").isdigit():  # nan, inf, a string: centred
+            return text.center(self.width)
+        body = head.rjust(self.head) + tail.ljust(self.tail)
+        return body.center(self.width)  # under a wider header, as prettytable centres it
+
+
+class Columns:
+    """The columns of a run's epoch tables, in first-seen order, each a ``ColumnFormat``.
+
+    A printer keeps one ``Columns`` for a whole fit: every epoch's table is laid out
+    by it, so the tables line up down the screen.
+
+    >>> cols = Columns()
+    >>> cols.cells({"epoch": 1, "loss": 2.0}), cols.cells({"epoch": 2, "loss": 0.0004})
+    (['  1  ', '2.000   '], ['  2  ', '4.00e-04'])
+    """
+
+    def __init__(self) -> None:
+        self.formats: Dict[str, ColumnFormat] = {}
+
+    def add(self, key: str) -> None:
+        """Plan a column before its first figure (a printer knows a run's keys when it begins)."""
+        self.formats.setdefault(key, ColumnFormat(key))
+
+    def observe(self, row: Mapping[str, Any]) -> None:
+        for key, value in row.items():
+            self.formats.setdefault(key, ColumnFormat(key)).observe(value)
+
+    @property
+    def names(self) -> List[str]:
+        return list(self.formats)
+
+    def widths(self) -> Dict[str, int]:
+        return {key: f.width for key, f in self.formats.items()}
+
+    def cells(self, row: Mapping[str, Any], columns: Optional[List[str]] = None) -> List[str]:
+        self.observe(row)
+        columns = self.names if columns is None else columns
+        return [self.formats[c].text(row[c]) if c in row else " " * self.formats[c].width for c in columns]

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
+from .formatting import count_of
+
 __all__ = ["DEFAULT_BATCH_SIZE", "split_indices", "fit_loaders", "eval_loader", "predict_loader"]
 
 DEFAULT_BATCH_SIZE = 32
@@ -107,7 +109,7 @@ def fit_loaders(
         raise TypeError("fit got validation_split and validation data; pass either "
                         "validation_split=0.2 (split off the training data) or validation_data=(Xv, Yv)")
 
-    if x is None and _is_loader(data):
+    if x is None and is_loader(data):
         _reject_loader_options("fit", batch_size=batch_size, shuffle=shuffle, y=y, target=target,
                                validation_split=validation_split, sample_weight=sample_weight)
         train: Iterable = data
@@ -145,7 +147,7 @@ def eval_loader(dl: Any, *, x: Any = None, y: Any = None, target: Target = None,
     data = _pick_data("evaluate", dl, x, "dl")
     if data is None:
         raise TypeError("evaluate needs data: model.evaluate(dl) with a DataLoader, or model.evaluate(x=X, y=Y)")
-    if x is None and _is_loader(data):
+    if x is None and is_loader(data):
         _reject_loader_options("evaluate", batch_size=batch_size, y=y, target=target)
         return data
     return _loader(_dataset("evaluate", data, y, target, loss_fn, "x" if x is not None else "dl"),
@@ -164,7 +166,7 @@ def predict_loader(dl: Any, *, x: Any = None, target: Target = None, batch_size:
     data = _pick_data("predict", dl, x, "dl")
     if data is None:
         raise TypeError("predict needs data: model.predict(dl) with a DataLoader, or model.predict(x=X)")
-    if x is None and _is_loader(data):
+    if x is None and is_loader(data):
         _reject_loader_options("predict", batch_size=batch_size, target=target)
         return data
     if isinstance(data, Dataset):
@@ -190,9 +192,9 @@ def _is_array(obj: Any) -> bool:
     return isinstance(obj, (torch.Tensor, np.ndarray, pd.DataFrame, pd.Series))
 
 
-def _is_loader(obj: Any) -> bool:
-    # Anything iterable that is not data we know how to batch is a loader (DataLoader,
-    # a generator, a list of batches...): the loop takes it as it is, as it always did.
+def is_loader(obj: Any) -> bool:
+    """Whether ``obj`` is a loader: anything iterable that is not data torchfit batches itself
+    (a DataLoader, a generator, a list of batches...); the loop takes it as it is."""
     return not (_is_array(obj) or isinstance(obj, (Dataset, str, bytes, dict))) and hasattr(obj, "__iter__")
 
 
@@ -288,7 +290,7 @@ def _val_loader(source: Any, target: Target, batch_size: Optional[int], loss_fn:
     if name == "validation_data" and isinstance(source, tuple):
         raise TypeError(f"validation_data as a tuple must be (X_val, Y_val), two arrays or tensors; got a tuple "
                         f"of {len(source)} ({', '.join(type(v).__name__ for v in source)})")
-    if _is_loader(source):
+    if is_loader(source):
         return source  # a loader (or a list of batches) as before
     return _loader(_dataset("fit", source, None, target, loss_fn, name), batch_size, shuffle=False)
 
@@ -365,6 +367,6 @@ def _tensor(data: Any, name: str, bce: bool = False, features: bool = False) -> 
         raise ValueError(f"{name} is a single number; it needs a first dimension with one entry per sample")
     if t.is_floating_point() and t.device.type == "cpu" and not bool(torch.isfinite(t).all()):
         bad_rows = int((~torch.isfinite(t.reshape(len(t), -1))).any(dim=1).sum())
-        raise ValueError(f"{name} has NaN or inf in {bad_rows} row(s); drop or fill them first "
+        raise ValueError(f"{name} has NaN or inf in {count_of(bad_rows, 'row')}; drop or fill them first "
                          "(df.dropna() / df.fillna(...) / np.nan_to_num)")
     return t

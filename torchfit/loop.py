@@ -34,12 +34,14 @@ import torch
 from torch import nn
 
 from .batch import describe, to_device
+from .callbacks.base import RunningLogs
 from .checkpoint import preserved_rng
 from .diagnose import LossError, step_failure
 from .metrics import Tracker, copy_metrics
 from .errors import MetricError, StepError
 from .losses import TargetError
 from .fast_path import iter_batches
+from .loaders import loader_length
 
 EMPTY: Mapping[str, float] = {}
 _CPU = torch.device("cpu")
@@ -78,12 +80,14 @@ class RunConfig:
     loaders: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # fit's loaders by argument name
     validation_freq: int = 1  # validate every n-th epoch
     weighting: Any = None  # losses.SampleWeighting: Keras' sample_weight / class_weight
+    strategy: Any = None  # distributed's strategy of the call (SingleProcess in one process)
+    train_step: Optional[Callable[[Any], Any]] = None  # an overridden train_step, windowed (optim.OptimizerStep.around)
 
 
 class Run:
     """One call's config plus the counters the loop advances while it runs.
 
-    ``model._run`` during a call: steps read ``config`` (precision, the net to
+    ``model.run`` during a call: steps read ``config`` (precision, the net to
     call, the optimizer step); callbacks may read ``epoch``, ``batch_idx`` and
     ``last_result`` and end training with ``stop(reason)``.
     """
@@ -106,13 +110,6 @@ class Run:
         model.stop_training = True
 
 
-def loader_length(loader: Iterable) -> Optional[int]:
-    try:
-        return len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
 def nonfinite_loss(value: Optional[float], where: str) -> Optional[str]:
     """The reason to stop when a loss figure is NaN or infinite, else None (the one check of it)."""
     if value is None or math.isfinite(value):
@@ -129,7 +126,7 @@ class _Phase(NamedTuple):
 
 
 TRAIN = _Phase("train", "train_step", "on_train_batch_begin", "on_train_batch_end", True)
-EVAL = _Phase("validation", "eval_step", "on_test_batch_begin", "on_test_batch_end", False)
+EVAL = _Phase("validation", "test_step", "on_test_batch_begin", "on_test_batch_end", False)  # -> eval_step
 PREDICT = _Phase("predict", "predict_step", "on_predict_batch_begin", "on_predict_batch_end", False)
 
 
@@ -143,7 +140,8 @@ def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: 
     """
     config = run.config
     cbs = config.callbacks
-    begin, end, step_fn = getattr(cbs, phase.begin), getattr(cbs, phase.end), getattr(model, phase.step)
+    begin, end = getattr(cbs, phase.begin), getattr(cbs, phase.end)
+    step_fn = config.train_step if phase is TRAIN and config.train_step is not None else getattr(model, phase.step)
     n_batches = run.n_batches = loader_length(loader)
     training = phase is TRAIN
     optim = config.optim if training else None
@@ -154,10 +152,11 @@ def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: 
     move = config.move
     step = 0
     run.epoch_complete = False
+    strip = tracker.prefix if tracker is not None else ""
     with torch.enable_grad() if phase.grad else torch.no_grad():
         for step, batch in enumerate(config.iterate(loader), 1):
             run.batch_idx = step
-            begin(step, EMPTY)
+            begin(step - 1, EMPTY)  # Keras' 0-based batch index
             batch = move(batch)
             if optim is not None:
                 optim.start_batch(step)
@@ -177,14 +176,16 @@ def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: 
                 raise StepError(f"{where}: {step_failure(model, exc)} (batch shapes {describe(batch)})") from cause
             run.last_result = out
             consume(out)
-            if log_every is not None and step % log_every == 0:
+            if phase is PREDICT:
+                end(step - 1, {"outputs": out})
+            elif log_every is not None and step % log_every == 0:
                 logs = {"step": step, **tracker.compute()}
-                end(step, logs)
+                end(step - 1, RunningLogs(tracker, step, values=logs))
                 reason = nonfinite_loss(logs.get("loss"), f"at epoch {run.epoch}, step {step}")
                 if reason:
                     run.stop(reason, model)
             else:
-                end(step, EMPTY)
+                end(step - 1, RunningLogs(tracker, step, strip))
             if training and model.stop_training:
                 break
         else:
@@ -216,7 +217,8 @@ def validate(model: Any, loader: Iterable, run: Run, tracker: Any) -> Dict[str, 
     cbs = run.config.callbacks
     cbs.on_test_begin({})
     logs = run_epoch(model, loader, run, tracker, training=False)
-    cbs.on_test_end(logs)
+    n = len(tracker.prefix)
+    cbs.on_test_end({k[n:] if k.startswith(tracker.prefix) else k: v for k, v in logs.items()})  # Keras' keys
     return logs
 
 
@@ -228,44 +230,6 @@ def predict(model: Any, loader: Iterable, run: Run) -> Any:
     model.net.eval()
     run_batches(model, loader, run, PREDICT, lambda out: outputs.append(to_device(out, _CPU)))
     return concat(outputs)
-
-
-class _StepLimit:
-    """``steps`` batches of ``loader`` per pass, starting it again when it runs out (Keras' steps_per_epoch)."""
-
-    def __init__(self, loader: Iterable, steps: int, iterate: Callable[[Iterable], Iterator]):
-        self.loader, self.steps, self.iterate = loader, steps, iterate
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self) -> Iterator[Any]:
-        given = 0
-        while given < self.steps:
-            fresh = True
-            for batch in self.iterate(self.loader):
-                fresh = False
-                yield batch
-                given += 1
-                if given == self.steps:
-                    return
-            if fresh:
-                raise ValueError("the loader yielded no batches; steps_per_epoch/validation_steps need at least one")
-
-
-def limit_steps(loader: Iterable, steps: Optional[int], iterate: Callable[[Iterable], Iterator]) -> Iterable:
-    """``loader`` cut (or extended, by starting it again) to ``steps`` batches per pass; as is for None."""
-    return loader if steps is None else _StepLimit(loader, steps, iterate)
-
-
-def first_batches(loader: Iterable, n: int) -> List[Any]:
-    """The first ``n`` batches of ``loader``, drawn once (``fit(overfit_batches=n)``)."""
-    batches: List[Any] = []
-    for batch in loader:
-        batches.append(batch)
-        if len(batches) == n:
-            break
-    return batches
 
 
 def check_first_batch(model: Any, dl_val: Iterable, run: Run) -> None:
@@ -283,7 +247,7 @@ def check_first_batch(model: Any, dl_val: Iterable, run: Run) -> None:
             return  # an empty loader is reported where it is iterated
         batch = run.config.move(batch)
         try:
-            out = model.eval_step(batch)
+            out = model.test_step(batch)  # eval_step, or a Keras test_step
         except Exception as exc:
             cause = exc.__cause__ if isinstance(exc, LossError) and exc.__cause__ is not None else exc
             raise StepError(f"validation step failed on dl_val's first batch, checked before training (nothing "
@@ -292,9 +256,7 @@ def check_first_batch(model: Any, dl_val: Iterable, run: Run) -> None:
         probe.reset()
         probe.update(out)
         probe.compute()
-        reshard = getattr(model.net, "reshard", None)
-        if callable(reshard):  # FSDP's root keeps its gathered weights after a forward: the fit needs the shards
-            reshard()
+        run.config.strategy.settle(model.net)  # e.g. a sharded net's root gathered by this forward
 
 
 # ------------------------------------------------------------------- fit
@@ -318,13 +280,14 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
     buffers = {name: b.detach().clone() for name, b in model.net.named_buffers()}
     first_step = model.global_step
     model.stop_training = False
+    last_logs: Dict[str, Any] = {}
     try:
         cbs.on_train_begin({})
         if resume_state is not None:
             restore_callbacks(resume_state, list(cbs))  # after on_train_begin, which resets them
         for epoch in epochs:
             run.epoch = epoch
-            cbs.on_epoch_begin(epoch, {})
+            cbs.on_epoch_begin(epoch - 1, {})  # hooks get Keras' 0-based epoch; the history's column is 1-based
             logs = run_epoch(model, dl_train, run, train_tracker, training=True)
             reason = nonfinite_loss(logs.get("loss"), f"over epoch {epoch}")
             if reason:
@@ -339,7 +302,8 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
             if params["log_keys"] is None:  # overridden steps: the keys are known now
                 params = {**params, "log_keys": ["epoch", *logs]}
                 cbs.set_params(params)
-            cbs.on_epoch_end(epoch, {"epoch": epoch, **logs})
+            last_logs = {"epoch": epoch, **logs}
+            cbs.on_epoch_end(epoch - 1, last_logs)
             if model.stop_training:
                 break
     except KeyboardInterrupt as exc:
@@ -355,7 +319,7 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
         raise
     finally:
         restore_modes(modes)
-    cbs.on_train_end({})  # bars close here: the line below must not land on one
+    cbs.on_train_end(dict(last_logs))  # Keras: the last epoch's logs. Bars close here: the line below must not land on one
     if run.stopped_reason is not None and run.config.is_main_process:
         say(f"Stopped training: {run.stopped_reason}. model.history holds the {len(model.history)} finished "
             "epoch(s). Lower the learning rate, clip gradients (grad_clip_norm=1.0) or check the data for NaN/inf",

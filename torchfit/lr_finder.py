@@ -13,7 +13,7 @@ interrupted: parameters (and their ``.grad``), buffers (BatchNorm statistics,
 the grad scaler, the RNG states (torch CPU, CUDA when initialised, numpy,
 Python ``random``), the loader's generators, ``epoch``, ``global_step``,
 ``history``, ``step_history``, ``stop_training`` and the state fit keeps for
-checkpoints (``_fit_state``, ``_resume_state``). A range test that changed
+checkpoints (``model.training_state``, copied whole and restored). A range test that changed
 any of these would change the training that follows it (fastai #3013,
 Lightning #6675).
 """
@@ -94,10 +94,8 @@ def preserved_training_state(model: Any, loaders: Iterable[Any] = ()) -> Iterato
     precision = getattr(model, "precision", None)
     scaler = getattr(precision, "scaler", None)
     saved_scaler = copy.deepcopy(scaler.__dict__) if scaler is not None else None
-    attrs = {"epoch": model.epoch, "global_step": model.global_step, "stop_training": model.stop_training,
-             "_history_rows": [dict(r) for r in model._history_rows],
-             "_step_rows": [dict(r) for r in model._step_rows],
-             "_fit_state": model._fit_state, "_resume_state": model._resume_state}
+    stop_training = model.stop_training
+    state = model.training_state.copy()
     modes = [(m, m.training) for m in net.modules()]
     try:
         with preserved_rng(loaders):
@@ -120,10 +118,8 @@ def preserved_training_state(model: Any, loaders: Iterable[Any] = ()) -> Iterato
             scaler.__dict__.update(saved_scaler)
         for m, training in modes:
             m.training = training
-        for name, value in attrs.items():
-            # Through __dict__: epoch and friends are plain attributes, and nn.Module's
-            # __setattr__ would only add its checks.
-            model.__dict__[name] = value
+        model.stop_training = stop_training
+        model.training_state.restore(state)
 
 
 # --------------------------------------------------------------- the range test
@@ -271,10 +267,7 @@ def lr_find(model: Any, dl_train: Iterable, start_lr: float = 1e-7, end_lr: floa
     also when it raises.
     """
     _check_arguments(start_lr, end_lr, num_steps, mode, smooth, diverge_threshold)
-    if not getattr(model, "_compiled", False) or model.optimizer is None:
-        from .errors import NotCompiledError
-
-        raise NotCompiledError("call model.compile(loss=..., optimizer=...) before lr_find(...)")
+    model._require_compiled("lr_find")
     if _in_fit(model):
         raise RuntimeError("lr_find cannot run inside fit (from a callback); call it before or after fit")
     if not model.optimizer.param_groups:
@@ -287,7 +280,7 @@ def lr_find(model: Any, dl_train: Iterable, start_lr: float = 1e-7, end_lr: floa
         n = None
     epochs = math.ceil(num_steps / n) if n else num_steps
     with preserved_training_state(model, [dl_train]):
-        model._resume_state = None  # a loaded checkpoint is for the user's next fit, not for this one
+        model.training_state.take_pending_resume()  # a loaded checkpoint is for the user's next fit, not this one
         with warnings.catch_warnings():
             # A diverging range test ends in a non-finite loss by design: not worth fit's warning.
             warnings.filterwarnings("ignore", message="Stopped training: non-finite loss", category=RuntimeWarning)

@@ -1,57 +1,51 @@
 """``torchfit.Model``: the thin front users call.
 
-Owns argument checking (once per call, before any weight changes), assembling
-a call's run from the pieces below, and the step functions ``train_step`` /
-``eval_step`` / ``predict_step``: the one seam a subclass overrides for custom
-training. The epoch and batch loops live in ``loop``, the optimizer step in
-``optim``, metric maths in ``metrics``, printing and history in ``callbacks``,
-batches in ``batch``, devices in ``device``, autocast and the grad scaler in
-``precision``, multi-process pieces in ``distributed``, files in ``checkpoint``.
+Owns checking what a user passes (once per call, before any weight changes:
+``compiling``, ``arguments``), running a call through the pieces below, the
+training state (``state.TrainingState``, ``model.training_state``), and the step
+functions ``train_step`` / ``eval_step`` / ``predict_step``: the one seam a
+subclass overrides for custom training. An overridden ``train_step`` is right by
+construction (``optim``: it runs under the fit's autocast, and
+``self.optimizer`` inside it follows the accumulation window and the
+strategy's gradient averaging). The epoch and batch loops live in ``loop``,
+assembling a call in ``runs``, the default steps' loss in ``steps``, the
+optimizer step in ``optim``, metric maths in ``metrics``, printing and history
+in ``callbacks``, batches in ``batch``, multi-process strategies in
+``distributed``, files in ``checkpoint``.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import pandas as pd
 import torch
 from torch import nn
 
-from . import checkpoint, distributed, inputs, loop, runs
-from .arguments import (FitOptions, announcer, check_count, check_initial_epoch, check_loader, check_reiterable,
-                        weighting_for)
+from . import checkpoint, compiling, distributed, inputs, loop, runs, steps
+from .arguments import FitArgs, announcer, check_compiled, check_fit, check_loader, check_net, evaluate_args
 from .batch import as_tensors, batch_size_of, call_net, detach, predict_inputs, split_batch, to_device
 from .callbacks import Callback
-from .callbacks.base import check_callbacks
 from .callbacks.history import frame as history_frame
-from .callbacks.liveplot import LivePlot
-from .callbacks.schedulers import from_fit_argument
-from .device import resolve_device
-from .diagnose import LossError, loss_failure, user_traceback
-from .errors import NotCompiledError
+from .diagnose import user_traceback
 from .formatting import Figures
-from .heads import MultiLoss, head_metrics, is_per_output, resolve_loss
-from .losses import SampleWeighting, adapt_targets, check_targets
+from .losses import adapt_targets
 from .loop import Run, StepResult
-from .metrics import Tracker, copy_metrics, resolve_metrics
-from .optim import ForeignOptimizerError, move_optimizer_state, resolve_optimizer
 from .precision import PrecisionPolicy
+from .model_tools import ModelTools
+from .state import TrainingState, state_field
 
 
-class Model(nn.Module):
+class Model(ModelTools, nn.Module):
     """Wrap any ``nn.Module`` to get ``compile`` / ``fit`` / ``evaluate`` / ``predict`` / ``summary``.
 
     >>> model = Model(nn.Linear(4, 2))
     >>> model.compile(loss=nn.CrossEntropyLoss(), metrics=["accuracy"], device="cpu")  # doctest: +ELLIPSIS
     torchfit.Model(...)
-    >>> # history = model.fit(5, dl_train, dl_val)
 
-    ``model(x)`` calls the net, ``model.parameters()`` are the net's and
-    ``model.net`` is the net itself (its ``state_dict`` keeps its own key names).
-
-    A subclass that defines its own layers and ``forward`` is its own net, as in
-    torchkeras 1.x (``model.net`` is then the model itself):
+    ``model(x)`` calls the net, ``model.parameters()`` are the net's and ``model.net`` is the net
+    itself. A subclass with its own layers and ``forward`` is its own net (torchkeras 1.x):
 
     >>> class Net(Model):
     ...     def __init__(self):
@@ -65,37 +59,20 @@ class Model(nn.Module):
 
     def __init__(self, net: Optional[nn.Module] = None):
         super().__init__()
-        if net is None:
-            if type(self).forward is Model.forward:
-                raise TypeError(
-                    "torchfit.Model(net) needs the torch.nn.Module to train, e.g. Model(nn.Sequential(...)); "
-                    "or subclass torchfit.Model, define your layers in __init__ and a forward method"
-                )
-        elif not isinstance(net, nn.Module):
-            raise TypeError(
-                f"torchfit.Model(net) needs a torch.nn.Module; got {type(net).__name__}. "
-                "Define your network as an nn.Module subclass (or nn.Sequential) and pass that"
-            )
-        else:
+        if check_net(net, own_forward=type(self).forward is not Model.forward) is not None:
             self.net = net
-        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self._optimizer: Optional[torch.optim.Optimizer] = None
         self.metrics: Dict[str, Any] = {}
         self.device: Optional[torch.device] = None
         self.precision: Optional[PrecisionPolicy] = None
-        self.strategy: Any = None  # compile(strategy=...): None/"ddp" or a distributed.FSDP
-        self._compiled = False
+        self.strategy: Any = None  # compile(strategy=...): None/"ddp" or a strategy's options (FSDP(...))
+        self._setup: Optional[compiling.Compiled] = None  # what compile resolved (None before compile)
         object.__setattr__(self, "loss_fn", None)  # not registered as a submodule: state_dict stays the net's
-        self._foreign_optimizer: Optional[str] = None  # why fit must refuse the compiled optimizer
-        self._history_rows: List[Dict[str, float]] = []
-        self._step_rows: List[Dict[str, float]] = []  # logging points, across fit calls (StepHistory)
-        self.epoch = 0  # epochs finished so far, across fit calls
-        self.global_step = 0  # optimizer steps taken so far
+        self.training_state = TrainingState()  # epochs, steps, histories, what the next save/fit continues from
         self.stop_training = False
         self._run: Optional[Run] = None
         self.jit_compile: Union[bool, Mapping[str, Any]] = False
-        object.__setattr__(self, "_jit_net", None)  # torch.compile's wrapper; not a submodule either
-        self._fit_state: Optional[dict] = None  # RNG/loaders/callbacks as the last fit left them (checkpoints)
-        self._resume_state: Optional[dict] = None  # loaded from a checkpoint, for the next fit
+        self.profiler: Any = None  # fit(profile=True)'s Profiler: model.profiler.frame(), .plot()
 
     # ------------------------------------------------------------------ basics
     @property
@@ -107,7 +84,8 @@ class Model(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._modules["net"](*args, **kwargs)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, training: Optional[bool] = None, **kwargs: Any) -> Any:
+        # Keras' self(x, training=True): the modes are the loop's (train in fit, eval in evaluate), as in Keras' fit
         if self._run is None and self.device is not None:
             # A user's own call (Keras' model(x)): numpy arrays and tensors on another device are
             # brought to the model. Steps (self._run is set) call the net directly and pay nothing.
@@ -121,198 +99,112 @@ class Model(nn.Module):
         return f"torchfit.Model(\n  {inner}\n)"
 
     @property
+    def optimizer(self) -> Optional[torch.optim.Optimizer]:
+        """The compiled optimizer; inside an overridden ``train_step``, a view of it whose ``zero_grad``
+        and ``step`` follow the accumulation window (``optim.WindowedOptimizer``)."""
+        run = self.__dict__["_run"]
+        if run is not None and run.config.optim is not None and run.config.optim.in_user_step:
+            return run.config.optim.gate
+        return self.__dict__["_optimizer"]
+
+    @optimizer.setter
+    def optimizer(self, value: Optional[torch.optim.Optimizer]) -> None:
+        self.__dict__["_optimizer"] = value
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """``nn.Module.zero_grad``; inside an overridden ``train_step`` (Keras' recipe calls
+        ``self.zero_grad()``) it clears the gradients at the start of an accumulation window only."""
+        if self.optimizer is not self._optimizer:
+            self.optimizer.zero_grad()
+        else:
+            super().zero_grad(set_to_none)
+
+    @property
+    def run(self) -> Optional[Run]:
+        """The fit, evaluate or predict call in progress (``None`` outside one); callbacks read its
+        ``epoch``, ``batch_idx``, ``last_result`` and ``config``."""
+        return self._run
+
+    epoch = state_field("epoch", "Epochs finished so far, across fit calls.")
+    global_step = state_field("global_step", "Optimizer steps taken so far, across fit calls.")
+
+    @property
     def history(self) -> pd.DataFrame:
         """Every finished epoch so far: ``epoch``, ``loss``, metrics, ``val_`` figures."""
-        return history_frame(self._history_rows, ["epoch"])
+        return history_frame(self.training_state.history, ["epoch"])
 
     @property
     def step_history(self) -> pd.DataFrame:
-        """One row per training logging point: ``epoch``, ``step``, ``global_step``, ``lr``, ``loss``, metrics.
-
-        The figures are running means since the start of the epoch, as printed in the step
-        dicts; rows are recorded only at logging points (``log_step_freq``), so no extra sync.
-
-        >>> # model.step_history.plot(x="global_step", y="loss")
+        """One row per training logging point: ``epoch``, ``step``, ``global_step``, ``lr``, ``loss``, metrics
+        (running means since the epoch's start, as printed). ``model.step_history.plot(x="global_step", y="loss")``
         """
-        return history_frame(self._step_rows, ["epoch", "step", "global_step"])
-
-    def plot_history(self, metrics: Optional[Sequence[str]] = None, **kwargs: Any) -> Any:
-        """``torchfit.plot_history(model.history, metrics)``: a matplotlib Figure, a panel per quantity.
-
-        >>> # fig = model.plot_history(); fig.savefig("history.png")
-        """
-        from .plot import plot_history
-
-        return plot_history(self.history, metrics, **kwargs)
+        return history_frame(self.training_state.step_history, ["epoch", "step", "global_step"])
 
     # ----------------------------------------------------------------- compile
-    def compile(
-        self,
-        loss: Optional[Callable] = None,
-        optimizer: Union[torch.optim.Optimizer, str, Callable, None] = None,
-        metrics: Union[Mapping[str, Any], Sequence[Any], None] = None,
-        device: Union[str, torch.device, None] = None,
-        *,
-        loss_func: Optional[Callable] = None,
-        metrics_dict: Optional[Mapping[str, Any]] = None,
-        loss_weights: Union[Mapping[str, float], Sequence[float], None] = None,
-        precision: str = "32",
-        jit_compile: Union[bool, Mapping[str, Any]] = False,
-        strategy: Any = None,
-    ) -> "Model":
+    def compile(self, loss: Optional[Callable] = None,
+                optimizer: Union[torch.optim.Optimizer, str, Callable, None] = None,
+                metrics: Union[Mapping[str, Any], Sequence[Any], None] = None,
+                device: Union[str, torch.device, None] = None, *, loss_func: Optional[Callable] = None,
+                metrics_dict: Optional[Mapping[str, Any]] = None,
+                loss_weights: Union[Mapping[str, float], Sequence[float], None] = None, precision: str = "32",
+                jit_compile: Union[bool, Mapping[str, Any]] = False, strategy: Any = None) -> "Model":
         """Set the loss, optimizer, metrics, device and precision; returns the model.
 
         >>> model = Model(nn.Linear(4, 1)).compile(nn.MSELoss(), "sgd", ["mae"], device="cpu")
 
-        ``optimizer``: an optimizer over ``model.parameters()``, a name (``"adam"``,
-        ``"sgd"``...) or a factory called with the parameters; default
-        ``Adam(lr=1e-3)``. An optimizer built on another model's parameters is
-        accepted for ``evaluate``/``predict`` (torchkeras tutorials compile clones
-        that way) and refused by ``fit``. ``loss_func`` / ``metrics_dict`` are
-        torchkeras 1.x's names. ``loss`` may be a Keras name (``"sparse_categorical_crossentropy"``, ``"mse"``...:
-        ``torchfit.losses``), or, for a net returning a dict (or tuple) of outputs, a dict
-        (list) of losses with ``loss_weights``: the history then has ``loss`` (the
-        weighted total) and ``<output>_loss``, and ``metrics={"a": ["accuracy"]}`` gives
-        ``a_accuracy``. ``precision``: ``"32"``, ``"bf16"`` (CPU or CUDA)
-        or ``"16-mixed"`` (CUDA). ``jit_compile=True`` (Keras' name) runs the
-        training forward through ``torch.compile(net)``; a dict is passed to
-        ``torch.compile`` as options, e.g. ``{"mode": "max-autotune"}``.
-        evaluate/predict stay eager. ``strategy``: how several processes train:
-        ``"ddp"`` (the default) or ``"fsdp"`` / ``torchfit.distributed.FSDP(...)``.
+        ``optimizer``: an optimizer over ``model.parameters()``, a name (``"adam"``, ``"sgd"``...) or a
+        factory called with the parameters; default ``Adam(lr=1e-3)`` (one built on another model's
+        parameters serves evaluate/predict, and fit refuses it). ``loss_func`` / ``metrics_dict``:
+        torchkeras 1.x's names. ``loss``: a callable or a Keras name (``torchfit.losses``); for a net
+        with several outputs a dict (list) of losses with ``loss_weights`` (history: ``loss``,
+        ``<output>_loss``; ``metrics={"a": ["accuracy"]}`` gives ``a_accuracy``). ``precision``: ``"32"``,
+        ``"bf16"`` or ``"16-mixed"`` (CUDA). ``jit_compile``: True or ``torch.compile`` options for the
+        training forward. ``strategy``: ``"ddp"`` (the default under torchrun), ``"fsdp"`` or ``FSDP(...)``.
         """
-        if loss is not None and loss_func is not None:
-            raise TypeError("compile got both loss= and loss_func= (its torchkeras alias); pass only one")
-        if metrics is not None and metrics_dict is not None:
-            raise TypeError("compile got both metrics= and metrics_dict= (its torchkeras alias); pass only one")
-        loss = loss if loss is not None else loss_func
-        metrics = metrics if metrics is not None else metrics_dict
-        loss = resolve_loss(loss, loss_weights)
-        if loss is not None and not callable(loss):
-            raise TypeError(
-                f"loss must be callable as loss(preds, targets) -> scalar tensor; got {type(loss).__name__}. "
-                "Pass e.g. nn.CrossEntropyLoss() (an instance, not the class)"
-            )
-        if isinstance(loss, type):
-            raise TypeError(f"loss is the class {loss.__name__}; pass an instance: {loss.__name__}()")
-        dev = resolve_device(distributed.local_device(device))  # under torchrun: cuda:LOCAL_RANK
-        prec = PrecisionPolicy(precision, dev)
-        parallel = distributed.check_strategy(strategy)
-        if not isinstance(jit_compile, (bool, Mapping)):
-            raise TypeError(f"jit_compile must be True, False or a dict of torch.compile options; got {jit_compile!r}")
-        from_logits = True if isinstance(loss, nn.BCEWithLogitsLoss) or loss is nn.functional.binary_cross_entropy_with_logits else None
-        if is_per_output(metrics, loss):  # {"a": ["accuracy"], "b": ["mae"]}: a_accuracy, b_mae
-            resolved_metrics = head_metrics(metrics, loss, resolve_metrics)
-        else:
-            resolved_metrics = resolve_metrics(metrics, from_logits=from_logits)
-        try:
-            opt, foreign = resolve_optimizer(optimizer, self.net), None
-        except ForeignOptimizerError as exc:
-            opt, foreign = exc.optimizer, str(exc)
-        self.net.to(dev)
-        if isinstance(loss, (nn.Module, MultiLoss)):
-            loss.to(dev)
-        if foreign is None:
-            move_optimizer_state(opt, dev)
-        for m in resolved_metrics.values():
-            if isinstance(m, nn.Module):
-                m.to(dev)
-        object.__setattr__(self, "loss_fn", loss)
-        self.optimizer = opt
-        self._foreign_optimizer = foreign
-        self.metrics = resolved_metrics
-        self.device = dev
-        self.precision = prec
-        self.jit_compile = jit_compile if isinstance(jit_compile, bool) else dict(jit_compile)
-        object.__setattr__(self, "_jit_net", None)
-        self.strategy = parallel
-        self._compiled = True
+        c = compiling.resolve(self.net, loss, optimizer, metrics, device, loss_func=loss_func,
+                              metrics_dict=metrics_dict, loss_weights=loss_weights, precision=precision,
+                              jit_compile=jit_compile, strategy=strategy)
+        c.move_to_device(self.net)
+        object.__setattr__(self, "loss_fn", c.loss)
+        self.optimizer, self.metrics, self.device, self.precision = c.optimizer, c.metrics, c.device, c.precision
+        self.jit_compile, self.strategy, self._setup = c.jit_compile, c.strategy, c
         return self
 
     def _training_net(self) -> Callable:
         """The callable the train step runs: the net, or its torch.compile wrapper (built once)."""
-        if not self.jit_compile:
-            return self.net
-        if self._jit_net is None:
-            options = self.jit_compile if isinstance(self.jit_compile, dict) else {}
-            object.__setattr__(self, "_jit_net", torch.compile(self.net, **options))
-        return self._jit_net
+        return self._setup.training_net(self.net)
 
     def _require_compiled(self, verb: str) -> None:
-        if not self._compiled:
-            raise NotCompiledError(
-                f"call model.compile(loss=..., optimizer=..., metrics=...) before model.{verb}(...)"
-            )
-        overridden = {"fit": "train_step", "evaluate": "eval_step"}.get(verb)
-        if self.loss_fn is None and overridden and self._default_step(overridden):
-            raise NotCompiledError(
-                f"model.{verb} needs a loss: call model.compile(loss=nn.CrossEntropyLoss(), ...) "
-                f"(or override {overridden} to compute your own)"
-            )
-        if verb == "fit":
-            if self._default_step("train_step") and not any(p.requires_grad for p in self.net.parameters()):
-                raise ValueError(
-                    "fit has nothing to train: every parameter of the net has requires_grad=False (frozen). "
-                    "Unfreeze what should learn, e.g. for p in model.net.head.parameters(): p.requires_grad_(True), "
-                    "then compile again; evaluate and predict work on a frozen net as it is"
-                )
-            if self._foreign_optimizer is not None:
-                raise ValueError(f"fit cannot train with the compiled optimizer: {self._foreign_optimizer}")
-            if self._run is not None:
-                raise RuntimeError(
-                    "model.fit was called while this model is already in a fit, evaluate or predict call "
-                    "(from a callback?). Finish that call first: set model.stop_training = True in the "
-                    "callback and call fit again after it returns"
-                )
+        check_compiled(self, verb, self._setup)
 
     def _default_step(self, name: str) -> bool:
-        """Whether ``train_step``/``eval_step`` is torchfit's own (not overridden by a subclass)."""
-        return getattr(type(self), name) is getattr(Model, name)
+        """Whether ``train_step``/``eval_step`` is torchfit's own (not overridden by a subclass; for
+        ``eval_step``, neither is Keras' ``test_step``)."""
+        names = ("eval_step", "test_step") if name == "eval_step" else (name,)
+        return all(getattr(type(self), n) is getattr(Model, n) for n in names)
+
+    def _strategy(self) -> Any:
+        """The strategy a call outside fit (saving, loading) runs under: SingleProcess in one process."""
+        return distributed.strategy(self.device, self.strategy)
+
+    # --------------------------------------------------------------------- fit
     @user_traceback
-    def fit(
-        self,
-        epochs: int = 1,
-        dl_train: Optional[Iterable] = None,
-        dl_val: Optional[Iterable] = None,
-        log_step_freq: Optional[int] = None,
-        callbacks: Optional[Sequence[Callback]] = None,
-        verbose: Union[int, str] = 1,
-        *,
-        initial_epoch: Optional[int] = None,
-        steps_per_epoch: Optional[int] = None,
-        validation_steps: Optional[int] = None,
-        validation_freq: int = 1,
-        overfit_batches: Optional[int] = None,
-        class_weight: Optional[Mapping[int, float]] = None,
-        sample_weight: Any = None,
-        plot: bool = False,
-        grad_accum_steps: int = 1,
-        grad_clip_norm: Optional[float] = None,
-        grad_clip_value: Optional[float] = None,
-        lr_scheduler: Any = None,
-        resume_from: Union[str, "os.PathLike[str]", None] = None,
-        progress_bar: Optional[bool] = None,
-        x: Any = None,
-        y: Any = None,
-        target: Union[str, Sequence[str], None] = None,
-        batch_size: Optional[int] = None,
-        validation_split: Optional[float] = None,
-        validation_data: Any = None,
-        shuffle: Optional[bool] = None,
-        seed: int = 0,
-        fast_path: bool = True,
-        num_processes: Optional[int] = None,
-    ) -> pd.DataFrame:
+    def fit(self, *data: Any, epochs: int = 1, dl_train: Optional[Iterable] = None, dl_val: Optional[Iterable] = None,
+            log_step_freq: Optional[int] = None, callbacks: Optional[Sequence[Callback]] = None,
+            verbose: Union[int, str] = 1, initial_epoch: Optional[int] = None,
+            steps_per_epoch: Optional[int] = None, validation_steps: Optional[int] = None, validation_freq: int = 1,
+            overfit_batches: Optional[int] = None, class_weight: Optional[Mapping[int, float]] = None,
+            sample_weight: Any = None, plot: bool = False, profile: bool = False, grad_accum_steps: int = 1,
+            grad_clip_norm: Optional[float] = None, grad_clip_value: Optional[float] = None, lr_scheduler: Any = None,
+            resume_from: Union[str, "os.PathLike[str]", None] = None, progress_bar: Optional[bool] = None,
+            x: Any = None, y: Any = None, target: Union[str, Sequence[str], None] = None,
+            batch_size: Optional[int] = None, validation_split: Optional[float] = None, validation_data: Any = None,
+            shuffle: Optional[bool] = None, seed: int = 0, fast_path: bool = True,
+            num_processes: Optional[int] = None, train_data: Any = None, val_data: Any = None) -> pd.DataFrame:
         """Train for ``epochs`` more epochs; returns the history as a DataFrame.
 
         >>> # history = model.fit(10, dl_train, dl_val, log_step_freq=100)
         >>> # history = model.fit(10, x=X, y=Y, batch_size=32, validation_split=0.2)
-        >>> # history = model.fit(10, df, target="label", validation_data=df_val)
-
-        Data: loaders (``dl_train``, ``dl_val``), or Keras-style ``x``/``y`` arrays or
-        tensors, a ``Dataset``, or a DataFrame with ``target`` column(s), batched by
-        ``batch_size`` (32) and shuffled (``shuffle=True``) with a generator seeded by
-        ``seed``; ``validation_split=0.2`` validates on a seeded draw of rows
-        (``torchfit.inputs.split_indices``) or ``validation_data=(Xv, Yv)``.
 
         What runs, in order (callbacks' hooks in brackets; ``torchfit.loop``)::
 
@@ -320,8 +212,7 @@ class Model(nn.Module):
             [set_params(params)]                       # monitors are checked here
             [on_train_begin]; callbacks get their state back when resuming
             for epoch in epochs:                       # numbered from model.epoch + 1
-                [on_epoch_begin]
-                net.train()
+                [on_epoch_begin]; net.train()
                 for batch in dl_train:                 # moved to the device
                     [on_train_batch_begin]
                     train_step(batch): zero_grad (at the start of an accumulation window);
@@ -334,157 +225,105 @@ class Model(nn.Module):
                 stop if model.stop_training
             [on_train_end]
 
-        verbose: 0 silent, 1 step dicts (or a progress bar) and tables, 2 tables
-        only, ``"auto"`` (Keras) 1. ``log_step_freq`` defaults to about ten logging
-        points per epoch. Keras' words mean what they mean there:
-        ``initial_epoch=k`` numbers epochs from k + 1 and makes ``epochs`` the
-        number of the last one (``fit(10, dl, initial_epoch=5)`` runs epochs 6-10);
-        ``steps_per_epoch`` / ``validation_steps`` end an epoch (a validation pass)
-        after that many batches, starting the loader again if it runs out (so a
-        loader without ``len()`` can train in epochs); ``validation_freq=n``
-        validates every n-th epoch. ``overfit_batches=n`` trains and validates on
-        the same first n batches of ``dl_train`` every epoch (a debugging run a unit
-        test can assert on). ``class_weight={class: weight}`` and ``sample_weight``
-        (one per row of ``x``; or loaders yielding ``(x, y, sample_weight)``) weigh each
-        sample's loss as Keras does: the batch loss is ``sum(w_i * loss_i) / N``, for
-        any loss that gives per-sample values (``reduction='none'``); class weights
-        apply to training only. ``plot=True`` adds a ``LivePlot`` (a history figure
-        redrawn each epoch in Jupyter, a PNG elsewhere).
-        ``grad_accum_steps=k`` steps the optimizer every k batches (and at the end
-        of the epoch) on the sample-weighted mean gradient of the window;
-        ``grad_clip_norm`` / ``grad_clip_value`` clip before each optimizer step
-        (off by default). ``lr_scheduler``: a torch LR scheduler on
-        ``model.optimizer``, stepped after each epoch (a ``ReduceLROnPlateau``
-        watches ``val_loss``, or ``loss`` without ``dl_val``); for per-step
-        schedules use the ``LearningRateScheduler`` callback. ``resume_from``: a
-        checkpoint path; ``epochs`` is then the run's total (Keras'
-        BackupAndRestore): an existing file is loaded and only the remaining
-        epochs run, a missing one means a fresh start. ``progress_bar``: None
-        shows a tqdm bar instead of the step dicts when ``verbose=1`` and stdout
-        is a terminal or notebook; True/False force it on/off. ``fast_path``
-        fetches batches of a DataLoader over a TensorDataset by indexing its
-        tensors: the same batches, several times faster (see ``torchfit.fast_path``);
-        ``fast_path=False`` iterates every loader as it is. Ctrl-C stops
-        cleanly and returns the finished epochs. ``num_processes=N`` trains on N
-        processes started here (a notebook or a script; see ``torchfit.distributed.launch_fit``).
+        Positional arguments are read in the order the caller's library writes them:
+        torchkeras 1.x's ``fit(10, dl_train, dl_val)``, torchkeras 4's ``fit(dl_train, dl_val, 10)``
+        (also ``train_data=``/``val_data=``), or Keras' ``fit(x, y, batch_size, epochs, ...)``;
+        ``fit(dl, epochs=5)`` works too. Data: loaders, or ``x``/``y`` (arrays, tensors, a Dataset, a
+        DataFrame with ``target`` columns) batched by ``batch_size`` and shuffled with a generator seeded
+        by ``seed``. Keras' words mean what they mean there (``initial_epoch``, ``steps_per_epoch``,
+        ``validation_freq``, ``class_weight``, ``sample_weight``...). ``grad_accum_steps=k`` steps every k
+        batches on the window's sample-weighted mean gradient; ``resume_from``: a checkpoint, ``epochs``
+        being the run's total; ``plot=True`` adds a ``LivePlot``; ``profile=True`` a ``Profiler``
+        (``model.profiler.frame()``); ``num_processes=N`` trains on N processes started here. Ctrl-C
+        stops cleanly and returns the finished epochs. docs/api.md has a line per argument.
         """
-        if num_processes is not None:
-            return distributed.launch_fit(self, num_processes, dict(
-                epochs=epochs, dl_train=dl_train, dl_val=dl_val, log_step_freq=log_step_freq, callbacks=callbacks,
-                verbose=verbose, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                validation_steps=validation_steps, validation_freq=validation_freq, overfit_batches=overfit_batches,
-                class_weight=class_weight, sample_weight=sample_weight, plot=plot, grad_accum_steps=grad_accum_steps,
-                grad_clip_norm=grad_clip_norm, grad_clip_value=grad_clip_value, lr_scheduler=lr_scheduler,
-                resume_from=resume_from, progress_bar=progress_bar, x=x, y=y, target=target, batch_size=batch_size,
-                validation_split=validation_split, validation_data=validation_data, shuffle=shuffle, seed=seed,
-                fast_path=fast_path))
+        args = FitArgs.from_call(
+            data, epochs=epochs, dl_train=dl_train, dl_val=dl_val, log_step_freq=log_step_freq, callbacks=callbacks,
+            verbose=verbose, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+            validation_steps=validation_steps, validation_freq=validation_freq, overfit_batches=overfit_batches,
+            class_weight=class_weight, sample_weight=sample_weight, plot=plot, profile=profile,
+            grad_accum_steps=grad_accum_steps, grad_clip_norm=grad_clip_norm, grad_clip_value=grad_clip_value,
+            lr_scheduler=lr_scheduler, resume_from=resume_from, progress_bar=progress_bar, x=x, y=y, target=target,
+            batch_size=batch_size, validation_split=validation_split, validation_data=validation_data,
+            shuffle=shuffle, seed=seed, fast_path=fast_path, num_processes=num_processes, train_data=train_data,
+            val_data=val_data)
+        if args.num_processes is not None:
+            return distributed.launch_fit(self, args.num_processes, args)
         self._require_compiled("fit")
-        epochs = check_count("epochs", epochs, minimum=0)
-        options = FitOptions.check(verbose, log_step_freq, grad_accum_steps, grad_clip_norm, grad_clip_value,
-                                   progress_bar, fast_path, steps_per_epoch, validation_steps, validation_freq)
-        first_epoch = check_initial_epoch(initial_epoch, epochs, resume_from)
-        dl_train, dl_val = inputs.fit_loaders(
-            dl_train, dl_val, x=x, y=y, target=target, batch_size=batch_size, validation_split=validation_split,
-            validation_data=validation_data, shuffle=shuffle, seed=seed, loss_fn=self.loss_fn, epoch=self.epoch,
-            sample_weight=sample_weight)
-        if dl_train is None:
-            raise TypeError("fit needs a training loader: model.fit(epochs, dl_train, dl_val=None)")
-        weighting = weighting_for(self.loss_fn, class_weight, sample_weight, self._default_step("train_step"))
-        check_loader("dl_train", dl_train)
-        if dl_val is not None:
-            check_loader("dl_val", dl_val)
-        user_callbacks = check_callbacks(callbacks)
-        if plot:
-            user_callbacks.append(LivePlot())
-        if lr_scheduler is not None:
-            user_callbacks.append(from_fit_argument(lr_scheduler, dl_val is not None, self.optimizer))
-        if overfit_batches is not None:  # the same first n batches for training and validation, every epoch
-            dl_train = dl_val = loop.first_batches(dl_train, check_count("overfit_batches", overfit_batches, 1))
-        resume = None
-        if first_epoch is not None:  # Keras' initial_epoch: epochs is the number of the last epoch
-            epochs -= first_epoch
-        elif resume_from is not None:  # read and checked now, applied once fit's own checks pass
-            resume = checkpoint.Resume.plan(self, resume_from, epochs)
-            epochs, first_epoch = resume.epochs_left, resume.start
-        start = self.epoch if first_epoch is None else first_epoch
-        check_reiterable(epochs, dl_train, dl_val, options.steps_per_epoch)
-        run, (dl_train, dl_val), trackers, params = runs.fit_run(self, options, start, epochs, dl_train, dl_val,
-                                                                      user_callbacks, weighting)
-        if dl_val is not None and epochs:
+        checked = check_fit(self, args)
+        run, (dl_train, dl_val), trackers, params = runs.fit_run(self, checked)
+        if dl_val is not None and checked.epochs:
             loop.check_first_batch(self, dl_val, run)  # a validation loader that cannot work fails now
         say = announcer(run.config.callbacks)
-        if resume is not None:
-            resume.apply(self, list(run.config.callbacks))  # the last thing checked; now things change
-            if resume.message:
-                say(resume.message)
-        resume_state, self._resume_state = self._resume_state, None
+        if checked.resume is not None:  # the last thing checked; now things change
+            checked.resume.apply(self, list(run.config.callbacks), run.config.strategy)
+            if checked.resume.message:
+                say(checked.resume.message)
+        resume_state = self.training_state.take_pending_resume()
         if resume_state is not None:
             checkpoint.restore_loaders(resume_state, run.config.loaders)
+        start = checked.start
         self._run = run
         try:
-            loop.fit_loop(self, run, range(start + 1, start + epochs + 1), dl_train, dl_val, trackers, params,
-                          resume_state, say)
+            loop.fit_loop(self, run, range(start + 1, start + checked.epochs + 1), dl_train, dl_val, trackers,
+                          params, resume_state, say)
         except BaseException as exc:  # what the next save_checkpoint writes; never replaces the error
-            self._fit_state = loop.call_quietly(checkpoint.training_state, exc, self, run)
+            self.training_state.last_fit = loop.call_quietly(checkpoint.run_state, exc, self, run)
             raise
         else:
-            self._fit_state = checkpoint.training_state(self, run)
+            self.training_state.last_fit = checkpoint.run_state(self, run)
         finally:
             self._run = None
         return self.history
-
-    def _count_step(self) -> None:
-        self.__dict__["global_step"] += 1  # nn.Module.__setattr__ would cost a few µs per step
 
     # ------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Write everything needed to continue training exactly to ``path`` (atomically).
 
-        >>> # model.fit(2, dl_train, dl_val); model.save_checkpoint("ckpt.pt")
-        >>> # later, in a new process:  model.load_checkpoint("ckpt.pt"); model.fit(2, dl_train, dl_val)
+        >>> # model.save_checkpoint("ckpt.pt"); later: model.load_checkpoint("ckpt.pt"); model.fit(2, dl)
 
-        Holds the net, optimizer, grad scaler, epoch, global step, history, the
-        callbacks' state (schedulers, early stopping...), the RNG states (torch,
-        CUDA, numpy, Python) and the loaders' generators, as of the end of the
-        last fit. Loads with ``torch.load(path, weights_only=True)``.
+        The net, optimizer, grad scaler, ``training_state``, callbacks' state, RNG states and the
+        loaders' generators, as of the end of the last fit; ``torch.load(weights_only=True)`` reads it.
+        Under a sharded strategy every rank calls it (the net is gathered) and rank 0 writes.
         """
         self._require_compiled("save_checkpoint")
-        checkpoint.save(self, path)
+        checkpoint.save(self, path, self._run.config.strategy if self._run is not None else self._strategy())
 
     def load_checkpoint(self, path: Union[str, "os.PathLike[str]"]) -> "Model":
         """Restore a checkpoint written by ``save_checkpoint`` / ``ModelCheckpoint``; returns the model.
 
-        >>> # model.load_checkpoint("ckpt.pt").fit(2, dl_train, dl_val)   # 2 more epochs
-
-        Compile first (same net and optimizer setup). RNG states are restored at
-        once; the next ``fit`` hands the loaders and callbacks their saved state
-        (match them to the saved run's). A file that is not a torchfit checkpoint,
-        or one from a different net, raises ``CheckpointError`` and changes nothing.
-        Tensors are read onto the CPU first, so GPU checkpoints load anywhere.
+        Compile first (same net and optimizer setup). RNG states come back at once; the next ``fit``
+        hands the loaders and callbacks their saved state. A file that does not fit this model raises
+        ``CheckpointError`` and changes nothing; GPU checkpoints load anywhere.
         """
         self._require_compiled("load_checkpoint")
-        checkpoint.load(self, path)
+        checkpoint.load(self, path, self._strategy())
         return self
 
     # ------------------------------------------------------- evaluate, predict
     @user_traceback
-    def evaluate(self, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, *, x: Any = None,
-                 y: Any = None, target: Union[str, Sequence[str], None] = None,
-                 batch_size: Optional[int] = None, fast_path: bool = True) -> Dict[str, float]:
-        """Loss and metrics over the whole loader, in eval mode under no_grad.
+    def evaluate(self, *data: Any, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, x: Any = None,
+                 y: Any = None, target: Union[str, Sequence[str], None] = None, batch_size: Optional[int] = None,
+                 verbose: Union[int, str] = 0, return_dict: bool = True, quiet: Optional[bool] = None,
+                 fast_path: bool = True) -> Any:
+        """Loss and metrics over the whole loader, in eval mode under no_grad: ``{"val_loss": ..., ...}``.
 
-        >>> # model.evaluate(dl_test)  ->  {'val_loss': 0.31, 'val_accuracy': 0.91}
-        >>> # model.evaluate(x=X_test, y=y_test)  or  model.evaluate(df_test, target="label")
+        >>> # model.evaluate(dl_test)  or  model.evaluate(x_test, y_test, batch_size=128)   (Keras' order)
+
+        ``verbose=1`` (or torchkeras 4's ``quiet=False``) prints the figures; ``return_dict=False``
+        gives Keras' list ``[loss, *metrics]`` (the loss alone without metrics).
         """
         self._require_compiled("evaluate")
-        dl = inputs.eval_loader(dl, x=x, y=y, target=target, batch_size=batch_size, loss_fn=self.loss_fn)
+        named = evaluate_args(data, dl=dl, callbacks=callbacks, x=x, y=y, batch_size=batch_size, verbose=verbose)
+        dl = inputs.eval_loader(named["dl"], x=named["x"], y=named["y"], target=target,
+                                batch_size=named["batch_size"], loss_fn=self.loss_fn)
         check_loader("dl", dl)
-        run, strategy = runs.eval_run(self, callbacks, fast_path)
-        tracker = Tracker(copy_metrics(self.metrics), prefix="val_")
-        if strategy is not None:  # under torchrun: this rank's part, figures over the whole dataset
-            dl, tracker = strategy.evaluate_loader(dl, tracker, runs.recompute_for(self, "eval_step"))
+        run = runs.eval_run(self, named["callbacks"], fast_path)
+        dl, tracker = runs.evaluate_parts(self, dl, run)  # under torchrun: this rank's part, whole-dataset figures
         with self._calling(run):
-            return Figures(loop.validate(self, dl, run, tracker))
+            figures = Figures(loop.validate(self, dl, run, tracker))
+        return runs.evaluate_result(figures, named["verbose"] if quiet is None else int(not quiet), return_dict,
+                                    run.config.is_main_process)
 
     @user_traceback
     def predict(self, dl: Any = None, callbacks: Optional[Sequence[Callback]] = None, *, x: Any = None,
@@ -502,20 +341,18 @@ class Model(nn.Module):
         self._require_compiled("predict")
         dl = inputs.predict_loader(dl, x=x, target=target, batch_size=batch_size)
         check_loader("dl", dl)
-        run, strategy = runs.eval_run(self, callbacks, fast_path)
+        run = runs.eval_run(self, callbacks, fast_path)
         cbs = run.config.callbacks
         with self._calling(run):
             cbs.on_predict_begin({})
-            if strategy is None:
-                out = loop.predict(self, dl, run)
-            else:  # under torchrun every rank predicts its part and gets the whole dataset's outputs back
-                out = strategy.predict(dl, lambda shard: loop.predict(self, shard, run))
+            # under torchrun every rank predicts its part and gets the whole dataset's outputs back
+            out = run.config.strategy.predict(dl, lambda shard: loop.predict(self, shard, run))
             cbs.on_predict_end({})
             return out
 
     @contextlib.contextmanager
     def _calling(self, run: Run) -> Iterator[None]:
-        """``self._run`` is ``run`` inside; the net's modes and an enclosing fit's run come back after."""
+        """``self.run`` is ``run`` inside; the net's modes and an enclosing fit's run come back after."""
         modes = loop.save_modes(self.net)
         previous, self._run = self._run, run  # called from a callback inside fit: give fit its run back
         try:
@@ -524,59 +361,17 @@ class Model(nn.Module):
             loop.restore_modes(modes)
             self._run = previous
 
-    # ----------------------------------------------------------------- summary
-    def summary(self, input_shape: Any = None, **kwargs: Any) -> pd.DataFrame:
-        """Print the layer table and return its rows; see ``torchfit.summary``.
-
-        >>> # model.summary(input_shape=(1, 28, 28))
-        """
-        from .summary import summary
-
-        if not distributed.is_main_process():  # under torchrun only rank 0 prints
-            kwargs.setdefault("print_fn", None)
-        return summary(self.net, input_shape, **kwargs)
-
-    # ---------------------------------------------------------- around fit
-    def lr_find(self, dl_train: Any, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
-                **kwargs: Any) -> pd.DataFrame:
-        """Train with a rising learning rate and record the loss; the model comes back bit for bit.
-
-        >>> # df = model.lr_find(dl_train); df.attrs["suggested_lr"]; torchfit.plot_lr_find(df)
-
-        See ``torchfit.lr_finder.lr_find`` for the columns, the suggestion and the options.
-        """
-        from .lr_finder import lr_find
-
-        return lr_find(self, dl_train, start_lr, end_lr, num_steps, **kwargs)
-
-    def confusion_matrix(self, dl: Any, labels: Any = None, normalize: Optional[str] = None,
-                         **kwargs: Any) -> pd.DataFrame:
-        """Counts of true (rows) against predicted (columns) classes over ``dl``; see ``torchfit.evaluation``.
-
-        >>> # model.confusion_matrix(dl_test)
-        """
-        from .evaluation import confusion_matrix
-
-        return confusion_matrix(self, dl, labels, normalize, **kwargs)
-
-    def classification_report(self, dl: Any, target_names: Any = None, output_dict: bool = False,
-                              **kwargs: Any) -> Any:
-        """scikit-learn's classification report over ``self.predict(dl)`` and the loader's targets.
-
-        >>> # print(model.classification_report(dl_test))
-        """
-        from .evaluation import classification_report
-
-        return classification_report(self, dl, target_names, output_dict, **kwargs)
-
     # ------------------------------------------------------------------- steps
     def train_step(self, batch: Any) -> StepResult:
         """One training step on a batch already on the device. Override for custom training.
 
-        The default: split ``(x, y)``; zero the gradients at the start of an
-        accumulation window; forward and loss under autocast; ``self.backward``;
-        ``self.optimizer_step()``. Return a ``StepResult`` (detached loss, preds,
-        targets, batch size); the loop updates the metrics from it.
+        The default: split ``(x, y)``; zero the gradients at a window's start; forward and loss under
+        autocast; ``self.backward``; ``self.optimizer_step()``; return a ``StepResult`` (detached loss,
+        preds, targets, batch size). An override runs under the fit's autocast, and the recipes people
+        know (``self.optimizer.zero_grad(); loss.backward(); self.optimizer.step()``, Keras'
+        ``self.zero_grad()``, torchkeras' step-then-zero order) train as this step does, also under
+        torchrun and with clipping. With ``grad_accum_steps`` or fp16 call ``self.backward(loss)``, not
+        ``loss.backward()`` (refused with that fix before the first optimizer step).
         """
         run = self._run
         config = run.config
@@ -586,14 +381,15 @@ class Model(nn.Module):
             preds = call_net(config.train_net, x)
             if run.check_targets:  # once per fit, before any weight changes: labels the loss cannot mean
                 run.check_targets = False
-                self._check_targets(preds, y)
+                steps.check_first_targets(self.loss_fn, preds, y)
             y = adapt_targets(self.loss_fn, preds, y)  # Keras' reading of labels: shapes and dtypes only
-            loss, logs = self._loss_and_logs(preds, y, w, training=True)
+            loss, logs = steps.loss_and_logs(self, preds, y, w, training=True)
         n = batch_size_of(y, x)
         self.backward(loss, n)
         preds = detach(preds)
-        if run.preflight:
-            self._preflight_metrics(preds, y, n)
+        if run.preflight:  # once per fit, before the first optimizer step, on throwaway copies
+            run.preflight = False
+            steps.preflight_metrics(self.metrics, preds, y, n)
         self.optimizer_step()
         return StepResult(loss.detach(), preds, y, n, logs)
 
@@ -603,7 +399,7 @@ class Model(nn.Module):
         with self._run.config.precision.autocast():
             preds = call_net(self.net, x)
             y = adapt_targets(self.loss_fn, preds, y)
-            loss, logs = self._loss_and_logs(preds, y, w, training=False)
+            loss, logs = steps.loss_and_logs(self, preds, y, w, training=False)
         return StepResult(loss, preds, y, batch_size_of(y, x), logs)
 
     def predict_step(self, batch: Any) -> Any:
@@ -611,61 +407,22 @@ class Model(nn.Module):
         with self._run.config.precision.autocast():
             return call_net(self.net, predict_inputs(batch))
 
-    def compute_loss(self, preds: Any, targets: Any) -> torch.Tensor:
-        """``loss_fn(preds, targets)``, checked to be a scalar; a failing loss says what it got and expects."""
-        try:
-            loss = self.loss_fn(preds, targets)
-        except Exception as exc:
-            raise LossError(loss_failure(self.loss_fn, preds, targets, exc)) from exc
-        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
-            raise ValueError(
-                f"the loss must return a scalar (0-d) tensor; it returned {got}. Use a mean-reduced loss "
-                "(e.g. nn.CrossEntropyLoss() with reduction='mean') or end your loss function with .mean()"
-            )
-        return loss
+    def compute_loss(self, preds: Any = None, targets: Any = None, *, x: Any = None, y: Any = None,
+                     y_pred: Any = None, sample_weight: Any = None, training: bool = True) -> torch.Tensor:
+        """``loss_fn(preds, targets)``, checked to be a scalar; Keras' ``compute_loss(x=, y=, y_pred=,
+        sample_weight=)`` too (per-sample weights as fit weighs them)."""
+        return steps.keras_loss(self, y_pred if y_pred is not None else preds, y if y is not None else targets,
+                                sample_weight, training)
 
-    def _loss_and_logs(self, preds: Any, targets: Any, weights: Any, training: bool) -> tuple:
-        """The batch loss and the per-output losses (several outputs), sample-weighted when asked."""
-        weighting = self._run.config.weighting
-        if isinstance(self.loss_fn, MultiLoss):
-            if weights is not None or (weighting is not None and weighting.applies(None, training)):
-                raise TypeError("sample_weight / class_weight with several losses is not supported; weigh "
-                                "inside your losses, or train one output at a time")
-            try:
-                return self.loss_fn.parts(preds, targets)
-            except Exception as exc:
-                raise LossError(f"{type(exc).__name__} in the loss of several outputs: {exc}") from exc
-        if weighting is None or not weighting.applies(weights, training):
-            if weights is None:
-                return self.compute_loss(preds, targets), None
-            weighting = SampleWeighting(self.loss_fn)  # weights in the batch, fit not told: Keras weighs them
-        try:
-            return weighting.loss(preds, targets, weights, training), None
-        except TypeError:
-            raise
-        except Exception as exc:
-            raise LossError(loss_failure(self.loss_fn, preds, targets, exc)) from exc
-
-    def _check_targets(self, preds: Any, targets: Any) -> None:
-        if isinstance(self.loss_fn, MultiLoss):
-            self.loss_fn.check_targets(preds, targets)
-        elif self.loss_fn is not None:
-            check_targets(self.loss_fn, preds, targets)
+    def test_step(self, batch: Any) -> StepResult:
+        """Keras' name for the validation step: override either; the loop calls this one."""
+        return self.eval_step(batch)
 
     def backward(self, loss: torch.Tensor, batch_size: Optional[int] = None) -> None:
-        """``loss.backward()`` with the grad scaler and accumulation weighting applied (``optim.OptimizerStep``)."""
+        """``loss.backward()`` with the grad scaler and accumulation weighting applied (``optim.OptimizerStep``);
+        ``batch_size`` defaults to the rows of the step's batch."""
         self._run.config.optim.backward(loss, batch_size)
 
     def optimizer_step(self) -> bool:
         """Step the optimizer if this batch closes an accumulation window; returns whether it did."""
         return self._run.config.optim.step()
-
-    def _preflight_metrics(self, preds: Any, targets: Any, n: int) -> None:
-        # Runs once per fit, before the first optimizer step, on throwaway copies:
-        # a metric that cannot handle the net's outputs fails before weights change.
-        self._run.preflight = False
-        probe = Tracker(copy_metrics(self.metrics))
-        probe.reset()  # a metric may set its state up in reset(), as the Metric docstring shows
-        probe.update(StepResult(None, preds, targets, n))
-        probe.compute()

@@ -7,8 +7,17 @@ with the grad scaler, the gradient-accumulation window (exact for any batch
 sizes), unscaling, the ``on_backward_end`` hook, clipping, the optimizer step,
 ``zero_grad`` and the flush of a window left open at the end of a loader.
 ``Model.backward`` and ``Model.optimizer_step``, the documented override
-points, delegate here. *Which* batches exist is the loop's business; *how*
-autocast and the scaler are configured is ``precision``'s.
+points, delegate here.
+
+An overridden ``train_step`` is right by construction: it runs under the fit's
+autocast, and inside it ``model.optimizer`` is a ``WindowedOptimizer`` whose
+``zero_grad`` / ``step`` (and ``model.zero_grad()``) follow the accumulation window
+and take the same path as ``optimizer_step()`` (unscale, gradients averaged across
+processes where the strategy asks, clipping, the step). What cannot be made exact,
+a direct ``loss.backward()`` where the loss must be scaled (fp16) or weighed
+(accumulation), is refused before the first optimizer step, with the fix.
+*Which* batches exist is the loop's business; *how* autocast and the scaler are
+configured is ``precision``'s.
 
 The grad scaler is always there: ``GradScaler(enabled=False)`` outside fp16
 passes losses and steps straight through, so no step has a branch for it.
@@ -20,6 +29,9 @@ from typing import Any, Callable, ContextManager, List, Optional, Sequence
 
 import torch
 from torch import nn
+
+from .batch import batch_size_of
+from .errors import StepError
 
 # name: (class, default lr), Keras' defaults
 OPTIMIZERS = {
@@ -125,9 +137,11 @@ class OptimizerStep:
     batch of the loader, on the sample-weighted mean gradient of the window (it
     accumulates ``n_i * grad_i`` and divides by the window's samples; a loss
     with ``reduction='sum'`` is already a sum and is left alone).
-    ``on_backward_end(batch_index)`` runs once per window, after unscaling and
+    ``on_backward_end(batch)`` (0-based, as every hook) runs once per window, after unscaling and
     before clipping; ``on_step()`` after each optimizer step. ``no_sync``, when
-    given (DDP), is entered around the batches that do not close a window.
+    given (DDP), is entered around the batches that do not close a window;
+    ``sync_grads(grads)``, when given, averages the window's gradients across
+    processes before they are unscaled (an overridden step under DDP).
     """
 
     def __init__(
@@ -143,6 +157,7 @@ class OptimizerStep:
         on_backward_end: Callable[[int], Any] = _noop,
         on_step: Callable[[], Any] = _noop,
         no_sync: Optional[Callable[[], ContextManager]] = None,
+        sync_grads: Optional[Callable[[List[torch.Tensor]], None]] = None,
     ):
         self.optimizer = optimizer
         self.params: List[nn.Parameter] = list(params)
@@ -154,6 +169,11 @@ class OptimizerStep:
         self.on_backward_end = on_backward_end
         self.on_step = on_step
         self._no_sync = no_sync
+        self._sync_grads = sync_grads
+        self.gate = WindowedOptimizer(self)
+        self.in_user_step = False  # an overridden train_step is running: model.optimizer is the gate
+        self._batch: Any = None  # the batch of the user's step (its size, when backward is given none)
+        self._backwards = 0  # backward() calls since the last step(): a direct loss.backward() makes none
         self.steps_taken = 0
         self.micro = 0  # batches in the open window
         self.window_samples = 0
@@ -197,28 +217,68 @@ class OptimizerStep:
     def backward(self, loss: torch.Tensor, batch_size: Optional[int] = None) -> None:
         if self.weigh_by_samples:
             if batch_size is None:
-                raise TypeError("with grad_accum_steps > 1, backward(loss, batch_size) needs the batch size "
-                                "to weigh the window's gradients exactly")
+                if self._batch is None:
+                    raise TypeError("with grad_accum_steps > 1, backward(loss, batch_size) needs the batch size "
+                                    "to weigh the window's gradients exactly")
+                batch_size = batch_size_of(self._batch)  # the user's step did not say: its batch's rows
             self.window_samples += batch_size
             loss = loss * batch_size
+        self._backwards += 1
         self.scaler.scale(loss).backward()
 
     def step(self) -> bool:
         """Count the batch; step the optimizer if it closes the window. Returns whether it stepped."""
+        if self._backwards == 0 and self.in_user_step:
+            self._check_direct_backward()
+        self._backwards = 0
         self.micro += 1
         if not self.closes_window:
             return False
         self._apply()
         return True
 
+    # --- an overridden train_step
+    def around(self, step: Callable[[Any], Any], autocast: Callable[[], ContextManager]) -> Callable[[Any], Any]:
+        """``step`` (a user's ``train_step``) as the loop calls it: under the fit's autocast, with
+        ``model.optimizer`` reading this window's ``gate`` while it runs."""
+
+        def windowed_step(batch: Any) -> Any:
+            self.in_user_step, self._batch = True, batch
+            try:
+                with autocast():
+                    return step(batch)
+            finally:
+                self.in_user_step, self._batch = False, None
+
+        return windowed_step
+
+    def _check_direct_backward(self) -> None:
+        """A step that called ``loss.backward()`` itself: exact unless the loss needed scaling or weighing."""
+        if not any(p.grad is not None for p in self.params):
+            return  # no backward at all this batch: a step that only counts
+        if self.weigh_by_samples:
+            why = (f"with grad_accum_steps={self.accum_steps} each batch's gradient is weighed by its samples "
+                   "(the window's mean is exact for any batch sizes)")
+        elif self.scaler.is_enabled():
+            why = "with precision='16-mixed' the loss is scaled before backward so that fp16 gradients do not underflow"
+        else:
+            return
+        raise StepError(
+            f"train_step called loss.backward() directly, but {why}. Call self.backward(loss) (optionally "
+            "self.backward(loss, batch_size)) instead of loss.backward() in your train_step; nothing was trained")
+
     def _apply(self) -> None:
         opt, scaler = self.optimizer, self.scaler
+        if self._sync_grads is not None:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            if grads:
+                self._sync_grads(grads)
         scaler.unscale_(opt)
         if self.window_samples:
             grads = [p.grad for p in self.params if p.grad is not None]
             if grads:
                 torch._foreach_div_(grads, float(self.window_samples))
-        self.on_backward_end(self.batch_index)
+        self.on_backward_end(self.batch_index - 1)  # Keras-style 0-based batch index, as every hook
         if self.clip_norm is not None:
             nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         if self.clip_value is not None:
@@ -229,3 +289,60 @@ class OptimizerStep:
         self.window_samples = 0
         self.steps_taken += 1
         self.on_step()
+
+
+class WindowedOptimizer(torch.optim.Optimizer):
+    """``model.optimizer`` inside an overridden ``train_step``: the compiled optimizer, whose
+    ``zero_grad`` and ``step`` follow the fit's accumulation window.
+
+    ``zero_grad()`` clears the gradients at the start of a window only; ``step()`` counts
+    the batch and, at the window's end, does what ``model.optimizer_step()`` does
+    (average across processes where needed, unscale, ``on_backward_end``, clip, step).
+    So the recipes people write (``opt.zero_grad(); loss.backward(); opt.step()``, or
+    ``step`` then ``zero_grad`` as torchkeras does) train as the default step. Every
+    other attribute (``param_groups``, ``state``, ``defaults``, ``state_dict``...) is the
+    optimizer's own.
+    """
+
+    def __init__(self, owner: OptimizerStep):  # no super().__init__: this holds no parameters of its own
+        self.__dict__["_owner"] = owner
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self._owner.optimizer
+
+    @property
+    def param_groups(self) -> List[dict]:  # type: ignore[override]
+        return self._owner.optimizer.param_groups
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self._owner.optimizer.state
+
+    @property
+    def defaults(self) -> Any:  # type: ignore[override]
+        return self._owner.optimizer.defaults
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._owner.zero_grad()
+
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        if closure is not None:
+            raise TypeError("model.optimizer.step(closure) is not supported inside a train_step: the step is "
+                            "taken at the end of the accumulation window. Use an optimizer without a closure")
+        self._owner.step()
+
+    def state_dict(self) -> Any:
+        return self._owner.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        self._owner.optimizer.load_state_dict(state_dict)
+
+    def add_param_group(self, param_group: dict) -> None:
+        self._owner.optimizer.add_param_group(param_group)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_owner"].optimizer, name)
+
+    def __repr__(self) -> str:
+        return f"WindowedOptimizer({self._owner.optimizer!r})"

@@ -5,7 +5,7 @@ into a figure. It never touches ``matplotlib.pyplot``: the figure is a plain
 ``matplotlib.figure.Figure`` (so nothing piles up in pyplot's global figure list,
 any backend or none works, and a script can ``savefig`` without a display), and
 it shows itself inline in Jupyter and IPython through ``_repr_png_``.
-matplotlib is an optional dependency (``pip install torchfit[plot]``), imported
+matplotlib is an optional dependency (``pip install "torchfit-keras[plot]"``), imported
 when a plot is drawn, never at ``import torchfit``.
 """
 from __future__ import annotations
@@ -16,6 +16,8 @@ import math
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
 import pandas as pd
+
+from .errors import install_hint
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -32,7 +34,7 @@ def _import_matplotlib() -> Any:
     except ImportError as exc:
         raise ImportError(
             "torchfit.plot_history needs matplotlib, which is an optional extra: "
-            "pip install torchfit[plot]  (or: pip install matplotlib)"
+            f"{install_hint('plot')}  (or: pip install matplotlib)"
         ) from exc
     return matplotlib.figure
 

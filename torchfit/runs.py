@@ -8,55 +8,60 @@ arguments before asking for it.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
-from . import distributed, loop
-from .arguments import FitOptions
+from . import distributed, steps
+from .arguments import CheckedFit, FitOptions
 from .callbacks import Callback, CallbackList, History, ProgressPrinter
 from .callbacks.base import check_callbacks
 from .callbacks.history import StepHistory
 from .callbacks.progress import ProgressBar, wants_bar
-from .callbacks.schedulers import learning_rates, lr_log_keys
+from .callbacks.schedulers import epoch_learning_rates, lr_log_keys
 from .device import batch_mover
 from .fast_path import iter_batches
+from .formatting import format_figure
 from .heads import MultiLoss
+from .distributed import FitRequest
+from .loaders import limit_steps, loader_length
 from .loop import Run, RunConfig
-from .losses import SampleWeighting
 from .metrics import Tracker, copy_metrics
 from .optim import OptimizerStep
 
 
-def fit_run(model: Any, options: FitOptions, start: int, epochs: int, dl_train: Iterable, dl_val: Optional[Iterable],
-            user_callbacks: List[Callback], weighting: Optional[SampleWeighting] = None) -> tuple:
+def fit_run(model: Any, checked: CheckedFit) -> tuple:
     """The run of one fit: this rank's loaders, callbacks, trackers, the optimizer step, the params."""
+    options, start, epochs, user_callbacks = checked.options, checked.start, checked.epochs, checked.callbacks
+    dl_train, dl_val = checked.dl_train, checked.dl_val
     strategy = distributed.strategy(model.device, model.strategy)
-    if strategy is not None:  # under torchrun: this rank's loaders, DDP, exact figures
-        dl_train, dl_val = strategy.fit_loaders(dl_train, dl_val)
-    callbacks = default_callbacks(options, user_callbacks) + user_callbacks
-    train_net, no_sync = model._training_net(), None
-    trackers = (Tracker(copy_metrics(model.metrics)), Tracker(copy_metrics(model.metrics), prefix="val_"))
-    if strategy is not None:
-        plan = strategy.prepare_fit(model.net, train_net, model.device, options.grad_accum_steps, dl_train, dl_val,
-                                    *trackers, recompute_for(model, "train_step"), recompute_for(model, "eval_step"))
-        train_net, no_sync, trackers = plan.train_net, plan.no_sync, (plan.train_tracker, plan.val_tracker)
-        callbacks += plan.callbacks
-    cbs = CallbackList(callbacks, model, is_main_process=strategy is None or strategy.is_main)
+    dl_train, dl_val = strategy.fit_loaders(dl_train, dl_val)  # this rank's part under torchrun
+    custom_step = not model._default_step("train_step")
+    plan = strategy.prepare_fit(FitRequest(
+        net=model.net, train_net=model._training_net(), device=model.device, accum_steps=options.grad_accum_steps,
+        dl_train=dl_train, dl_val=dl_val, train_tracker=Tracker(copy_metrics(model.metrics)),
+        val_tracker=Tracker(copy_metrics(model.metrics), prefix="val_"),
+        recompute_train=recompute_for(model, "train_step"), recompute_eval=recompute_for(model, "eval_step"),
+        custom_step=custom_step, optimizer=model.optimizer))
+    callbacks = default_callbacks(options, user_callbacks) + user_callbacks + list(plan.callbacks)
+    cbs = CallbackList(callbacks, model, is_main_process=strategy.is_main,
+                       collective_saves=strategy.saves_collectively)
     optim = OptimizerStep(
         model.optimizer, [p for p in model.net.parameters() if p.requires_grad],
         accum_steps=options.grad_accum_steps, sum_reduction=getattr(model.loss_fn, "reduction", "mean") == "sum",
         clip_norm=options.grad_clip_norm, clip_value=options.grad_clip_value, scaler=model.precision.scaler,
-        on_backward_end=cbs.on_backward_end, on_step=model._count_step, no_sync=no_sync)
+        on_backward_end=cbs.on_backward_end, on_step=model.training_state.count_step, no_sync=plan.no_sync,
+        sync_grads=plan.sync_grads)
     loaders = {"dl_train": dl_train, "dl_val": dl_val}  # as given: their generators go into checkpoints
     iterate = iter_batches if options.fast_path else iter
-    dl_train = loop.limit_steps(dl_train, options.steps_per_epoch, iterate)
+    dl_train = limit_steps(dl_train, options.steps_per_epoch, iterate)
     if dl_val is not None:
-        dl_val = loop.limit_steps(dl_val, options.validation_steps, iterate)
-    n_train = loop.loader_length(dl_train)
+        dl_val = limit_steps(dl_val, options.validation_steps, iterate)
+    n_train = loader_length(dl_train)
     config = run_config(model, cbs, strategy, options.fast_path, log_every=options.log_every(n_train),
-                              train_net=train_net, optim=optim, loaders=loaders,
-                              validation_freq=options.validation_freq, weighting=weighting)
+                        train_net=plan.train_net, optim=optim, loaders=loaders,
+                        validation_freq=options.validation_freq, weighting=checked.weighting,
+                        train_step=optim.around(model.train_step, model.precision.autocast) if custom_step else None)
     log_lr = any(cb.changes_lr for cb in cbs)
     batch_size = getattr(dl_train, "batch_size", None)
     params = {"epochs": start + epochs, "initial_epoch": start, "steps": n_train,
@@ -64,9 +69,10 @@ def fit_run(model: Any, options: FitOptions, start: int, epochs: int, dl_train: 
               "grad_accum_steps": options.grad_accum_steps,
               "batch_size": batch_size if isinstance(batch_size, int) else None}
     cbs.set_params(params)  # a callback monitoring a key this run never produces raises here
-    params = {**params, "log_lr": (lambda: learning_rates(model.optimizer)) if log_lr else None}
+    params = {**params, "log_lr": (lambda: epoch_learning_rates(model.optimizer, cbs.callbacks)) if log_lr else None}
     run = Run(config, preflight=bool(model.metrics), check_targets=model.loss_fn is not None)
-    return run, (dl_train, dl_val), trackers, params
+    return run, (dl_train, dl_val), (plan.train_tracker, plan.val_tracker), params
+
 
 def default_callbacks(options: FitOptions, user_callbacks: Sequence[Callback]) -> List[Callback]:
     """History, step history and, with verbose, the printer (and a bar): fit's own callbacks."""
@@ -79,14 +85,15 @@ def default_callbacks(options: FitOptions, user_callbacks: Sequence[Callback]) -
         callbacks.append(ProgressPrinter(2 if bar else options.verbose))
     return callbacks
 
+
 def run_config(model: Any, cbs: CallbackList, strategy: Any, fast_path: bool, **fit_parts: Any) -> RunConfig:
     """The frozen part of a call's run: device, precision, callbacks, batch moves and iteration, reducer."""
     return RunConfig(
         device=model.device, precision=model.precision, callbacks=cbs,
         move=batch_mover(model.device, non_blocking=model.device.type == "cuda"),
         iterate=iter_batches if fast_path else iter,
-        reducer=None if strategy is None else strategy.reducer,
-        is_main_process=strategy is None or strategy.is_main, **fit_parts)
+        reducer=strategy.reducer, is_main_process=strategy.is_main, strategy=strategy, **fit_parts)
+
 
 def recompute_for(model: Any, step: str) -> Optional[Callable[[Any, Any], tuple]]:
     """The batch loss (and per-output losses) on given rows, for trimming padded batches under
@@ -98,10 +105,11 @@ def recompute_for(model: Any, step: str) -> Optional[Callable[[Any, Any], tuple]
 
     def recompute(preds: Any, targets: Any) -> tuple:
         with torch.no_grad(), model.precision.autocast():
-            loss, logs = model._loss_and_logs(preds, targets, None, training)
+            loss, logs = steps.loss_and_logs(model, preds, targets, None, training)
             return loss.detach(), logs
 
     return recompute
+
 
 def epoch_log_keys(model: Any, has_val: bool, log_lr: bool) -> Optional[List[str]]:
     """The keys every epoch's logs will have, or None when an overridden step decides them."""
@@ -117,8 +125,26 @@ def epoch_log_keys(model: Any, has_val: bool, log_lr: bool) -> Optional[List[str
         keys += lr_log_keys(model.optimizer)
     return keys
 
-def eval_run(model: Any, callbacks: Optional[Sequence[Callback]], fast_path: bool) -> tuple:
-    """The run of an evaluate or predict call, and its multi-process strategy (None in one process)."""
+
+def eval_run(model: Any, callbacks: Optional[Sequence[Callback]], fast_path: bool) -> Run:
+    """The run of an evaluate or predict call (its strategy is ``run.config.strategy``)."""
     strategy = distributed.strategy(model.device, model.strategy)
-    cbs = CallbackList(check_callbacks(callbacks), model, is_main_process=strategy is None or strategy.is_main)
-    return Run(run_config(model, cbs, strategy, fast_path)), strategy
+    cbs = CallbackList(check_callbacks(callbacks), model, is_main_process=strategy.is_main)
+    return Run(run_config(model, cbs, strategy, fast_path))
+
+
+def evaluate_parts(model: Any, dl: Any, run: Run) -> tuple:
+    """The loader and tracker of an evaluate call: this rank's part and figures over the whole dataset."""
+    tracker = Tracker(copy_metrics(model.metrics), prefix="val_")
+    return run.config.strategy.evaluate_loader(dl, tracker, recompute_for(model, "eval_step"))
+
+
+def evaluate_result(figures: Any, verbose: Any, return_dict: bool, is_main: bool) -> Any:
+    """What evaluate returns: the figures (a dict), or Keras' list ``[loss, *metrics]`` (the loss alone
+    when there are no metrics); ``verbose`` prints them on one line first, through the formatter."""
+    if verbose not in (0, None, False) and is_main:
+        print(" - ".join(f"{k}: {format_figure(v, k)}" for k, v in figures.items()))
+    if return_dict:
+        return figures
+    values = list(figures.values())
+    return values[0] if len(values) == 1 else values

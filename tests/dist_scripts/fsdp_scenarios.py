@@ -42,7 +42,7 @@ def fitted(strategy, epochs: int = 2, **kwargs):
 
 
 def whole(m):
-    net, opt = checkpoint.full_state(m)  # a collective under FSDP
+    net, opt = checkpoint.full_state(m, m._strategy())  # a collective under FSDP
     return {"net": net, "optimizer": opt}
 
 

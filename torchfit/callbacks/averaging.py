@@ -24,7 +24,7 @@ __all__ = ["EMA", "SWA"]
 
 def _current_run(model: Any) -> Any:
     """The run of the fit in progress (None outside one): the one place this module reads fit internals."""
-    return getattr(model, "_run", None)
+    return model.run
 
 
 def _fit_train_loader(model: Any) -> Any:
@@ -292,7 +292,7 @@ class SWA(_WeightAverage):
         self._loader = self.bn_loader if self.bn_loader is not None else _fit_train_loader(self.model)
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        if epoch < self.start_epoch:
+        if epoch + 1 < self.start_epoch:  # hooks count epochs from 0; start_epoch from 1, as the history
             return
         self.updates += 1
         with torch.no_grad():

@@ -11,7 +11,7 @@ sync per step.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional
 
 HOOKS = (
     "on_train_begin", "on_train_end",
@@ -39,12 +39,16 @@ class Callback:
     torchrun only the process of rank 0 runs them. Set ``runs_last = True`` on
     callbacks that save the training state (checkpoints): they run after all the
     others at every hook, so what they save includes what the others did at that
-    point (a scheduler's step, early stopping's counter). Set ``changes_lr = True``
+    point (a scheduler's step, early stopping's counter). Set ``saves_checkpoints = True``
+    on a rank-zero-only callback that saves through ``torchfit.checkpoint``: where the
+    strategy saves collectively (a sharded net is gathered by every rank) it then runs
+    on every rank, and only the writing rank writes. Set ``changes_lr = True``
     on callbacks that change the learning rate: fit then records the optimizer's
     rate in an ``lr`` column.
     """
 
     rank_zero_only: bool = False
+    saves_checkpoints: bool = False
     runs_last: bool = False
     changes_lr: bool = False
     model: Any = None
@@ -97,6 +101,50 @@ class Callback:
     def on_exception(self, exception: BaseException) -> None:
         """fit calls this for any exception or KeyboardInterrupt leaving the epoch loop, before it
         prints "Training interrupted" or re-raises (Lightning's name): close bars, flush files."""
+
+
+class RunningLogs(Mapping[str, float]):
+    """Keras' batch logs: the running figures of the epoch so far, computed when first read.
+
+    A callback that reads ``logs["loss"]`` in ``on_train_batch_end`` gets the running
+    (sample-weighted) mean as Keras gives it, and pays one host sync for that batch; no
+    reader, no sync. At logging points the figures are already computed
+    (``at_logging_point``), and ``step`` is the 1-based batch number the step dicts print.
+    """
+
+    __slots__ = ("_tracker", "_strip", "_values", "step", "at_logging_point")
+
+    def __init__(self, tracker: Any, step: int, strip: str = "", values: Optional[Dict[str, float]] = None):
+        self._tracker, self._strip, self.step = tracker, strip, step
+        self._values = values
+        self.at_logging_point = values is not None
+
+    def _figures(self) -> Dict[str, float]:
+        if self._values is None:
+            n = len(self._strip)
+            figures = self._tracker.compute() if self._tracker is not None else {}
+            self._values = {"step": self.step, **{(k[n:] if n and k.startswith(self._strip) else k): v
+                                                  for k, v in figures.items()}}
+        return self._values
+
+    def __getitem__(self, key: str) -> float:
+        return self._figures()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._figures())
+
+    def __len__(self) -> int:
+        return len(self._figures())
+
+    def __repr__(self) -> str:
+        return repr(self._figures())
+
+
+def is_logging_point(logs: Mapping[str, Any]) -> bool:
+    """Whether batch ``logs`` come from a logging point (figures already read back): torchfit's own
+    callbacks record and print only there. A plain dict counts when it is not empty."""
+    flag = getattr(logs, "at_logging_point", None)
+    return bool(logs) if flag is None else flag
 
 
 class LambdaCallback(Callback):
@@ -169,7 +217,8 @@ class CallbackList:
     """Runs hooks on callbacks in list order (``runs_last`` ones after the rest); hooks are
     attributes named like ``Callback``'s."""
 
-    def __init__(self, callbacks: Iterable[Callback], model: Any, is_main_process: bool = True):
+    def __init__(self, callbacks: Iterable[Callback], model: Any, is_main_process: bool = True,
+                 collective_saves: bool = False):
         callbacks = list(callbacks)
         for cb in callbacks:
             if not isinstance(cb, Callback):
@@ -177,7 +226,8 @@ class CallbackList:
                     f"callbacks must be torchfit.callbacks.Callback instances; got {type(cb).__name__}. "
                     "Subclass Callback, or wrap functions in LambdaCallback(on_epoch_end=...)"
                 )
-        kept = [cb for cb in callbacks if is_main_process or not cb.rank_zero_only]
+        kept = [cb for cb in callbacks if is_main_process or not cb.rank_zero_only
+                or (collective_saves and cb.saves_checkpoints)]
         # Stable: list order, except that state-saving callbacks go after the rest.
         self.callbacks = sorted(kept, key=lambda cb: cb.runs_last)
         for cb in self.callbacks:

@@ -12,6 +12,7 @@ from typing import Callable, List, Optional, Union
 
 from .. import checkpoint
 from ..files import check_writable
+from ..formatting import format_figure
 from .base import Callback
 from .monitor import check_monitor, is_improvement, resolve_mode
 
@@ -33,6 +34,11 @@ class ModelCheckpoint(Callback):
     checkpoints (``model.load_checkpoint``); ``weights_only=True`` writes the
     net's ``state_dict`` alone (``net.load_state_dict(torch.load(path))``).
 
+    Keras' words work too: ``ModelCheckpoint(filepath=..., save_weights_only=True,
+    save_freq=N, initial_value_threshold=x)``; ``save_freq=N`` writes every N training
+    batches (``{batch}`` in the name) instead of at epoch ends, a checkpoint taken
+    mid-epoch.
+
     Each write goes to a temporary file that is then renamed over the target,
     so a crash mid-write never leaves a torn file. The callback runs after all
     the others (``runs_last``), so a checkpoint includes what they did at that
@@ -41,11 +47,12 @@ class ModelCheckpoint(Callback):
     """
 
     rank_zero_only = True
+    saves_checkpoints = True  # under a sharded strategy every rank takes part in each save
     runs_last = True
 
     def __init__(
         self,
-        path: PathLike,
+        filepath: Optional[PathLike] = None,
         monitor: str = "val_loss",
         mode: str = "auto",
         save_best_only: bool = False,
@@ -53,8 +60,22 @@ class ModelCheckpoint(Callback):
         weights_only: bool = False,
         verbose: int = 0,
         sink: Callable[[str], None] = print,
+        *,
+        path: Optional[PathLike] = None,
+        save_weights_only: Optional[bool] = None,
+        save_freq: Union[str, int] = "epoch",
+        initial_value_threshold: Optional[float] = None,
     ):
-        self.path = os.fspath(path)
+        if (filepath is None) == (path is None):
+            raise TypeError("ModelCheckpoint needs the file to write: ModelCheckpoint('ckpt/best.pt') "
+                            "(Keras' filepath=, or path=; not both)")
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1):
+            raise ValueError(f"save_freq must be 'epoch' or a number of batches >= 1 (Keras); got {save_freq!r}")
+        if save_weights_only is not None:  # Keras' name
+            weights_only = save_weights_only
+        self.save_freq = save_freq
+        self._batches_since_save = 0
+        self.path = os.fspath(filepath if filepath is not None else path)
         self.fields = _format_fields(self.path)
         self.monitor = monitor
         self.mode = resolve_mode(mode, monitor)
@@ -68,7 +89,7 @@ class ModelCheckpoint(Callback):
             self.last_path = os.fspath(save_last)
         self.weights_only = bool(weights_only)
         self.verbose, self.sink = verbose, sink
-        self.best: Optional[float] = None
+        self.best: Optional[float] = initial_value_threshold  # Keras: a file only once this is beaten
         self.best_epoch: Optional[int] = None
 
     def set_params(self, params: dict) -> None:
@@ -78,6 +99,8 @@ class ModelCheckpoint(Callback):
         if self.save_best_only:
             check_monitor("ModelCheckpoint", self.monitor, params)
         keys = params.get("log_keys")
+        if keys is not None and self.save_freq != "epoch":
+            keys = [*keys, "batch"]  # Keras fills {batch} in files written every save_freq batches
         unknown = [f for f in self.fields if keys is not None and f not in keys]
         if unknown:
             raise ValueError(
@@ -92,25 +115,50 @@ class ModelCheckpoint(Callback):
         if self.last_path is not None:
             check_writable(owner + " (save_last)", self.last_path)
 
+    def implements(self, hook: str) -> bool:
+        # Keras' save_freq: every N batches instead of at epoch ends (no per-batch call otherwise)
+        if hook == "on_train_batch_end":
+            return self.save_freq != "epoch"
+        if hook == "on_epoch_end":
+            return self.save_freq == "epoch"
+        return super().implements(hook)
+
+    def on_train_batch_end(self, batch: int, logs: dict) -> None:
+        self._batches_since_save += 1
+        if self._batches_since_save < self.save_freq:
+            return
+        self._batches_since_save = 0
+        epoch = self.model.run.epoch  # the 1-based epoch in progress
+        figures = {**dict(logs), "epoch": epoch, "batch": batch + 1}  # reads the running figures once
+        self._save(figures)
+
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        self._save(logs)
+
+    def _save(self, logs: dict) -> None:
         if self.save_best_only:
             current = logs.get(self.monitor)  # None on an epoch without validation: no improvement
             if is_improvement(current, self.best, self.mode):
-                self.best, self.best_epoch = current, epoch
-                self._write(self.path.format(**logs), f" ({self.monitor} improved to {current:.6g})")
+                self.best, self.best_epoch = current, logs["epoch"]
+                self._write(self.path.format(**logs), f" ({self.monitor} improved to {format_figure(current, self.monitor)})")
         elif all(f in logs for f in self.fields):  # an epoch without validation (validation_freq) cannot
             self._write(self.path.format(**logs), "")  # fill "{val_loss}": it keeps only the last file
         if self.last_path is not None:
             self._write(self.last_path, "")
 
     def _write(self, path: str, why: str) -> None:
-        checkpoint.save(self.model, path, weights_only=self.weights_only, owner=f"ModelCheckpoint({self.path!r})")
-        if self.verbose:
-            self.sink(f"Epoch {self.model.epoch}: saved {'weights' if self.weights_only else 'checkpoint'} "
+        strategy = self.model.run.config.strategy
+        checkpoint.save(self.model, path, strategy, weights_only=self.weights_only,
+                        owner=f"ModelCheckpoint({self.path!r})")
+        if self.verbose and strategy.writes_files:
+            self.sink(f"Epoch {self.model.run.epoch if self.model.run is not None else self.model.epoch}: saved {'weights' if self.weights_only else 'checkpoint'} "
                       f"to {path}{why}")
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def on_train_begin(self, logs: dict) -> None:
+        self._batches_since_save = 0
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]

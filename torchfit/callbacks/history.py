@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, List, Mapping, Sequence
 
-from .base import Callback
+from .base import Callback, is_logging_point
 
 
 def frame(rows: Sequence[Mapping[str, Any]], first: Sequence[str]) -> Any:
@@ -28,7 +28,7 @@ class History(Callback):
     """
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        self.model._history_rows.append(dict(logs))
+        self.model.training_state.record_epoch(logs)
 
 
 class StepHistory(Callback):
@@ -46,14 +46,14 @@ class StepHistory(Callback):
         self._epoch = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
-        self._epoch = epoch
+        self._epoch = epoch + 1  # the history's 1-based number
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
-        if not logs:
+        if not is_logging_point(logs):
             return
         row = {"epoch": self._epoch, "step": logs.get("step", batch), "global_step": self.model.global_step}
         groups = getattr(self.model.optimizer, "param_groups", None)
         if groups:
             row["lr"] = float(groups[0]["lr"])
         row.update((k, v) for k, v in logs.items() if k != "step")
-        self.model._step_rows.append(row)
+        self.model.training_state.record_step(row)

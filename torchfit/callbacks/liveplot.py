@@ -34,7 +34,7 @@ class LivePlot(Callback):
     ``torchfit.plot_history`` (default: loss, then every metric). ``columns``: panels per
     row. ``dpi``: the PNG's resolution. ``self.figure`` is the last figure drawn.
 
-    Needs matplotlib (``pip install torchfit[plot]``); without it, fit fails before the
+    Needs matplotlib (``pip install "torchfit-keras[plot]"``); without it, fit fails before the
     first step, naming the fix.
 
     >>> # model.fit(20, dl_train, dl_val, callbacks=[LivePlot()])            # Jupyter: a live figure
@@ -94,7 +94,7 @@ class LivePlot(Callback):
         png = self._draw()
         if self._display is not None:
             self._display.show_bundle("plot", {"image/png": base64.b64encode(png).decode("ascii"),
-                                               "text/plain": f"<torchfit history plot, epoch {epoch}>"})
+                                               "text/plain": f"<torchfit history plot, epoch {epoch + 1}>"})
         else:
             self._write(png)
 

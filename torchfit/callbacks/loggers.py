@@ -10,8 +10,9 @@ import csv
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
+from ..errors import install_hint
 from ..files import check_writable, replace_atomically
-from .base import Callback
+from .base import Callback, is_logging_point
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -84,7 +85,7 @@ class CSVLogger(Callback):
             with open(self.path, newline="") as f:
                 self._columns = next(csv.reader(f, delimiter=self.separator), None)
             return
-        rows = [] if self.append else list(self.model._history_rows)
+        rows = [] if self.append else list(self.model.training_state.history)
         self._columns = _columns(rows) if rows else None
         self._rewrite(rows)
 
@@ -154,7 +155,7 @@ class TensorBoard(StepLogger):
     same numbers the step dicts print (logging points are where figures are
     read from the device anyway, so this adds no host sync). Files are flushed
     at each epoch end and closed when training ends. Needs the ``tensorboard``
-    package (``pip install torchfit[tensorboard]``).
+    package (``pip install "torchfit-keras[tensorboard]"``).
     """
 
     rank_zero_only = True
@@ -165,7 +166,7 @@ class TensorBoard(StepLogger):
         except ImportError as exc:  # the package is an optional extra
             raise ImportError(
                 "the TensorBoard callback needs the tensorboard package: pip install tensorboard "
-                "(or pip install torchfit[tensorboard])"
+                f"(or {install_hint('tensorboard')})"
             ) from exc
         self._writer_class = SummaryWriter
         self.log_dir = os.fspath(log_dir)
@@ -185,7 +186,7 @@ class TensorBoard(StepLogger):
         return writer
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
-        if not logs:  # figures exist only at logging points
+        if not is_logging_point(logs):  # figures are read back only at logging points
             return
         writer = self._writer("train")
         for key, value in logs.items():
@@ -197,9 +198,9 @@ class TensorBoard(StepLogger):
             if key == "epoch":
                 continue
             if key.startswith("val_"):
-                self._writer("validation").add_scalar("epoch_" + key[4:], value, epoch)
+                self._writer("validation").add_scalar("epoch_" + key[4:], value, epoch + 1)
             else:
-                self._writer("train").add_scalar("epoch_" + key, value, epoch)
+                self._writer("train").add_scalar("epoch_" + key, value, epoch + 1)
         for writer in self._writers.values():
             writer.flush()
 

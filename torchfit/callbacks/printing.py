@@ -12,14 +12,13 @@ from __future__ import annotations
 import datetime
 import html
 import math
+import shutil
 import sys
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
-from prettytable import PrettyTable
-
 from .. import formatting
-from .base import Callback
+from .base import Callback, is_logging_point
 
 
 def round_figure(value: float, places: int = 3) -> float:
@@ -40,54 +39,105 @@ def format_step(logs: Mapping[str, float]) -> str:
     return formatting.format_step(logs)
 
 
-def epoch_table(rows: Iterable[Mapping[str, float]], widths: Optional[Dict[str, int]] = None) -> str:
-    """A prettytable with one row per epoch dict; columns in the first row's key order.
+def table_width(widths: Iterable[int]) -> int:
+    """Characters in a line of a table whose columns have these widths (``| x | y |``)."""
+    return 1 + sum(w + 3 for w in widths)
 
-    ``widths`` (column -> characters, from ``formatting.figure_widths``) are minimum widths:
-    a printer passes the widths of the tables before, so that the columns line up.
+
+def column_groups(columns: List[str], widths: Mapping[str, int], max_width: Optional[int]) -> List[List[str]]:
+    """``columns`` cut into tables no wider than ``max_width``, each led by the first column (the epoch).
+
+    >>> column_groups(["epoch", "loss", "val_loss"], {"epoch": 5, "loss": 8, "val_loss": 8}, 30)
+    [['epoch', 'loss'], ['epoch', 'val_loss']]
+    """
+    if not columns:
+        return []
+    lead, groups = columns[0], [[columns[0]]]
+    for column in columns[1:]:
+        group = groups[-1]
+        if max_width is None or len(group) == 1 or table_width(widths[c] for c in group + [column]) <= max_width:
+            group.append(column)
+        else:
+            groups.append([lead, column])
+    return groups
+
+
+def render_table(names: List[str], widths: List[int], rows: List[List[str]]) -> str:
+    """A prettytable-style text table of cells already padded to ``widths``."""
+    border = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    head = "|" + "|".join(f" {n.center(w)} " for n, w in zip(names, widths)) + "|"
+    body = ["|" + "|".join(f" {cell} " for cell in row) + "|" for row in rows]
+    return "\n".join([border, head, border, *body, border])
+
+
+def epoch_table(rows: Iterable[Mapping[str, float]], layout: Optional[formatting.Columns] = None,
+                width: Optional[int] = None) -> str:
+    """One prettytable-style table with a row per epoch dict, or several stacked ones.
+
+    ``layout`` (a ``formatting.Columns``) places each figure: a printer passes the one it
+    keeps for the whole run, so that the columns of every epoch's table line up; without it
+    the layout is made from ``rows``. ``width`` is the most characters a line may have:
+    columns that do not fit go to further tables below, each led by the ``epoch`` column.
+
+    >>> print(epoch_table([{"epoch": 1, "loss": 2.1, "val_loss": 1.5}], width=30))
+    +-------+----------+
+    | epoch |   loss   |
+    +-------+----------+
+    |   1   | 2.100    |
+    +-------+----------+
+    +-------+----------+
+    | epoch | val_loss |
+    +-------+----------+
+    |   1   | 1.500    |
+    +-------+----------+
     """
     rows = list(rows)
-    columns = formatting.columns_of(rows)
-    cells = [[formatting.format_figure(row.get(c), c) for c in columns] for row in rows]
-    names = [str(c) for c in columns]
-    if not all(text.isascii() for text in names + [t for line in cells for t in line]):
-        return _pretty_table(columns, cells, widths)  # wide characters: prettytable measures them
-    # prettytable's default layout, drawn directly: the same text in a tenth of the time (a
-    # unit-test-sized fit prints three of these; prettytable spent ~0.25 ms on each)
-    widths = widths or {}
-    sizes = [max(len(name), widths.get(c, 0), *(len(line[i]) for line in cells))
-             for i, (c, name) in enumerate(zip(columns, names))]
-    rule = "+" + "+".join("-" * (n + 2) for n in sizes) + "+"
-
-    def line(texts: List[str]) -> str:
-        return "|" + "|".join(f" {text.center(n)} " for text, n in zip(texts, sizes)) + "|"
-
-    return "\n".join([rule, line(names), rule, *(line(texts) for texts in cells), rule])
-
-
-def _pretty_table(columns: List[str], cells: List[List[str]], widths: Optional[Dict[str, int]]) -> str:
-    table = PrettyTable(columns)
-    if widths:
-        table.min_width = {c: widths[c] for c in columns if c in widths}
-    for texts in cells:
-        table.add_row(texts)
-    return table.get_string()
+    layout = layout if layout is not None else formatting.Columns()
+    for row in rows:
+        layout.observe(row)
+    columns = layout.names  # a column the rows lack (no validation this epoch) stays, blank
+    widths = layout.widths()
+    tables = []
+    for group in column_groups(columns, widths, width):
+        cells = [layout.cells(row, group) for row in rows]
+        tables.append(render_table(group, [widths[c] for c in group], cells))
+    return "\n".join(tables)
 
 
 def epoch_table_html(rows: Iterable[Mapping[str, float]]) -> str:
-    """The same table as ``epoch_table`` as an HTML ``<table>`` (figures formatted alike)."""
+    """The same table as ``epoch_table`` as an HTML ``<table>`` (figures formatted and placed alike).
+
+    A browser scrolls a wide table, so it stays one table; its cells keep the text
+    table's padding in a fixed-width font, so decimal points line up down a column.
+    """
     rows = list(rows)
-    columns = formatting.columns_of(rows)
+    layout = formatting.Columns()
+    for row in rows:
+        layout.observe(row)
+    columns = layout.names
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(formatting.format_figure(row.get(c), c))}</td>" for c in columns)
-        + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in layout.cells(row, columns)) + "</tr>"
         for row in rows
     )
-    # right-aligned, tabular digits: the fixed decimals of a column line up in the browser too
-    style = "text-align:right;font-variant-numeric:tabular-nums"
+    style = "font-family:monospace;white-space:pre;text-align:center"
     return (f'<table class="torchfit-epochs" style="{style}"><thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table>")
+
+
+def output_width(width: Optional[int] = None, stdout: bool = True) -> int:
+    """The line width tables are fitted to: ``width`` if given; for stdout the terminal's
+    (``COLUMNS`` first, as ``shutil.get_terminal_size`` reads it), else 80 (a file, a pipe,
+    a CI log, or a sink of your own).
+
+    >>> output_width(100), output_width(stdout=False)
+    (100, 80)
+    """
+    if width is not None:
+        return width
+    if not stdout:
+        return 80
+    return shutil.get_terminal_size((80, 24)).columns or 80
 
 
 def in_notebook() -> bool:
@@ -155,8 +205,10 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-def time_bar() -> str:
-    return "\n" + "=" * 80 + datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+def time_bar(width: int = 99) -> str:
+    """torchkeras' rule and clock line, ``width`` characters long (99 as torchkeras prints it)."""
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    return "\n" + "=" * max(width - len(stamp), 10) + stamp
 
 
 class ProgressPrinter(Callback):
@@ -174,8 +226,11 @@ class ProgressPrinter(Callback):
     so that a kernel without ipywidgets still shows how far the epoch is and an ETA.
 
     Figures go through ``torchfit.formatting`` (3 fixed decimals, significant digits for
-    learning rates); each epoch's table is at least as wide, column by column, as the
-    tables before it, so the columns line up down the screen.
+    learning rates), laid out by one ``formatting.Columns`` for the whole fit: each
+    column keeps its width and its decimal point's place from the first epoch to the
+    last. ``width`` is the most characters a line may have (default: with ``sink=print``
+    the terminal's width or ``COLUMNS``, 80 in a file or CI log; 80 for another sink): a
+    table wider than that is cut into stacked tables, each led by the ``epoch`` column.
 
     >>> # model.fit(5, dl_train, callbacks=[ProgressPrinter(2, sink=my_log.write)], verbose=0)
     """
@@ -183,33 +238,38 @@ class ProgressPrinter(Callback):
     rank_zero_only = True
 
     def __init__(self, verbose: int = 1, sink: Callable[[str], None] = print,
-                 notebook: Union[bool, None, NotebookDisplay] = None):
+                 notebook: Union[bool, None, NotebookDisplay] = None, width: Optional[int] = None):
+        if width is not None and (not isinstance(width, int) or width < 20):
+            raise ValueError(f"ProgressPrinter(width=...) is the line width in characters, at least 20; got {width!r}")
         self.verbose = verbose
+        self.width = width
         self.sink = sink
         self.notebook = notebook
         self._display: Optional[NotebookDisplay] = None
         self._rows: List[Mapping[str, float]] = []
-        self._widths: Dict[str, int] = {}
+        self._layout = formatting.Columns()
         self._epoch = 0
         self._epoch_start = 0.0
         self._last_step: Optional[tuple] = None
 
     def on_train_begin(self, logs: dict) -> None:
         self._rows = []
-        self._widths = {}
+        self._layout = formatting.Columns()
+        for key in self.params.get("log_keys") or ():  # every epoch's tables get every column, in order
+            self._layout.add(key)
         self._last_step = None
         self._display = choose_display(self.notebook, default_output=self.sink is print)
         if self.verbose == 1:
             self.sink("Start Training ...")
             if self._display is None:
-                self.sink(time_bar())
+                self.sink(time_bar(min(99, output_width(self.width, self.sink is print))))
 
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
-        self._epoch = epoch
+        self._epoch = epoch + 1  # the table's 1-based number
         self._epoch_start = time.monotonic()
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
-        if logs and self.verbose == 1:
+        if self.verbose == 1 and is_logging_point(logs):
             if self._display is None:
                 self.sink(format_step(logs))
             else:
@@ -245,10 +305,10 @@ class ProgressPrinter(Callback):
             self._rows.append(dict(logs))
             self._display.show("epochs", epoch_table(self._rows), epoch_table_html(self._rows))
             return
-        self._widths = formatting.figure_widths([logs], self._widths)
-        self.sink("\n " + epoch_table([logs], self._widths))
+        width = output_width(self.width, self.sink is print)
+        self.sink("\n" + epoch_table([logs], self._layout, width))
         if self.verbose == 1:
-            self.sink(time_bar())
+            self.sink(time_bar(min(99, width)))
 
     def on_train_end(self, logs: dict) -> None:
         if self._display is not None and self._last_step is not None:

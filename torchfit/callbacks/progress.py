@@ -18,7 +18,7 @@ import sys
 from typing import Any, Callable, Optional, Union
 
 from .. import formatting
-from .base import Callback
+from .base import Callback, is_logging_point
 from .printing import NotebookDisplay, choose_display, in_notebook
 
 
@@ -173,7 +173,7 @@ class ProgressBar(Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
         last = self.params.get("epochs")
-        desc = f"Epoch {epoch}" + (f"/{last}" if last else "")
+        desc = f"Epoch {epoch + 1}" + (f"/{last}" if last else "")
         total = self.params.get("steps")
         if self._display is None:
             self._close()
@@ -192,11 +192,11 @@ class ProgressBar(Callback):
         bar = self._bar
         if bar is None:
             return
-        if logs:  # drawn by the update below when tqdm's rate limit allows: no redraw per step
+        if is_logging_point(logs):  # drawn by the update below when tqdm's rate limit allows: no redraw per step
             bar.set_postfix({k: formatting.format_figure(v, k) for k, v in logs.items() if k != "step"},
                             refresh=False)
         bar.update(1)
-        if batch == self.params.get("steps"):
+        if batch + 1 == self.params.get("steps"):
             self._finish_epoch()
 
     def _finish_epoch(self) -> None:

@@ -16,12 +16,6 @@ from .base import Callback
 from .monitor import check_monitor, main_process
 
 
-def _history_rows(model: Any) -> list:
-    """The model's recorded epoch rows (the list ``model.history`` is built from)."""
-    state = getattr(model, "training_state", None)  # the training state's owner, where there is one
-    return state.history if state is not None else model._history_rows
-
-
 class OptunaPruning(Callback):
     """Report ``monitor`` to ``trial`` after each epoch; stop training when the trial should be pruned.
 
@@ -80,7 +74,7 @@ class OptunaPruning(Callback):
         self.pruned, self.pruned_epoch = True, epoch
         self.reason = (f"Optuna pruned trial {number} at epoch {epoch}: {self.monitor}={value:.6g} is behind the "
                        "study's other trials at this epoch")
-        rows = _history_rows(self.model)  # History recorded this epoch first: its row says why
+        rows = self.model.training_state.history  # History recorded this epoch first: its row says why
         if rows and rows[-1].get("epoch") == epoch:
             rows[-1]["pruned"] = self.reason
         self.model.stop_training = True

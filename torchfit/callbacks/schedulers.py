@@ -5,21 +5,24 @@ plus what a schedule over the whole run needs: ``run_total_steps(params)`` and t
 
 Owns when a scheduler steps and what goes into checkpoints (the scheduler's
 ``state_dict``); the schedules themselves are torch's. Both set ``changes_lr``,
-so fit adds the optimizer's learning rate to every epoch's logs as ``lr`` (and
-``lr_1``, ``lr_2``... for further parameter groups), read when the epoch's
-training pass ends: the rate the epoch trained with for per-epoch schedules,
-the rate of the next step for per-step ones.
+so fit adds the learning rate to every epoch's logs as ``lr`` (and ``lr_1``,
+``lr_2``... for further parameter groups): the rate the epoch's last optimizer
+step trained with (``epoch_learning_rates``). For a per-epoch schedule that is the
+epoch's one rate; for a per-step one (``interval="step"``, one-cycle, warm-up) the
+last step's, not the rate the scheduler has already set for the next step.
 """
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
+from ..formatting import format_figure
 from .base import Callback
-from .monitor import check_monitor, check_nonnegative, main_process, resolve_mode
+from .monitor import check_monitor, check_nonnegative, is_improvement, main_process, resolve_mode
 
 _Plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
 
@@ -35,6 +38,24 @@ def learning_rates(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
     for i, group in enumerate(optimizer.param_groups):
         rates["lr" if i == 0 else f"lr_{i}"] = float(group["lr"])
     return rates
+
+
+def epoch_learning_rates(optimizer: torch.optim.Optimizer, callbacks: Iterable[Any]) -> Dict[str, float]:
+    """The epoch's ``lr`` figures: the rates its last optimizer step trained with.
+
+    A per-step ``LearningRateScheduler`` has already moved the optimizer to the next
+    step's rate when the epoch ends; it kept the rates of the step before, and those are
+    the ones shown. Otherwise the optimizer's rates are the epoch's (a per-epoch schedule
+    steps after the epoch's figures are taken).
+
+    >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    >>> epoch_learning_rates(opt, [])
+    {'lr': 0.1}
+    """
+    for cb in callbacks:
+        if isinstance(cb, LearningRateScheduler) and cb.last_step_rates is not None:
+            return {("lr" if i == 0 else f"lr_{i}"): float(lr) for i, lr in enumerate(cb.last_step_rates)}
+    return learning_rates(optimizer)
 
 
 def lr_log_keys(optimizer: torch.optim.Optimizer) -> List[str]:
@@ -154,7 +175,23 @@ class LearningRateScheduler(Callback):
 
     changes_lr = True
 
-    def __init__(self, scheduler: Any, interval: str = "epoch", monitor: Optional[str] = None):
+    def __init__(self, scheduler: Any, interval: Any = "epoch", monitor: Optional[str] = None, verbose: int = 0,
+                 sink: Callable[[str], None] = print):
+        self.keras_schedule: Optional[Callable[..., Any]] = None
+        self.verbose, self.sink = verbose, sink
+        keras_possible = monitor is None and (interval == "epoch" or type(interval) is int)
+        if keras_possible and not _is_scheduler(scheduler) and callable(scheduler) and not isinstance(scheduler, type):
+            arity = _keras_schedule_arity(scheduler)
+            if arity:  # Keras' schedule(epoch, lr) -> lr (or schedule(epoch)): set at each epoch's start
+                if isinstance(interval, int) and not isinstance(interval, bool):
+                    self.verbose, interval = interval, "epoch"  # Keras' LearningRateScheduler(schedule, verbose)
+                if interval != "epoch" or monitor is not None:
+                    raise ValueError("a Keras schedule(epoch, lr) sets the rate at each epoch's start: pass no "
+                                     "interval or monitor")
+                self.keras_schedule, self._arity = scheduler, arity
+                self.scheduler, self.factory, self.interval, self.monitor = None, None, "epoch", None
+                self._seen_step, self._groups_before_build = 0, None
+                return
         factory = None
         if not _is_scheduler(scheduler):
             if not callable(scheduler) or isinstance(scheduler, type):
@@ -188,17 +225,40 @@ class LearningRateScheduler(Callback):
         self.monitor = monitor
         self._seen_step = 0
         self._groups_before_build: Optional[List[dict]] = None
+        # interval="step": the rates the last optimizer step trained with, before the scheduler
+        # moved them (the epoch's lr figures, epoch_learning_rates); None before the first step
+        self.last_step_rates: Optional[List[Any]] = None
 
     def implements(self, hook: str) -> bool:
         # Only the hook of the chosen interval runs (no per-batch call for per-epoch schedules).
+        if self.keras_schedule is not None:
+            return hook == "on_epoch_begin"
+        if hook == "on_epoch_begin":
+            return False
         if hook == "on_train_batch_end":
             return self.interval == "step"
         if hook == "on_epoch_end":
             return self.interval == "epoch"
         return super().implements(hook)
 
+    def on_epoch_begin(self, epoch: int, logs: dict) -> None:
+        """Keras' form: the rate of the epoch about to run (``epoch`` counts from 0, across fits)."""
+        groups = self.model.optimizer.param_groups
+        lr = float(groups[0]["lr"])
+        value = self.keras_schedule(epoch, lr) if self._arity == 2 else self.keras_schedule(epoch)
+        new = _as_rate(value)
+        if new is None:
+            raise ValueError(f"the LearningRateScheduler schedule returned {value!r} for epoch {epoch}; it must "
+                             "return a finite learning rate (a float)")
+        for g in groups:
+            g["lr"] = new
+        if self.verbose and main_process(self.model):
+            self.sink(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {new:.6g}.")
+
     def set_params(self, params: dict) -> None:
         super().set_params(params)
+        if self.keras_schedule is not None:
+            return
         if self.factory is not None:
             self._run_length(params)  # a loader without len(): fail before training
         else:
@@ -245,8 +305,13 @@ class LearningRateScheduler(Callback):
         if self.factory is not None:
             self._build()
         self._seen_step = self.model.global_step
+        self.last_step_rates = None
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
+        if self._seen_step < self.model.global_step:
+            # as stored (a float, or a tensor read only at the epoch's end): no host sync per step
+            self.last_step_rates = [lr.clone() if isinstance(lr, torch.Tensor) else lr  # a tensor rate moves in place
+                                    for lr in (group["lr"] for group in self.model.optimizer.param_groups)]
         while self._seen_step < self.model.global_step:
             self.scheduler.step()
             self._seen_step += 1
@@ -260,9 +325,13 @@ class LearningRateScheduler(Callback):
             self.scheduler.step()
 
     def state_dict(self) -> dict:
+        if self.keras_schedule is not None or self.scheduler is None:  # nothing built (yet): nothing to keep
+            return {}
         return {"scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        if self.keras_schedule is not None or "scheduler" not in state:
+            return  # a function of the epoch, or saved before a factory built its scheduler: nothing to restore
         self.scheduler.load_state_dict(state["scheduler"])
         if self.factory is not None and self._groups_before_build is not None:
             # Building the scheduler reset the optimizer's rate (and momentum, for one-cycle)
@@ -272,17 +341,18 @@ class LearningRateScheduler(Callback):
 
 
 class ReduceLROnPlateau(Callback):
-    """Multiply the learning rate by ``factor`` when ``monitor`` has stopped improving (Keras' callback).
+    """Multiply the learning rate by ``factor`` when ``monitor`` has stopped improving (Keras' callback and rule).
 
     >>> rlrop = ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2)
     >>> # model.fit(50, dl_train, dl_val, callbacks=[rlrop])
 
-    After ``patience`` epochs in a row without an improvement larger than
-    ``min_delta`` (absolute), every parameter group's rate is multiplied by
-    ``factor`` (not below ``min_lr``); then ``cooldown`` epochs pass before
-    counting again. Built on torch's ``ReduceLROnPlateau`` over
-    ``model.optimizer`` at the start of each fit (so counters restart with each
-    fit call, as in Keras, and continue from full checkpoints).
+    Keras' rule, epoch by epoch: an improvement (by more than ``min_delta``,
+    absolute) resets the wait; otherwise, outside a cooldown, the wait grows, and
+    when it reaches ``patience`` every parameter group's rate is multiplied by
+    ``factor`` (not below ``min_lr``), the wait restarts and ``cooldown`` epochs
+    pass before counting again. So ``patience=2`` reduces after the second epoch
+    without improvement (torch's own scheduler waits for a third). Counters restart
+    with each fit call, as in Keras, and continue from full checkpoints.
     """
 
     changes_lr = True
@@ -290,13 +360,13 @@ class ReduceLROnPlateau(Callback):
     def __init__(
         self,
         monitor: str = "val_loss",
-        mode: str = "auto",
         factor: float = 0.1,
         patience: int = 10,
+        verbose: int = 0,
+        mode: str = "auto",
         min_delta: float = 1e-4,
         cooldown: int = 0,
         min_lr: float = 0.0,
-        verbose: int = 0,
         sink: Callable[[str], None] = print,
     ):
         if not 0.0 < factor < 1.0:
@@ -310,33 +380,85 @@ class ReduceLROnPlateau(Callback):
         self.factor, self.patience, self.min_delta = float(factor), int(patience), float(min_delta)
         self.cooldown, self.min_lr = int(cooldown), float(min_lr)
         self.verbose, self.sink = verbose, sink
-        self.scheduler: Optional[_Plateau] = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best: Optional[float] = None
+        self.wait = 0
+        self.cooldown_counter = 0
 
     def set_params(self, params: dict) -> None:
         super().set_params(params)
         check_monitor("ReduceLROnPlateau", self.monitor, params)
 
     def on_train_begin(self, logs: dict) -> None:
-        self.scheduler = _Plateau(
-            self.model.optimizer, mode=self.mode, factor=self.factor, patience=self.patience,
-            threshold=self.min_delta, threshold_mode="abs", cooldown=self.cooldown, min_lr=self.min_lr,
-        )
+        self._reset()
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        if logs.get(self.monitor) is None:
+        current = logs.get(self.monitor)
+        if current is None:
             return  # an epoch without validation (fit(validation_freq=...)): nothing to judge
-        before = [g["lr"] for g in self.model.optimizer.param_groups]
-        self.scheduler.step(logs[self.monitor])
-        after = [g["lr"] for g in self.model.optimizer.param_groups]
-        if after != before and self.verbose and main_process(self.model):
-            self.sink(f"Epoch {epoch}: ReduceLROnPlateau reduced the learning rate to "
-                      f"{', '.join(f'{lr:.6g}' for lr in after)} ({self.monitor} has not improved).")
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if is_improvement(current, self.best, self.mode, self.min_delta):
+            self.best, self.wait = float(current), 0
+            return
+        if self.cooldown_counter > 0:
+            return
+        self.wait += 1
+        if self.wait < self.patience:
+            return
+        groups = self.model.optimizer.param_groups
+        before = [g["lr"] for g in groups]
+        for g in groups:
+            if g["lr"] > self.min_lr:
+                g["lr"] = max(g["lr"] * self.factor, self.min_lr)
+        after = [g["lr"] for g in groups]
+        if after == before:
+            return  # already at min_lr: Keras keeps counting
+        self.cooldown_counter, self.wait = self.cooldown, 0
+        if self.verbose and main_process(self.model):
+            self.sink(f"Epoch {epoch + 1}: ReduceLROnPlateau reduced the learning rate to "
+                      f"{', '.join(format_figure(lr, 'lr') for lr in after)} ({self.monitor} has not improved).")
 
     def state_dict(self) -> dict:
-        return {"scheduler": self.scheduler.state_dict()} if self.scheduler is not None else {}
+        return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}
 
     def load_state_dict(self, state: dict) -> None:
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.best, self.wait, self.cooldown_counter = state["best"], state["wait"], state["cooldown_counter"]
+
+
+def _as_rate(value: Any) -> Optional[float]:
+    """A schedule's result as a float rate, or None when it is not one finite number."""
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        return None
+    return float(value)
+
+
+def _keras_schedule_arity(fn: Callable[..., Any]) -> int:
+    """2 or 1 when ``fn`` is Keras' ``schedule(epoch, lr)`` (or ``schedule(epoch)``), 0 otherwise.
+
+    Decided by calling it once as Keras would, at epoch 0 with a rate of 0.001: a Keras
+    schedule returns a number. torchfit's factory form ``f(optimizer, total_steps)`` cannot
+    build a scheduler on the number 0 (it raises or returns something else), so it is never
+    taken for a schedule. Only per-epoch callbacks are probed: with ``interval="step"`` or a
+    ``monitor`` the callable is torchfit's factory.
+
+    >>> _keras_schedule_arity(lambda epoch, lr: lr * 0.5), _keras_schedule_arity(lambda epoch: 0.1)
+    (2, 1)
+    >>> _keras_schedule_arity(lambda opt, total: torch.optim.lr_scheduler.StepLR(opt, 10))
+    0
+    """
+    for arity, args in ((2, (0, 0.001)), (1, (0,))):
+        try:
+            value = fn(*args)
+        except Exception:
+            continue
+        return arity if _as_rate(value) is not None else 0
+    return 0
 
 
 def _check_optimizer(scheduler: Any, model: Any) -> None:

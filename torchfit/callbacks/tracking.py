@@ -20,7 +20,9 @@ import time
 import warnings
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
+from ..errors import install_hint
 from ..files import check_writable
+from .base import is_logging_point
 from .loggers import StepLogger
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -70,7 +72,7 @@ def _require(package: str, user: str) -> None:
     # Checked when the callback is built, so a missing package fails before training, not after it.
     if importlib.util.find_spec(package) is None:
         raise ImportError(f"{user} needs the {package} package: pip install {package} "
-                          f"(or pip install torchfit[{package}])")
+                          f"(or {install_hint(package)})")
 
 
 def _numbers(logs: Mapping[str, Any], skip: Tuple[str, ...] = ("epoch",)) -> Dict[str, float]:
@@ -187,11 +189,11 @@ class MLflowLogger(StepLogger):
             self._client.log_batch(self.run_id, metrics=metrics)
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
-        if logs:  # figures exist only at logging points
+        if is_logging_point(logs):  # figures are read back only at logging points
             self._log({"batch_" + k: v for k, v in _numbers(logs, skip=("step",)).items()}, self.model.global_step)
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        self._log(_numbers(logs), epoch)
+        self._log(_numbers(logs), epoch + 1)
 
     def on_train_end(self, logs: dict) -> None:
         try:
@@ -278,12 +280,12 @@ class WandbLogger(StepLogger):
         self.run.config.update({**fit_params(self.model, self.params), **self.config}, allow_val_change=True)
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
-        if logs:
+        if is_logging_point(logs):
             figures = {"batch/" + k: v for k, v in _numbers(logs, skip=("step",)).items()}
             self.run.log({**figures, "global_step": self.model.global_step})
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        self.run.log({"epoch": epoch, **_numbers(logs)})
+        self.run.log({"epoch": epoch + 1, **_numbers(logs)})
 
     def on_train_end(self, logs: dict) -> None:
         import wandb

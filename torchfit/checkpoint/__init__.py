@@ -33,11 +33,17 @@ before the first byte is written, then replaces the file atomically.
 The training state is taken as of the moment of saving during a fit (at an
 epoch end that is after every callback's ``on_epoch_end``: ``ModelCheckpoint``
 runs last), and as of the end of the last fit when saving outside one.
+
+This package knows the format only: the model's counters and histories come from its
+``TrainingState``, whole tensors from the call's strategy (``torchfit.distributed``: a
+sharded net is gathered there), and ``sharded`` is the directory format for nets too
+large to gather.
 """
 from ..errors import CheckpointError
-from .loading import Resume, apply, apply_training_state, check, load, read, read_checked
-from .saving import (MARKER, VERSION, atomic_save, build, build_extra, digest, full_state, save, tensor_sha256,
-                     to_plain, training_state)
+from .loading import apply, apply_training_state, check, read, read_checked
+from .resume import Resume, load
+from .saving import (MARKER, VERSION, atomic_save, build, build_extra, digest, full_state, run_state, save,
+                     tensor_sha256, to_plain)
 from .state import (callback_keys, callbacks_state, check_callbacks_state, preserved_rng, restore_callbacks,
                     restore_loaders, rng_state, set_rng_state)
 
@@ -45,6 +51,6 @@ __all__ = [
     "MARKER", "VERSION", "CheckpointError", "Resume", "apply", "apply_training_state", "atomic_save", "build",
     "build_extra", "callback_keys", "callbacks_state", "full_state",
     "check", "check_callbacks_state", "digest", "load", "preserved_rng", "read", "read_checked",
-    "restore_callbacks", "restore_loaders", "rng_state", "save", "set_rng_state", "tensor_sha256",
-    "to_plain", "training_state",
+    "restore_callbacks", "restore_loaders", "rng_state", "run_state", "save", "set_rng_state", "tensor_sha256",
+    "to_plain",
 ]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
 from ..errors import CheckpointError
 from .saving import _PLAIN_SCALARS, MARKER, VERSION, PathLike, _tensors, _top, tensor_sha256
-from .state import check_callbacks_state, rng_state, set_rng_state
+from .state import rng_state, set_rng_state
 
 
 def read(path: PathLike) -> Dict[str, Any]:
@@ -45,23 +45,6 @@ def read(path: PathLike) -> Dict[str, Any]:
     )
 
 
-def load(model: Any, path: PathLike) -> None:
-    """Restore everything ``save`` wrote into a compiled ``model``; the next ``fit`` continues from it.
-
-    Every entry is checked against this model, and every tensor against the
-    file's digest, before anything changes (``check``); a failure while applying
-    (Ctrl-C, out of memory) rolls back what was applied. Either way a failed
-    load leaves the model as it was. A directory is a sharded checkpoint
-    (``torchfit.distributed.save_sharded``), checked and loaded by ``torch.distributed.checkpoint``.
-    """
-    if os.path.isdir(path):
-        from ..distributed.checkpoints import load_sharded
-
-        load_sharded(model, path)
-        return
-    apply(model, read_checked(model, path), path, stacklevel=4)
-
-
 def read_checked(model: Any, path: PathLike) -> Dict[str, Any]:
     """The checkpoint at ``path``, read and checked against ``model`` (``check``); nothing is applied.
 
@@ -73,11 +56,12 @@ def read_checked(model: Any, path: PathLike) -> Dict[str, Any]:
     return ckpt
 
 
-def apply(model: Any, ckpt: Mapping[str, Any], path: PathLike, stacklevel: int = 3) -> None:
+def apply(model: Any, ckpt: Mapping[str, Any], path: PathLike, strategy: Any, stacklevel: int = 3) -> None:
     """Put a checkpoint from ``read_checked`` into ``model``; roll everything back if that fails."""
-    undo = _Undo(model)
+    undo = _Undo(model, strategy)
     try:
-        _apply(model, ckpt)
+        strategy.load_full_state(model.net, model.optimizer, ckpt["net"], ckpt["optimizer"])
+        apply_training_state(model, ckpt)
     except BaseException as exc:
         undo.restore()
         if isinstance(exc, Exception) and not isinstance(exc, CheckpointError):
@@ -96,56 +80,31 @@ def apply(model: Any, ckpt: Mapping[str, Any], path: PathLike, stacklevel: int =
         )
 
 
-def _apply(model: Any, ckpt: Mapping[str, Any]) -> None:
-    from ..distributed import fsdp
-
-    opt = model.optimizer
-    if fsdp.is_sharded(model.net):  # every rank loads the whole file and keeps its own shards
-        fsdp.load_full_state(model.net, opt, ckpt["net"], ckpt["optimizer"])
-    else:
-        model.net.load_state_dict(ckpt["net"])
-        if ckpt["optimizer"] is not None and opt is not None and opt.param_groups:
-            opt.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
-    apply_training_state(model, ckpt)
-
-
-def apply_training_state(model: Any, ckpt: Mapping[str, Any], path: Optional[PathLike] = None) -> None:
+def apply_training_state(model: Any, ckpt: Mapping[str, Any]) -> None:
     """What a checkpoint holds besides the net and the optimizer, put back: counters, history, RNG, state
     for the next fit's loaders and callbacks."""
     scaler = model.precision.scaler if model.precision is not None else None
     if scaler is not None and ckpt["scaler"]:
         scaler.load_state_dict(ckpt["scaler"])
-    model.epoch = int(ckpt["epoch"])
-    model.global_step = int(ckpt["global_step"])
     model.stop_training = bool(ckpt["stop_training"])
-    model._history_rows = [dict(row) for row in ckpt["history"]]
-    model._step_rows = [dict(row) for row in ckpt.get("step_history", [])]
+    model.training_state.load_checkpoint_entries(ckpt)
     set_rng_state(ckpt["rng"])
-    state = {"callbacks": ckpt["callbacks"], "loaders": ckpt["loaders"], "rng": ckpt["rng"],
-             "mid_epoch": ckpt["mid_epoch"]}
-    model._fit_state = state  # saving again before the next fit writes the same state
-    model._resume_state = state  # the next fit hands loaders and callbacks their part
 
 
 class _Undo:
-    """What ``_apply`` changes, kept aside (the net's tensors as CPU copies) to be put back if it fails."""
+    """What applying a checkpoint changes, kept aside (the net's tensors as CPU copies) to be put back
+    if it fails."""
 
-    _ATTRS = ("epoch", "global_step", "stop_training", "_history_rows", "_step_rows", "_fit_state", "_resume_state")
-
-    def __init__(self, model: Any):
-        from ..distributed import fsdp
-
+    def __init__(self, model: Any, strategy: Any):
         self.model = model
-        # A sharded net is not copied aside (its shards live on every rank): a failed apply there is
-        # not rolled back for the weights, only for everything else.
-        self.net = None if fsdp.is_sharded(model.net) else {
-            k: v.detach().to("cpu", copy=True) for k, v in model.net.state_dict().items()}
+        self.net = strategy.copy_aside(model.net)  # None where the strategy cannot (a sharded net)
         opt = model.optimizer
         # load_state_dict builds new state and groups: the old objects, held here, stay as they were.
         self.opt = (opt.state, opt.param_groups) if opt is not None else None
         scaler = model.precision.scaler if model.precision is not None else None
         self.scaler = scaler.state_dict() if scaler is not None else None
-        self.attrs = {a: getattr(model, a) for a in self._ATTRS}
+        self.stop_training = model.stop_training
+        self.state = model.training_state.copy()
         self.rng = rng_state()
 
     def restore(self) -> None:
@@ -156,8 +115,8 @@ class _Undo:
             model.optimizer.__setstate__({"state": self.opt[0], "param_groups": self.opt[1]})
         if self.scaler:
             model.precision.scaler.load_state_dict(self.scaler)
-        for a, v in self.attrs.items():
-            setattr(model, a, v)
+        model.stop_training = self.stop_training
+        model.training_state.restore(self.state)
         set_rng_state(self.rng)
 
 
@@ -381,47 +340,3 @@ def _check_digest(c: _Checker, ckpt: Mapping[str, Any]) -> None:
     extra = sorted(set(saved) - seen)
     if extra:
         c.fail("'digest'", f"lists tensors the file does not hold: {extra[:5]}")
-
-
-
-
-class Resume:
-    """``fit(resume_from=path)`` in two steps (Keras' BackupAndRestore): ``plan`` reads and checks
-    the file (nothing applied), fit checks its callbacks and paths, then ``apply`` loads it."""
-
-    def __init__(self, path: PathLike, ckpt: Optional[Dict[str, Any]], epochs_left: int, message: Optional[str]):
-        self.path, self.ckpt, self.epochs_left, self.message = path, ckpt, epochs_left, message
-
-    @property
-    def start(self) -> Optional[int]:
-        """The epoch the resumed run continues after, or None for a fresh start."""
-        return None if self.ckpt is None else int(self.ckpt["epoch"])
-
-    @classmethod
-    def plan(cls, model: Any, path: PathLike, epochs: int) -> "Resume":
-        """``epochs`` is the run's total; a missing file means a fresh start of all of them."""
-        if not os.path.exists(path):
-            return cls(path, None, epochs, None)
-        if os.path.isdir(path):  # a sharded directory: its small file of counters and state is read now
-            from ..distributed.checkpoints import EXTRA
-
-            ckpt = read(os.path.join(path, EXTRA))
-        else:
-            ckpt = read_checked(model, path)
-        done = int(ckpt["epoch"])
-        message = f"Resuming from {os.fspath(path)}: {done} of {epochs} epoch(s) done."
-        if bool(ckpt["stop_training"]):  # e.g. early stopping ended the saved run: it is finished
-            epochs = done
-            message += " Training had been stopped (model.stop_training) at that epoch: nothing to resume."
-        return cls(path, ckpt, max(0, epochs - done), message)
-
-    def apply(self, model: Any, callbacks: Sequence[Any]) -> None:
-        """Check the callbacks' saved states against this fit's callbacks, then load everything."""
-        if self.ckpt is not None:
-            check_callbacks_state(self.ckpt, callbacks)
-            if os.path.isdir(self.path):
-                load(model, self.path)  # torch.distributed.checkpoint checks the tensors as it loads
-            else:
-                apply(model, self.ckpt, self.path, stacklevel=5)
-
-

@@ -31,49 +31,37 @@ def atomic_save(obj: Any, path: PathLike) -> None:
         torch.save(obj, f)
 
 
-def save(model: Any, path: PathLike, weights_only: bool = False, owner: str = "save_checkpoint") -> None:
+def save(model: Any, path: PathLike, strategy: Any, weights_only: bool = False,
+         owner: str = "save_checkpoint") -> None:
     """Write ``model``'s full training state (or the net's ``state_dict`` alone) to ``path``.
 
-    Everything is checked first (the path can be written, every value is one
-    ``weights_only`` loading accepts); a refusal leaves any existing file as it was.
+    ``strategy`` (``torchfit.distributed``) supplies whole tensors and says whether this
+    process writes. Everything is checked first (the path can be written, every value is
+    one ``weights_only`` loading accepts); a refusal leaves any existing file as it was.
     """
-    from ..distributed import fsdp
-
-    writes = not fsdp.is_sharded(model.net) or _rank() == 0  # a sharded net: every rank gathers, rank 0 writes
+    writes = strategy.writes_files
     if writes:
         check_writable(owner, path)
-    state = full_state(model)[0] if weights_only else build(model)
+    state = full_state(model, strategy)[0] if weights_only else build(model, strategy)
     if writes:
         atomic_save(state, path)
 
 
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def full_state(model: Any) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, Any]]]:
+def full_state(model: Any, strategy: Any) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, Any]]]:
     """The net's and the optimizer's ``state_dict`` with whole tensors, as one process holds them.
 
-    A net sharded by ``compile(strategy="fsdp")`` is gathered first: a collective,
-    so every rank must call this (only rank 0 gets the tensors; the others get
-    empty dicts). Anywhere else these are ``model.net.state_dict()`` and
-    ``model.optimizer.state_dict()``.
+    The strategy gathers a sharded net first (a collective then: every rank calls this, and
+    only the writing rank gets the tensors). In one process these are
+    ``model.net.state_dict()`` and ``model.optimizer.state_dict()``.
 
-    >>> # net_state, optimizer_state = full_state(model)
+    >>> # net_state, optimizer_state = full_state(model, strategy)
     """
-    from ..distributed import fsdp
-
-    if fsdp.is_sharded(model.net):
-        return fsdp.full_state(model.net, model.optimizer)
-    opt = model.optimizer
-    return model.net.state_dict(), opt.state_dict() if opt is not None and opt.param_groups else None
+    return strategy.full_state(model.net, model.optimizer)
 
 
-def build(model: Any) -> Dict[str, Any]:
-    """The checkpoint dict for ``model``: see the module docstring."""
-    net, optimizer = full_state(model)
+def build(model: Any, strategy: Any) -> Dict[str, Any]:
+    """The checkpoint dict for ``model``: see the package docstring."""
+    net, optimizer = full_state(model, strategy)
     opt = model.optimizer
     ckpt = build_extra(model)
     ckpt.update(net=net, optimizer=optimizer,
@@ -85,25 +73,27 @@ def build(model: Any) -> Dict[str, Any]:
 def build_extra(model: Any) -> Dict[str, Any]:
     """The checkpoint dict without the net and the optimizer: counters, history, callbacks, loaders, RNG
     (what a sharded ``torch.distributed.checkpoint`` directory keeps beside its tensors)."""
-    run = model._run
+    state = model.training_state
+    run = model.run
     if run is not None and run.config.loaders:
-        extra = training_state(model, run)  # inside a fit: live
-    elif model._fit_state is not None:
-        extra = model._fit_state  # the state at the end of the last fit (or the one loaded)
+        extra = run_state(model, run)  # inside a fit: live
+    elif state.last_fit is not None:
+        extra = state.last_fit  # the state at the end of the last fit (or the one loaded)
     else:
         extra = {"callbacks": {}, "loaders": {}, "rng": rng_state(), "mid_epoch": None}
     precision = model.precision
     scaler = precision.scaler if precision is not None else None
+    entries = state.checkpoint_entries()
     ckpt = {
         MARKER: VERSION,
-        "epoch": int(model.epoch),
-        "global_step": int(model.global_step),
+        "epoch": entries["epoch"],
+        "global_step": entries["global_step"],
         # Set by a callback (early stopping) at this epoch's end: the run is over, resume_from trains no more.
         "stop_training": bool(model.stop_training),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "precision": precision.name if precision is not None else None,
-        "history": _plain_rows(model._history_rows, "model.history", "history"),
-        "step_history": _plain_rows(model._step_rows, "model.step_history", "step_history"),
+        "history": _plain_rows(entries["history"], "model.history", "history"),
+        "step_history": _plain_rows(entries["step_history"], "model.step_history", "step_history"),
         **extra,
     }
     # Callbacks' state is the one part written by code torchfit does not own: the one boundary where
@@ -113,7 +103,7 @@ def build_extra(model: Any) -> Dict[str, Any]:
     return ckpt
 
 
-def training_state(model: Any, run: Any) -> Dict[str, Any]:
+def run_state(model: Any, run: Any) -> Dict[str, Any]:
     """What a resumed fit needs besides the model's own state: callbacks, loaders, RNG."""
     return {
         "callbacks": callbacks_state(run.config.callbacks),

@@ -12,16 +12,17 @@ here), the metric maths to ``metrics`` and communication itself to
 its collectives.
 
 In a single process (no torchrun environment, no process group) nothing in
-this package runs: ``strategy()`` returns ``None`` and the call keeps its
-single-process defaults.
+this package runs: ``strategy()`` returns ``SingleProcess()``, whose every method
+is what one process does (``base``: the strategy interface).
 
 Modules: ``launch`` (the environment and the process group), ``comm`` (the
 collectives, also the metrics' reducer), ``sharding`` (each rank's loader),
-``figures`` (exact epoch figures over shards), ``ddp`` (the strategy that
-fit, evaluate and predict ask for pieces), ``fsdp`` (the fully sharded
-strategy beside it, ``compile(strategy="fsdp")``), ``notebook``
-(``fit(num_processes=N)``: workers started from a notebook or script) and
-``checkpoints`` (sharded ``torch.distributed.checkpoint`` directories).
+``figures`` (exact epoch figures over shards), ``base`` (the strategy
+interface and ``SingleProcess``), ``multiprocess`` (what the multi-process
+strategies share), ``ddp`` and ``fsdp`` (the strategies, chosen through
+``STRATEGIES`` below) and ``notebook`` (``fit(num_processes=N)``: workers
+started from a notebook or script). Sharded checkpoint directories are
+``torchfit.checkpoint.sharded``'s format; the strategy supplies the tensors.
 
 How a fit runs under ``torchrun --nproc_per_node=N script.py``::
 
@@ -34,15 +35,15 @@ How a fit runs under ``torchrun --nproc_per_node=N script.py``::
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 
+from .base import FitPlan, FitRequest, SingleProcess
 from .comm import DistributedContext, context
-from .ddp import DataParallel, FitPlan
+from .ddp import DataParallel
 from .figures import ShardTracker
-from .checkpoints import load_sharded, save_sharded
-from .fsdp import FSDP, FullySharded, check_strategy
+from .fsdp import FSDP, FullySharded
 from .launch import (DEFAULT_TIMEOUT, LaunchInfo, init_process_group, is_main_process, launch_info,
                      local_device, rank, world_size)
 from .notebook import WorkerError, launch_fit
@@ -54,9 +55,12 @@ __all__ = [
     "DistributedContext",
     "FSDP",
     "FitPlan",
+    "FitRequest",
     "FullySharded",
     "LaunchInfo",
+    "STRATEGIES",
     "ShardTracker",
+    "SingleProcess",
     "WorkerError",
     "check_strategy",
     "context",
@@ -74,19 +78,68 @@ __all__ = [
     "world_size",
 ]
 
+#: The registry: ``compile(strategy=name)`` -> (the strategy class, its default options).
+#: A new strategy is a file beside ddp.py and fsdp.py plus one line here; an options object
+#: (like ``FSDP(...)``) is matched by the class's ``options_type``.
+STRATEGIES: Dict[str, Tuple[type, Callable[[], Any]]] = {
+    "ddp": (DataParallel, lambda: "ddp"),
+    "fsdp": (FullySharded, FSDP),
+}
 
-def strategy(device: torch.device, choice: Union[None, str, FSDP] = None) -> Optional[DataParallel]:
-    """The multi-process strategy of a fit/evaluate/predict on ``device``, or ``None`` in one process.
 
-    ``choice`` is what ``compile(strategy=...)`` stored: ``None``/``"ddp"`` for
-    DDP, an ``FSDP`` (``"fsdp"``) for fully sharded training.
+def check_strategy(value: Any) -> Any:
+    """``compile(strategy=...)`` checked: ``None`` (DDP under torchrun), a registered name, or an options object.
 
-    >>> strategy(torch.device("cpu")) is None   # a plain `python script.py`
-    True
+    >>> check_strategy("fsdp")
+    FSDP(shard=None, mixed_precision=None, reshard_after_forward=None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and value in STRATEGIES:
+        return STRATEGIES[value][1]()
+    if any(isinstance(value, getattr(cls, "options_type", ())) for cls, _ in STRATEGIES.values()):
+        return value
+    raise ValueError(f"compile(strategy={value!r}): use one of {sorted(STRATEGIES)} ('ddp' is the default under "
+                     "torchrun), or an options object such as torchfit.distributed.FSDP(shard=..., mixed_precision=...)")
+
+
+def strategy(device: torch.device, choice: Any = None) -> SingleProcess:
+    """The strategy of a fit/evaluate/predict on ``device``: ``SingleProcess()`` in one process.
+
+    ``choice`` is what ``compile(strategy=...)`` stored (``check_strategy``).
+
+    >>> type(strategy(torch.device("cpu"))).__name__   # a plain `python script.py`
+    'SingleProcess'
     """
     ctx = context(device)
     if ctx is None:
-        return None
-    if isinstance(choice, FSDP):
-        return FullySharded(ctx, choice)
-    return DataParallel(ctx)
+        return SingleProcess()
+    for cls, _ in STRATEGIES.values():
+        options_type = getattr(cls, "options_type", None)
+        if options_type is not None and isinstance(choice, options_type):
+            return cls(ctx, choice)
+    return STRATEGIES["ddp" if choice is None else choice][0](ctx)
+
+
+def save_sharded(model: Any, directory: Any) -> None:
+    """Write ``model``'s training state to ``directory`` with ``torch.distributed.checkpoint``, each rank its part.
+
+    Under several processes every rank must call it. The directory loads with
+    ``model.load_checkpoint(directory)`` or ``fit(resume_from=directory)``, in any
+    number of processes; ``torch.distributed.checkpoint.format_utils.dcp_to_torch_save``
+    turns it into one file of plain tensors.
+
+    >>> # model.fit(2, dl_train)                       # compile(strategy="fsdp") under torchrun
+    >>> # torchfit.distributed.save_sharded(model, "ckpt/epoch2")
+    >>> # later: model.fit(4, dl_train, resume_from="ckpt/epoch2")
+    """
+    from ..checkpoint import sharded
+
+    model._require_compiled("save_checkpoint")
+    sharded.save(model, directory, strategy(model.device, model.strategy))
+
+
+def load_sharded(model: Any, directory: Any) -> None:
+    """Load a ``save_sharded`` directory into a compiled ``model``: ``model.load_checkpoint(directory)``."""
+    model._require_compiled("load_checkpoint")
+    model.load_checkpoint(directory)

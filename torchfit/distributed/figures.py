@@ -43,12 +43,13 @@ class ShardTracker(Tracker):
                      recompute: Optional[Callable[[Any, Any], torch.Tensor]] = None) -> "ShardTracker":
         new = cls.__new__(cls)
         new.__dict__.update(tracker.__dict__)  # whatever the Tracker holds, kept as is
-        new._reducer = reducer
-        new._real = real
-        new._recompute = recompute
-        new._seen = 0
-        new._synced = False
+        new._attach(reducer, real, recompute)
         return new
+
+    def _attach(self, reducer: Any, real: Optional[int], recompute: Optional[Callable[[Any, Any], torch.Tensor]]) -> None:
+        self._reducer, self._real, self._recompute = reducer, real, recompute
+        self._seen = 0
+        self._synced = False
 
     def reset(self) -> None:
         super().reset()

@@ -6,9 +6,12 @@ DTensors holding each rank's part; the sharding unit is choosable), pointing
 the optimizer at the sharded parameters (its state sharded the same way),
 FSDP's own ``MixedPrecisionPolicy``, skipping the gradient reduction inside an
 accumulation window, and whole-tensor ``state_dict``s for checkpoints and for
-handing weights to one process. Loaders, exact figures and ``predict``'s
-gathering are the DDP strategy's (the data is split the same way); the batch
-loop is ``torchfit.loop``'s.
+handing weights to one process, loading them back, and resharding after a
+forward that no backward follows. Loaders, exact figures and ``predict``'s
+gathering are ``multiprocess.MultiProcess``'s (the data is split as under DDP);
+the batch loop is ``torchfit.loop``'s; the file format is ``torchfit.checkpoint``'s,
+which asks this strategy for whole tensors. Nothing outside this file knows FSDP:
+it is chosen through the registry in ``distributed/__init__.py``.
 
 What a sharded net is afterwards: ``model.net`` stays the same object (its
 class becomes FSDP's ``FSDP<Name>``), sharded until the process ends, so
@@ -29,14 +32,13 @@ import torch
 from torch import nn
 
 from ..callbacks import Callback
-from ..metrics import Tracker
+from .base import FitPlan, FitRequest
 from .comm import DistributedContext
-from .ddp import DataParallel, FitPlan, Recompute, _DistributedSync
+from .multiprocess import MultiProcess
 
 #: Which submodules get their own ``fully_shard`` call (besides the root, always sharded).
 ShardUnit = Union[None, Type[nn.Module], Tuple[Type[nn.Module], ...], Callable[[str, nn.Module], bool]]
 
-_NAMES = "_torchfit_fqn_of"  # on a sharded net: id(unsharded parameter) -> its name, for the optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,22 +95,6 @@ class FSDP:
         return bool(s(name, module))
 
 
-def check_strategy(value: Any) -> Optional[Union[str, FSDP]]:
-    """``compile(strategy=...)`` checked: ``None`` or ``"ddp"`` (the default), ``"fsdp"`` or an ``FSDP``.
-
-    >>> check_strategy("fsdp")
-    FSDP(shard=None, mixed_precision=None, reshard_after_forward=None)
-    """
-    if value is None or value == "ddp":
-        return value
-    if value == "fsdp":
-        return FSDP()
-    if isinstance(value, FSDP):
-        return value
-    raise ValueError(f"compile(strategy={value!r}): use 'ddp' (the default under torchrun), 'fsdp', or "
-                     "torchfit.distributed.FSDP(shard=..., mixed_precision=...)")
-
-
 def is_sharded(net: Any) -> bool:
     """Whether ``net`` was sharded by ``fully_shard`` (its parameters are DTensors)."""
     try:
@@ -118,18 +104,25 @@ def is_sharded(net: Any) -> bool:
     return isinstance(net, FSDPModule)
 
 
-class FullySharded(DataParallel):
-    """The FSDP2 strategy of one call on one rank: DDP's loaders and figures, a sharded net."""
+class FullySharded(MultiProcess):
+    """The FSDP2 strategy of one call on one rank: a sharded net, the data split as under DDP."""
+
+    name = "fsdp"
+    options_type = FSDP
+    saves_collectively = True  # a sharded net is gathered (or written in parts) by every rank together
 
     def __init__(self, ctx: DistributedContext, options: FSDP):
         super().__init__(ctx)
         self.options = options
 
-    def prepare_fit(self, net: nn.Module, train_net: Callable, device: torch.device, accum_steps: int,
-                    dl_train: Any, dl_val: Any, train_tracker: Tracker, val_tracker: Tracker,
-                    recompute_train: Recompute, recompute_eval: Recompute) -> FitPlan:
-        """Shard ``net`` in place (once), then the DDP strategy's loaders, trackers and sync callback."""
-        if train_net is not net:
+    def prepare_fit(self, request: FitRequest) -> FitPlan:
+        """Shard ``net`` in place (once), then the shared loaders, trackers and sync callback.
+
+        An overridden step calling ``model.net`` trains through the shards too: the net
+        itself is sharded, so there is nothing to bypass.
+        """
+        net = request.net
+        if request.train_net is not net:
             raise ValueError("compile(jit_compile=...) with strategy='fsdp' is not supported yet: compile with "
                              "jit_compile=False, or use the DDP strategy")
         if isinstance(net, nn.parallel.DistributedDataParallel):
@@ -138,15 +131,41 @@ class FullySharded(DataParallel):
             raise ValueError("strategy='fsdp' needs a net with trainable parameters; this one has none")
         if not is_sharded(net):
             self.ctx.broadcast_state(net)  # every rank shards rank 0's weights (DDP's constructor does the same)
+            names = {id(p): name for name, p in net.named_parameters()}
             shard(net, self.options)
-        no_sync = _no_gradient_sync(net) if accum_steps > 1 else None
-        samplers = [getattr(dl, "sampler", None) for dl in (dl_train, dl_val)]
-        sync = _DistributedSync(self.ctx, [s for s in samplers if hasattr(s, "set_epoch")])
-        return FitPlan(
-            train_net=net, no_sync=no_sync, callbacks=[_ShardedFit(self.options.reshard_after_forward is None), sync],
-            train_tracker=self._tracker(train_tracker, dl_train, recompute_train),
-            val_tracker=self._tracker(val_tracker, dl_val, recompute_eval) if dl_val is not None else val_tracker,
-        )
+            if request.optimizer is not None:  # built over the parameters fully_shard has just replaced
+                retarget_optimizer(net, request.optimizer, names)
+        no_sync = _no_gradient_sync(net) if request.accum_steps > 1 else None
+        train_tracker, val_tracker = self.trackers(request)
+        fit = _ShardedFit(self.options.reshard_after_forward is None)
+        return FitPlan(train_net=net, train_tracker=train_tracker, val_tracker=val_tracker, no_sync=no_sync,
+                       callbacks=[fit, self.rank_sync(request)])
+
+    def settle(self, net: nn.Module) -> None:
+        if is_sharded(net):  # the root keeps its gathered weights after a forward: training needs the shards
+            net.reshard()
+
+    # ------------------------------------------------------------------ state
+    def full_state(self, net: nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> Tuple[Dict[str, Any], Any]:
+        """Whole tensors gathered on rank 0 (a collective: every rank calls it; the others get ``({}, None)``)."""
+        if not is_sharded(net):
+            return super().full_state(net, optimizer)
+        return full_state(net, optimizer)
+
+    def load_full_state(self, net: nn.Module, optimizer: Optional[torch.optim.Optimizer], net_state: Dict[str, Any],
+                        optimizer_state: Optional[Dict[str, Any]]) -> None:
+        if not is_sharded(net):
+            return super().load_full_state(net, optimizer, net_state, optimizer_state)
+        load_full_state(net, optimizer, net_state, optimizer_state)
+
+    def copy_aside(self, net: nn.Module) -> Optional[Dict[str, torch.Tensor]]:
+        # A sharded net is not copied aside (its shards live on every rank): a failed apply there is
+        # not rolled back for the weights, only for everything else.
+        return None if is_sharded(net) else super().copy_aside(net)
+
+    def prepare_load(self, net: nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> None:
+        if is_sharded(net) and optimizer is not None:
+            retarget_optimizer(net, optimizer)
 
 
 def shard(net: nn.Module, options: FSDP) -> nn.Module:
@@ -156,13 +175,11 @@ def shard(net: nn.Module, options: FSDP) -> nn.Module:
     """
     from torch.distributed.fsdp import fully_shard
 
-    names = {id(p): name for name, p in net.named_parameters()}
     kwargs = {"mp_policy": options.policy(), "reshard_after_forward": options.reshard_after_forward}
     units = [m for name, m in net.named_modules() if m is not net and options.wants_unit(name, m)]
     for module in reversed(units):  # named_modules lists parents first; fully_shard wants children first
         fully_shard(module, **kwargs)
     fully_shard(net, **kwargs)
-    object.__setattr__(net, _NAMES, names)
     return net
 
 
@@ -182,11 +199,6 @@ def _no_gradient_sync(net: Any) -> Callable[[], Any]:
 class _ShardedFit(Callback):
     """What a fit over a sharded net needs besides DDP's sync callback.
 
-    * ``on_train_begin``: ``fully_shard`` replaced every parameter with a new
-      DTensor parameter, and the optimizer was built over the old ones: each is
-      swapped for its sharded successor (matched by name), and its state
-      (momentum, Adam's moments) is sharded the same way, so a resumed or
-      continued run goes on exactly.
     * with FSDP's default ``reshard_after_forward``, the root unit keeps its
       gathered parameters from a training forward to its backward (which
       reshards them), but reshards after every forward of validation,
@@ -207,27 +219,20 @@ class _ShardedFit(Callback):
     def on_train_end(self, logs: dict) -> None:
         self.model.net.set_reshard_after_forward(True, recurse=False)
 
-    def on_train_begin(self, logs: dict) -> None:
-        from ..callbacks import ModelCheckpoint
 
-        # A rank-0-only writer would gather the shards alone and wait for the other ranks for ever.
-        for cb in self.model._run.config.callbacks:
-            if isinstance(cb, ModelCheckpoint) and cb.rank_zero_only:
-                raise ValueError(
-                    "ModelCheckpoint runs on rank 0 only, but a sharded (strategy='fsdp') net is gathered or "
-                    "saved by every rank together: drop ModelCheckpoint and call model.save_checkpoint(path) "
-                    "(one gathered file) or torchfit.distributed.save_sharded(model, directory) on every rank "
-                    "after fit, e.g. fit one epoch at a time in a loop")
-        retarget_optimizer(self.model.net, self.model.optimizer)
+def retarget_optimizer(net: nn.Module, optimizer: torch.optim.Optimizer, names: Optional[Dict[int, str]] = None) -> None:
+    """Swap ``optimizer``'s unsharded parameters for ``net``'s sharded ones, sharding their state.
 
-
-def retarget_optimizer(net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Swap ``optimizer``'s unsharded parameters for ``net``'s sharded ones, sharding their state."""
+    ``fully_shard`` replaces every parameter with a new DTensor parameter, and the optimizer was
+    built over the old ones: each is swapped for its successor (matched by name through ``names``,
+    ``id(old parameter) -> name``, taken before sharding), and its state (momentum, Adam's moments)
+    is sharded the same way, so a resumed or continued run goes on exactly. Parameters that are
+    already the net's stay."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     current = dict(net.named_parameters())
     live = {id(p) for p in current.values()}
-    names = getattr(net, _NAMES, {})
+    names = names or {}
     for group in optimizer.param_groups:
         params = []
         for p in group["params"]:

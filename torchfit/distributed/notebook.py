@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
+from ..state import TrainingState
 from .launch import _ENV, _dist, _initialized, launch_info
 
 #: How long stopped workers get to exit after SIGTERM before they are killed.
@@ -82,9 +83,12 @@ def check_can_launch(num_processes: Any, device: Optional[torch.device]) -> int:
     return num_processes
 
 
-def launch_fit(model: Any, num_processes: int, fit_kwargs: Mapping[str, Any], *,
+def launch_fit(model: Any, num_processes: int, fit_args: Any, *,
                device: Optional[str] = None, method: Optional[str] = None) -> Any:
-    """Run ``model.fit(**fit_kwargs)`` on ``num_processes`` processes; returns rank 0's history.
+    """Run ``model.fit`` with ``fit_args`` on ``num_processes`` processes; returns rank 0's history.
+
+    ``fit_args``: fit's arguments as one value (``torchfit.arguments.FitArgs``, what
+    ``fit(..., num_processes=N)`` hands over) or a dict of fit's keyword arguments.
 
     ``Model.fit(..., num_processes=N)`` calls this. Worker ``r`` runs on
     ``cuda:r`` when CUDA is available (``device=None``, as torchrun's
@@ -98,7 +102,7 @@ def launch_fit(model: Any, num_processes: int, fit_kwargs: Mapping[str, Any], *,
     """
     n = check_can_launch(num_processes, getattr(model, "device", None))
     model._require_compiled("fit")
-    fit_kwargs = dict(fit_kwargs)
+    fit_kwargs = dict(fit_args) if isinstance(fit_args, Mapping) else fit_args.kwargs()
     if n == 1:
         return model.fit(**fit_kwargs)  # one process is a plain fit, as under torchrun --nproc_per_node=1
     worker_device = _worker_device(model, device, n)
@@ -285,13 +289,11 @@ def _hand_back(model: Any, result: Mapping[str, Any], callbacks: Any) -> None:
     scaler = model.precision.scaler if model.precision is not None else None
     if scaler is not None and result["scaler"]:
         scaler.load_state_dict(result["scaler"])
-    model.epoch = result["epoch"]
-    model.global_step = result["global_step"]
     model.stop_training = result["stop_training"]
-    model._history_rows = result["history"]
-    model._step_rows = result["step_history"]
-    model._fit_state = result["fit_state"]
-    model._resume_state = None  # a loaded checkpoint's loader and callback state went to the workers' fit
+    # Rank 0's state, whole; a loaded checkpoint's loader and callback state went to the workers' fit.
+    model.training_state.restore(TrainingState(
+        epoch=result["epoch"], global_step=result["global_step"], history=result["history"],
+        step_history=result["step_history"], last_fit=result["fit_state"], pending_resume=None))
     if callbacks:
         checkpoint.restore_callbacks({"callbacks": result["callbacks"]}, list(callbacks))
     if result["fit_state"] is not None:
@@ -340,13 +342,14 @@ def _worker(rank_: int, world: int, port: int, job: Any, out_dir: str,
         if device == "cuda":
             _move(model, torch.device("cuda", rank_))
         from ..callbacks import Callback
+        from ..callbacks.base import is_logging_point
 
         class _StopOnInterrupt(Callback):
             """Turns the parent's Ctrl-C into ``stop_training`` at a logging point or epoch end, where the
             ranks agree on stopping (the strategy's sync callback runs after this one)."""
 
             def on_train_batch_end(self, batch: int, logs: dict) -> None:
-                if logs and stop.is_set():
+                if is_logging_point(logs) and stop.is_set():
                     self.model.stop_training = True
 
             def on_epoch_end(self, epoch: int, logs: dict) -> None:
@@ -371,15 +374,16 @@ def _worker(rank_: int, world: int, port: int, job: Any, out_dir: str,
 def _result(model: Any, user_callbacks: List[Any]) -> Dict[str, Any]:
     from .. import checkpoint
 
-    net, optimizer = checkpoint.full_state(model)
+    net, optimizer = checkpoint.full_state(model, model._strategy())
     scaler = model.precision.scaler if model.precision is not None else None
+    state = model.training_state.copy()  # plain containers only: the file loads with weights_only
     return {
         "net": net, "optimizer": optimizer,
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "epoch": int(model.epoch), "global_step": int(model.global_step),
+        "epoch": int(state.epoch), "global_step": int(state.global_step),
         "stop_training": bool(model.stop_training),
-        "history": [dict(r) for r in model._history_rows], "step_history": [dict(r) for r in model._step_rows],
-        "fit_state": model._fit_state, "callbacks": checkpoint.callbacks_state(user_callbacks),
+        "history": state.history, "step_history": state.step_history,
+        "fit_state": state.last_fit, "callbacks": checkpoint.callbacks_state(user_callbacks),
     }
 
 

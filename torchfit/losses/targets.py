@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..formatting import count_of
 from .keras import CrossEntropyFromProbabilities, TargetError
 
 _INDEX_MODULES = (nn.CrossEntropyLoss, nn.NLLLoss, CrossEntropyFromProbabilities)
@@ -202,17 +203,26 @@ def _check_index_targets(loss_fn: Any, name: str, preds: torch.Tensor, targets: 
         ))
     out_of_range = values[(values < 0) | (values >= classes)]
     out_of_range = out_of_range[out_of_range == out_of_range.round()]
+    if out_of_range.numel() and classes == 1:
+        raise TargetError(
+            f"{name} needs one output per class, but the net has 1 output, so every label but 0 is out of range "
+            f"(the first batch's labels include {_examples(out_of_range)}). Fix: for a binary problem keep the "
+            "one output and use nn.BCEWithLogitsLoss() ('binary_crossentropy', from_logits=True) with 0/1 labels; "
+            "for C classes give the last layer C outputs"
+        )
     if out_of_range.numel():
         problems.append((
             f"outside 0..{classes - 1}", out_of_range,
-            f"the net outputs {classes} classes, so labels must be 0..{classes - 1}: map the labels to "
+            f"the net outputs {count_of(classes, 'class', 'classes')}, so labels must be 0..{classes - 1}: map the "
+            "labels to "
             "0..C-1 (sklearn.preprocessing.LabelEncoder, or y - y.min() for 1-based labels) or give the "
             "last layer as many outputs as there are classes",
         ))
     if problems:
         what, bad, fix = problems[0]
         raise TargetError(
-            f"{name} needs class indices 0..{classes - 1} as targets (the net outputs {classes} classes), but "
+            f"{name} needs class indices 0..{classes - 1} as targets (the net outputs "
+            f"{count_of(classes, 'class', 'classes')}), but "
             f"the first batch's labels include {_examples(bad)} ({what}). Fix: {fix}"
         )
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..formatting import count_of
 from .base import (
     ArrayLike, Metric, Reducer, _SumOverCount, _as_tensor, _no_data_sync_error, _shape, _shape_error,
 )
@@ -118,13 +119,14 @@ class _ConfusionMetric(Metric):
         pred, true, c, binary = _decode_classes(self._score, preds, targets, self._cut)
         if self._cm is None:
             if self.average == "binary" and c > 2:
-                raise ValueError(f"{self._score}: average='binary' needs binary preds, got {c} classes")
+                raise ValueError(f"{self._score}: average='binary' needs binary preds, "
+                                 f"got {count_of(c, 'class', 'classes')}")
             self._cm = torch.zeros(c * c, dtype=torch.int64, device=pred.device)
             self._classes, self._binary = c, binary
         elif (c, binary) != (self._classes, self._binary):
             raise ValueError(
                 f"{self._score}: preds of shape {_shape(_as_tensor(preds))} do not match the "
-                f"{self._classes} classes of earlier batches"
+                f"{count_of(self._classes, 'class', 'classes')} of earlier batches"
             )
         cm = self._cm
         # index_add_ counts (true, pred) pairs without a sync, unlike bincount on CUDA.

@@ -20,7 +20,7 @@ from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..callbacks.base import Callback
+from ..callbacks.base import Callback, is_logging_point
 
 __all__ = ["DEVICE_SYNCING_OPS", "SyncRecorder", "HostSyncAudit", "HostSync", "is_device_sync"]
 
@@ -95,13 +95,6 @@ class SyncRecorder(TorchDispatchMode):
             if not from_reader:
                 self.on_sync(name, where)
         return func(*args, **(kwargs or {}))
-
-
-def _at_logging_point(logs: Any) -> bool:
-    """Whether a batch hook's logs come from a logging point: a flag on the logs where the loop sets
-    one (reading it never computes figures), else whether they hold figures at all."""
-    flag = getattr(logs, "at_logging_point", None)
-    return bool(logs) if flag is None else bool(flag)
 
 
 class HostSync(NamedTuple):
@@ -186,7 +179,7 @@ class HostSyncAudit(Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict) -> None:
         # figures are read back at logging points: that is the design, not a stray sync
-        self._close(excused=_at_logging_point(logs) or self._first_train_step)
+        self._close(excused=is_logging_point(logs) or self._first_train_step)
         self._first_train_step = False
 
     def on_test_begin(self, logs: dict) -> None:
