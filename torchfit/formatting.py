@@ -227,7 +227,9 @@ class ColumnFormat:
 
     def observe(self, value: Any) -> None:
         """Make room for ``value`` (a figure wider than planned widens the column, once)."""
-        text = format_figure(value, self.key, self.places)
+        self._observe_text(format_figure(value, self.key, self.places))
+
+    def _observe_text(self, text: str) -> None:
         if text in ("nan", "inf", "-inf", "") or not _split(text)[0].lstrip("-").isdigit():
             self.width = max(self.width, len(text))
             return
@@ -237,8 +239,8 @@ class ColumnFormat:
 
     def text(self, value: Any) -> str:
         """``value``'s text padded to the column's width, its decimal point in the column's place."""
-        self.observe(value)
-        text = format_figure(value, self.key, self.places)
+        text = format_figure(value, self.key, self.places)  # formatted once, observed and laid out
+        self._observe_text(text)
         head, tail = _split(text)
         if not head.lstrip("-").isdigit():  # nan, inf, a string: centred
             return text.center(self.width)
@@ -266,7 +268,10 @@ class Columns:
 
     def observe(self, row: Mapping[str, Any]) -> None:
         for key, value in row.items():
-            self.formats.setdefault(key, ColumnFormat(key)).observe(value)
+            column = self.formats.get(key)
+            if column is None:  # not setdefault: it would build a ColumnFormat per figure to throw away
+                column = self.formats[key] = ColumnFormat(key)
+            column.observe(value)
 
     @property
     def names(self) -> List[str]:
