@@ -111,10 +111,6 @@ def assert_can_overfit(model: Any, data: Any, accuracy: Optional[float] = 1.0, l
     _check_model(model, helper)
     if accuracy is None and loss is None:
         raise ValueError("assert_can_overfit needs a target: accuracy=1.0 (classification) or loss=0.01")
-    if accuracy is not None and "accuracy" not in model.metrics:
-        raise ValueError(f"assert_can_overfit(accuracy={accuracy}) reads the 'accuracy' metric, and the model is "
-                         f"compiled with {sorted(model.metrics) or 'no metrics'}: compile with metrics=['accuracy'], "
-                         "or pass accuracy=None, loss=0.01")
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1; got {epochs!r}")
     if isinstance(data, (tuple, list)) and len(data) == 2:
@@ -122,7 +118,11 @@ def assert_can_overfit(model: Any, data: Any, accuracy: Optional[float] = 1.0, l
     n = len(data)
     dl = eval_loader(data, batch_size=batch_size or n, loss_fn=model.loss_fn)
     trial = _copy(model, helper)
-    figures: Dict[str, float] = {}
+    figures: Dict[str, float] = dict(trial.evaluate(dl))  # on the copy: the figures evaluate gives, before training
+    if accuracy is not None and "val_accuracy" not in figures:
+        raise ValueError(f"assert_can_overfit(accuracy={accuracy}) reads the 'accuracy' metric, and the model's "
+                         f"figures are {sorted(figures)}: compile with metrics=['accuracy'], or pass accuracy=None, "
+                         "loss=0.01")
 
     def reached() -> bool:
         ok_acc = accuracy is None or figures["val_accuracy"] >= accuracy
