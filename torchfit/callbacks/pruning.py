@@ -4,7 +4,7 @@ Owns the exchange with the trial (``trial.report(value, epoch)``, ``trial.should
 and ending a pruned fit cleanly: the epoch finishes (every callback sees it, checkpoints are
 written), training stops, the history's last row says why (a ``pruned`` column), and, once
 ``fit`` has closed its output, ``optuna.TrialPruned`` is raised so that the study records
-the trial as pruned. Optuna is an optional dependency (``pip install torchfit[optuna]``),
+the trial as pruned. Optuna is an optional dependency (``pip install torchfit-keras[optuna]``),
 imported when a trial is pruned, never at ``import torchfit``.
 """
 from __future__ import annotations

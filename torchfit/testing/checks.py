@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import os
 import random
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
