@@ -131,7 +131,8 @@ def test_jit_compile_around_ddp_trains_like_one_process(launched):
 def test_only_rank_zero_prints_the_epoch_table(launched):
     out = launched["stdout"]
     assert out.count("Start Training ...") == 1
-    assert out.count("| epoch |") == 3  # the parity fit's three epochs; every other fit is verbose=0
+    # the parity fit's three epochs (every other fit is verbose=0), each as 1-3 stacked tables at 80 columns
+    assert out.count("| epoch |") in (3, 6, 9)
     assert out.count("Finished Training...") == 1
     steps = [line for line in out.splitlines() if line.startswith("{'step'")]
     assert len(steps) == 3 * 2  # 4 steps per rank and epoch, a step dict every 2, printed once
