@@ -11,8 +11,8 @@ convolutional nets -> two small MLPs); ``self.optimizer.apply(gradients, trainab
 ``loss_fn(y_pred, y_true)`` where it matters (binary cross-entropy); ``fit(..., shuffle=False)``
 where a hand-written loop replays the batches; MNIST -> the ``mnist_arrays`` stand-in.
 
-The one still marked ``xfail`` is metrics weighed by ``sample_weight`` (docs/migration.md, what
-still differs).
+The one still marked ``xfail`` (strict) is a deliberate difference: fit checks dl_val's first batch
+before training (docs/migration.md, what still differs).
 """
 import copy
 
@@ -23,8 +23,6 @@ import torch
 import torchfit as keras  # changed: import keras -> torchfit
 from torch import nn as layers  # changed: from keras import layers -> torch's
 
-WEIGHTED_UPDATE = pytest.mark.xfail(strict=False, reason="not on main yet: metric.update_state(y, y_pred, "
-                                                         "sample_weight=...)")
 ONE_CALL_PER_BATCH = pytest.mark.xfail(strict=True, reason="fit tries dl_val's first batch with test_step before "
                                                            "training (docs/migration.md, what still differs); Keras "
                                                            "calls test_step once per validation batch")
@@ -222,7 +220,6 @@ class WeightedModel(keras.Model):  # changed: the guide redefines CustomModel
         return {m.name: m.result() for m in self.metrics}
 
 
-@WEIGHTED_UPDATE
 def test_supporting_sample_weight():
     torch.manual_seed(0)  # changed: seeded
     # Construct and compile an instance of CustomModel

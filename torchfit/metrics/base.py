@@ -336,7 +336,13 @@ class _SumOverCount(Metric):
     def reset(self) -> None:
         self._sum: Optional[Tensor] = None
         self._count = 0
+        self._weights: Optional[Tensor] = None  # Keras' sample weights, when update_state was given them
         self._global: Optional[tuple[float, int]] = None
+
+    def _add_weighted(self, weighted_sum: Tensor, weight_total: Tensor) -> None:
+        """A sum of weighted values over a total weight kept on the device (Keras' ``sample_weight``)."""
+        self._add(weighted_sum, 0)
+        self._weights = weight_total if self._weights is None else self._weights + weight_total
 
     def _add(self, batch_sum: Tensor, count: int) -> None:
         total = self._sum
@@ -354,18 +360,22 @@ class _SumOverCount(Metric):
             total, count = self._global
         else:
             total = 0 if self._sum is None else self._sum.item()
-            count = self._count
+            count = self._count + (0 if self._weights is None else self._weights.item())
         return total / count if count else float("nan")
 
     def sync(self, reducer: Reducer) -> None:
         device = self._sum.device if self._sum is not None else torch.device("cpu")
         exact = self._sum is None or not self._sum.is_floating_point()
         dtype = torch.int64 if exact else _sum_dtype(device)
+        if self._weights is not None:  # weighted (Keras' sample_weight): float totals
+            dtype = _sum_dtype(device)
         packed = torch.tensor([0, self._count], dtype=dtype, device=device)
         if self._sum is not None:
             packed[0] += self._sum
+        if self._weights is not None:
+            packed[1] += self._weights.to(device)
         total, count = reducer.sum(packed).tolist()
-        self._global = (total, int(round(count)))
+        self._global = (total, count if self._weights is not None else int(round(count)))
 
 
 
