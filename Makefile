@@ -13,7 +13,7 @@ DEMO_STAMP := $(VENV)/.torchfit-demo-deps-$(DEPS_KEY)
 EXTRAS ?= dev
 DEMO_EXTRAS ?= plot
 
-.PHONY: install install-demo demo test test-torch bench bench-peers gpu-check notebooks clean
+.PHONY: install install-demo demo test test-torch bench bench-tiny bench-peers gpu-check notebooks clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,11 @@ test-torch:
 # `make bench BENCH_ARGS=--quick` for a short run; results go to benchmarks/results/.
 bench: install
 	$(PY) benchmarks/overhead.py $(BENCH_ARGS)
+	$(PY) benchmarks/tiny_fit.py $(filter --quick,$(BENCH_ARGS))
+
+# A unit-test-sized fit (128 rows, 3 epochs, validation) against a hand-written loop.
+bench-tiny: install
+	$(PY) benchmarks/tiny_fit.py $(BENCH_ARGS)
 
 # The peers (benchmarks/requirements-peers.txt) live in their own venv, never the shared
 # one: it sees the shared venv's packages (torch...) through a .pth line.

@@ -56,10 +56,10 @@ class Killer(Callback):
         self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs):
-        self.epoch = epoch
+        self.epoch = epoch + 1  # hooks count from 0; --kill-at names 1-based epochs and batches
 
     def on_train_batch_end(self, batch, logs):
-        if (self.epoch, batch) == self.at:
+        if (self.epoch, batch + 1) == self.at:
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 

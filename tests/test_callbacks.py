@@ -37,7 +37,7 @@ def test_early_stopping_waits_patience_epochs_and_says_why():
     es = EarlyStopping(monitor="score", mode="min", patience=2, sink=said.append)
     model = compiled()
     h = model.fit(10, loader(blobs(16), 8), callbacks=[Scripted([5.0, 4.0, 4.5, 4.2, 1.0]), es], verbose=0)
-    assert len(h) == 4 and model.epoch == 4 and es.stopped_epoch == 4
+    assert len(h) == 4 and model.epoch == 4 and es.stopped_epoch == 3
     # figures as the epoch table shows them (format_figure), counts with their noun
     assert said == ["Early stopping at epoch 4: score has not improved on 4.000 (epoch 2) by more than 0.000 "
                     "for 2 epochs (patience 2, mode min)."]
@@ -52,7 +52,8 @@ def test_early_stopping_min_delta_mode_max_and_baseline():
     said = []
     es = EarlyStopping(monitor="score", mode="min", patience=2, baseline=0.4, sink=said.append)
     model = compiled()
-    model.fit(10, loader(blobs(16), 8), callbacks=[Scripted([0.5, 0.45, 0.3]), es], verbose=0)
+    # Keras' rule: an improving epoch never stops training; only beating the baseline restarts the wait
+    model.fit(10, loader(blobs(16), 8), callbacks=[Scripted([0.5, 0.5, 0.6]), es], verbose=0)
     assert model.epoch == 2 and "has not beaten the baseline 0.400 in 2 epochs" in said[0]
 
 
@@ -70,7 +71,7 @@ def test_early_stopping_restores_the_best_weights_and_restarts_with_each_fit():
     assert said[-1] == "EarlyStopping restored the weights of epoch 2 (score=1.000)."
     # a new fit starts counting afresh (Keras): the old best does not carry over
     model.fit(2, loader(blobs(16), 8), callbacks=[Scripted([9.0] * 5 + [8.0]), es], verbose=0)
-    assert es.best == 8.0 and es.best_epoch == 6 and model.epoch == 6
+    assert es.best == 8.0 and es.best_epoch == 5 and model.epoch == 6
 
 
 def test_mode_auto_and_improvement_rules():

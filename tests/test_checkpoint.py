@@ -95,7 +95,7 @@ def test_callback_state_continues_after_load(tmp_path):
     es2 = EarlyStopping(monitor="loss", mode="max", patience=3, verbose=0)
     fresh.load_checkpoint(tmp_path / "c.pt")
     fresh.fit(5, dl, callbacks=[es2], verbose=0)
-    assert fresh.epoch == 4 and es2.stopped_epoch == 4  # waited 3 epochs in all, counting the saved one
+    assert fresh.epoch == 4 and es2.stopped_epoch == 3  # 0-based, as Keras'  # waited 3 epochs in all, counting the saved one
 
     fresh.load_checkpoint(tmp_path / "c.pt")
     with pytest.warns(RuntimeWarning, match=r"state for callback\(s\) \['EarlyStopping'\].*ignored"):

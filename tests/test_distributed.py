@@ -131,7 +131,8 @@ def test_jit_compile_around_ddp_trains_like_one_process(launched):
 def test_only_rank_zero_prints_the_epoch_table(launched):
     out = launched["stdout"]
     assert out.count("Start Training ...") == 1
-    assert out.count("| epoch |") == 3  # the parity fit's three epochs; every other fit is verbose=0
+    # the parity fit's three epochs (every other fit is verbose=0), each as 1-3 stacked tables at 80 columns
+    assert out.count("| epoch |") in (3, 6, 9)
     assert out.count("Finished Training...") == 1
     steps = [line for line in out.splitlines() if line.startswith("{'step'")]
     assert len(steps) == 3 * 2  # 4 steps per rank and epoch, a step dict every 2, printed once
@@ -146,7 +147,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(launched):
     assert r0["nan"] == r1["nan"] == {"history": [], "epoch": 0}
     assert "non-finite loss (nan) at epoch 1, step 2" in launched["stdout"]
     # TerminateOnNaN stops every rank at the offending batch, between logging points
-    assert r0["terminate_on_nan"] == r1["terminate_on_nan"] == {"batches": [1, 2], "epoch": 0}
+    assert r0["terminate_on_nan"] == r1["terminate_on_nan"] == {"batches": [0, 1], "epoch": 0}  # 0-based batches
     assert launched["stdout"].count("TerminateOnNaN: the loss is not finite on another process at epoch 1, "
                                     "batch 2") == 1  # rank 0's own batch was fine; printed once
 

@@ -166,7 +166,7 @@ def test_fork_on_linux_spawn_elsewhere(monkeypatch):
 
 def fail_on_rank_1(kind: str):
     def hook(batch, logs):
-        if distributed.rank() == 1 and batch == 2:
+        if distributed.rank() == 1 and batch == 1:  # the second batch: hooks count from 0
             if kind == "raise":
                 raise ValueError("rank one is broken")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -208,7 +208,7 @@ def interrupt_when(path, times: int, gap: float):
 
 def slow_after_first_epoch(path, delay: float):
     def epoch_end(epoch, logs):
-        if distributed.rank() == 0 and epoch == 1:
+        if distributed.rank() == 0 and epoch == 0:  # the end of the first epoch (0-based)
             open(path, "w").close()
 
     return LambdaCallback(on_epoch_end=epoch_end, on_train_batch_end=lambda batch, logs: time.sleep(delay))

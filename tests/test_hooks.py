@@ -187,7 +187,7 @@ def test_a_callback_may_announce_a_key_it_adds_to_the_logs():
     es = EarlyStopping(monitor="score", mode="min", patience=0, verbose=0)
     model = compiled()
     model.fit(5, loader(blobs(8), 4), callbacks=[AddsScore(), es], verbose=0)
-    assert model.epoch == 2 and es.stopped_epoch == 2  # epoch 2's score (2.0) did not improve on 1.0
+    assert model.epoch == 2 and es.stopped_epoch == 1  # epoch 2 (0-based 1): its score (2.0) did not improve on 1.0
 
 
 def test_overridden_step_keys_are_checked_after_the_first_epoch():

@@ -134,7 +134,7 @@ def test_validation_freq_validates_every_nth_epoch_and_monitors_wait():
     stop = EarlyStopping(monitor="val_loss", patience=1)
     h = model.fit(4, loader(blobs(32), 8), loader(blobs(16), 8), validation_freq=2, callbacks=[stop], verbose=0)
     assert h["val_loss"].isna().tolist() == [True, False, True, False]
-    assert stop.best_epoch in (2, 4)  # judged only on the epochs that validated
+    assert stop.best_epoch in (1, 3)  # judged only on the epochs that validated (0-based: epochs 2 and 4)
 
 
 def test_verbose_auto_prints_like_verbose_1(capsys):

@@ -179,8 +179,8 @@ def stale_bar_outputs(nb):
 def test_committed_notebooks_carry_their_outputs():
     assert [p.name for p in NOTEBOOKS] == ["01_quick_start.ipynb", "02_tabular_binary.ipynb",
                                            "03_raw_loop_vs_torchfit.ipynb", "04_torchvision_pipeline.ipynb",
-                                           "05_callbacks_tour.ipynb", "06_workflow.ipynb", "07_huggingface.ipynb",
-                                           "08_inspect.ipynb"]
+                                           "05_callbacks_tour.ipynb", "06_workflow.ipynb", "07_experiments.ipynb",
+                                           "08_inspect.ipynb", "09_huggingface.ipynb"]
     for path in NOTEBOOKS:
         nb = nbformat.read(str(path), as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]

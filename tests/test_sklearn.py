@@ -12,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from torchfit.sklearn import TorchfitClassifier, TorchfitRegressor
+from torchfit.sklearn import FromData, TorchfitClassifier, TorchfitRegressor
 
 
 
@@ -50,9 +50,12 @@ def test_params_are_stored_as_given_and_clone_keeps_them():
     assert est.module__hidden == 16 and not hasattr(est, "module__dropout")
 
 
-def test_unknown_parameter_names_the_prefixes():
+def test_unknown_parameter_names_the_prefixes_at_fit():
+    est = TorchfitClassifier(MLP, hidden=3)  # scikit-learn's rule: __init__ stores, fit checks
+    X, y = iris()
     with pytest.raises(TypeError, match="'hidden'.*module__hidden"):
-        TorchfitClassifier(MLP, hidden=3)
+        est.fit(X, y)
+    assert not hasattr(est, "model_")
 
 
 def test_fit_predict_labels_history_and_model():
@@ -208,3 +211,68 @@ def test_a_fitted_estimator_pickles():
     again = pickle.loads(pickle.dumps(est))
     np.testing.assert_array_equal(again.predict_proba(X), est.predict_proba(X))
     assert again.history_.equals(est.history_)
+
+
+# ------------------------------------------------------------------ sizes from the data
+def test_from_data_fills_the_factory_arguments_at_each_fit():
+    est = TorchfitClassifier(MLP, module__n_in=FromData("n_features_in"), module__n_out=FromData("n_classes"),
+                             module__hidden=8, lr=0.03, epochs=15, seed=0)
+    X, y = iris()
+    est.fit(X, y)
+    assert (est.model_.net.layers[0].in_features, est.model_.net.layers[2].out_features) == (4, 3)
+    assert est.n_classes_ == 3 and est.score(X, y) > 0.85
+    X2, y2 = make_classification(n_samples=60, n_features=7, n_informative=4, n_classes=2, random_state=0)
+    twin = clone(est).fit(X2, y2)  # new data, new sizes; the parameters stay as given
+    assert (twin.model_.net.layers[0].in_features, twin.model_.net.layers[2].out_features) == (7, 2)
+    assert twin.get_params()["module__n_in"] == FromData("n_features_in")
+
+
+def test_from_data_n_outputs_follows_the_loss_and_the_targets():
+    X, y = make_classification(n_samples=60, n_features=5, random_state=0)
+    binary = TorchfitClassifier(MLP, module__n_in=FromData("n_features_in"), module__n_out=FromData("n_outputs"),
+                                loss=nn.BCEWithLogitsLoss, epochs=2, seed=0).fit(X, y)
+    assert binary.model_.net.layers[2].out_features == 1
+    Xr, yr = make_regression(n_samples=40, n_features=3, n_targets=2, random_state=0)
+    reg = TorchfitRegressor(nn.Linear, module__in_features=FromData("n_features_in"),
+                            module__out_features=FromData("n_outputs"), epochs=2, seed=0).fit(Xr, yr)
+    assert reg.n_outputs_ == 2 and reg.predict(Xr).shape == (40, 2)
+    with pytest.raises(ValueError, match=r"module__out_features=FromData\('n_classes'\): TorchfitRegressor does not "
+                                         r"know n_classes; it knows \['input_shape', 'n_features_in', 'n_outputs'\]"):
+        TorchfitRegressor(nn.Linear, module__in_features=3, module__out_features=FromData("n_classes")).fit(Xr, yr)
+    with pytest.raises(ValueError, match="FromData\\('classes'\\): the figures fit knows are"):
+        FromData("classes")
+
+
+def test_without_a_module_the_default_mlp_is_sized_from_the_data():
+    X, y = iris()
+    est = TorchfitClassifier(lr=0.03, epochs=15, seed=0, module__hidden=16).fit(X, y)
+    assert [type(m).__name__ for m in est.model_.net] == ["Flatten", "Linear", "ReLU", "Linear"]
+    assert (est.model_.net[1].in_features, est.model_.net[1].out_features, est.model_.net[3].out_features) == (4, 16, 3)
+    assert est.score(X, y) > 0.85
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = TorchfitClassifier(epochs=1, seed=0).fit(digits.images[:50, None] / 16.0, digits.target[:50])
+    assert images.model_.net[1].in_features == 64  # rows (1, 8, 8) are flattened
+
+
+# ------------------------------------------------------------------ scikit-learn's own checks
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.SkipTestWarning")
+@pytest.mark.slow  # about 110 fits on tiny data: ~10 s on 2 cores
+@pytest.mark.parametrize("est", [
+    TorchfitClassifier(epochs=5, lr=0.05, seed=0),
+    TorchfitClassifier(MLP, module__n_in=FromData("n_features_in"), module__n_out=FromData("n_classes"),
+                       module__hidden=8, epochs=5, lr=0.05, seed=0),
+    TorchfitRegressor(epochs=5, lr=0.05, seed=0),
+    TorchfitRegressor(nn.Linear, module__in_features=FromData("n_features_in"),
+                      module__out_features=FromData("n_outputs"), epochs=5, lr=0.05, seed=0),
+], ids=["classifier", "classifier-factory", "regressor", "regressor-factory"])
+def test_check_estimator_passes_with_no_exclusions(est):
+    from sklearn.utils.estimator_checks import check_estimator
+
+    results = check_estimator(est, on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
+    assert not failed, failed
+    skipped = {r["check_name"] for r in results if r["status"] == "skipped"}
+    assert skipped <= {"check_array_api_input"}, skipped  # skipped by scikit-learn unless SCIPY_ARRAY_API=1
+    assert len(results) >= (54 if isinstance(est, TorchfitClassifier) else 52)

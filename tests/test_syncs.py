@@ -68,59 +68,22 @@ def test_syncs_happen_only_at_logging_points_and_epoch_ends(sync_log, metrics):
 # error_if_nonfinite...). On CUDA each of these aten ops blocks the host (each calls
 # c10::cuda::warn_or_error_on_sync, which torch.cuda.set_sync_debug_mode turns into an
 # error); a dispatch mode records them wherever they come from while fit runs on CPU.
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torchfit.testing.syncs import SyncRecorder  # noqa: E402
 
 from conftest import SmallCNN, binary, digits  # noqa: E402
 
-DEVICE_SYNCING_OPS = {
-    "_local_scalar_dense",  # .item(), float(t), bool(t), int(t)
-    "is_nonzero", "equal", "nonzero", "masked_select", "bincount", "histc", "histogram",
-    "_unique", "_unique2", "unique_dim", "unique_consecutive", "unique_dim_consecutive",
-    "repeat_interleave",
-}
-# Indexing with a boolean mask runs nonzero inside the kernel.
-MASK_INDEXING_OPS = {"index", "index_put", "index_put_", "_index_put_impl_"}
-# torch code that reads CPU-only tensors with .item(): the optimizers' step counters (on
-# the CPU even for CUDA parameters, with capturable=False, the default) and the
-# DataLoader's base seed. Neither touches a device.
-CPU_ONLY_READERS = tuple(os.path.join(os.path.dirname(torch.__file__), *parts) + os.sep
-                         for parts in (("optim",), ("utils", "data")))
 
-
-def _is_mask(obj) -> bool:
-    if isinstance(obj, torch.Tensor):
-        return obj.dtype in (torch.bool, torch.uint8)
-    if isinstance(obj, (list, tuple)):
-        return any(_is_mask(o) for o in obj)
-    return False
-
-
-class DeviceSyncAudit(TorchDispatchMode):
+class DeviceSyncAudit(SyncRecorder):
     """Records (op, epoch, batch) for each aten op that would block the host on CUDA."""
 
     def __init__(self, model):
-        super().__init__()
+        super().__init__(self._seen)
         self.model = model
         self.seen = []
-        self.ops = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        name = func.overloadpacket.__name__
-        if name in DEVICE_SYNCING_OPS or (name in MASK_INDEXING_OPS and _is_mask(args[1:])):
-            if not self._from_cpu_only_reader():
-                run = self.model.run
-                self.seen.append((name, run.epoch if run else None, run.batch_idx if run else None))
-        return func(*args, **(kwargs or {}))
-
-    @staticmethod
-    def _from_cpu_only_reader() -> bool:
-        frame = sys._getframe(2)
-        while frame is not None:
-            if frame.f_code.co_filename.startswith(CPU_ONLY_READERS):
-                return True
-            frame = frame.f_back
-        return False
+    def _seen(self, name, where):
+        run = self.model.run
+        self.seen.append((name, run.epoch if run else None, run.batch_idx if run else None))
 
 
 def _fit_and_audit(model, train, val, epochs=2, **fit_kwargs):

@@ -35,7 +35,7 @@ CHILD = textwrap.dedent("""
     stop_at = {stop_at!r}
 
     def stop(batch, logs):
-        if stop_at == (model.epoch + 1, batch):
+        if stop_at == (model.epoch + 1, batch + 1):  # hooks count batches from 0
             raise KeyboardInterrupt
 
     model.fit(2, loader(binary(240), 20), loader(binary(60, seed=1), 20), log_step_freq=4,
@@ -150,7 +150,7 @@ WIDE_CHILD = textwrap.dedent("""
                                         metrics=["accuracy", "auc", "f1", "precision", "recall", "mse"], device="cpu")
     schedule = torch.optim.lr_scheduler.ExponentialLR(model.optimizer, gamma=0.65)
     set_loss = LambdaCallback(on_epoch_begin=lambda epoch, logs: setattr(
-        Scripted, "value", 2.0 * (5e-6) ** ((epoch - 1) / 29)))
+        Scripted, "value", 2.0 * (5e-6) ** (epoch / 29)))  # hooks count epochs from 0
     model.fit(30, loader(binary(40), 20), loader(binary(20, seed=1), 20), progress_bar=True,
               callbacks=[set_loss, LearningRateScheduler(schedule)])
     print("DONE", flush=True)

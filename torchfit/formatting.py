@@ -68,12 +68,17 @@ def format_figure(value: Any, key: Optional[str] = None, places: int = PLACES) -
     """
     if value is None:
         return ""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    kind = type(value)
+    if kind is float:  # the common case (every logged figure is one): no ABC checks, ~3x faster
+        pass
+    elif kind is int:
+        return str(value)
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
         item = getattr(value, "item", None)  # a 0-d tensor or numpy scalar handed in by a user
         if callable(item) and getattr(value, "ndim", 1) == 0 and not isinstance(value, bool):
             return format_figure(item(), key, places)
         return str(value)
-    if isinstance(value, numbers.Integral):
+    elif isinstance(value, numbers.Integral):
         return str(int(value))
     value = float(value)
     if math.isnan(value):
@@ -222,7 +227,9 @@ class ColumnFormat:
 
     def observe(self, value: Any) -> None:
         """Make room for ``value`` (a figure wider than planned widens the column, once)."""
-        text = format_figure(value, self.key, self.places)
+        self._observe_text(format_figure(value, self.key, self.places))
+
+    def _observe_text(self, text: str) -> None:
         if text in ("nan", "inf", "-inf", "") or not _split(text)[0].lstrip("-").isdigit():
             self.width = max(self.width, len(text))
             return
@@ -232,8 +239,8 @@ class ColumnFormat:
 
     def text(self, value: Any) -> str:
         """``value``'s text padded to the column's width, its decimal point in the column's place."""
-        self.observe(value)
-        text = format_figure(value, self.key, self.places)
+        text = format_figure(value, self.key, self.places)  # formatted once, observed and laid out
+        self._observe_text(text)
         head, tail = _split(text)
         if not head.lstrip("-").isdigit():  # nan, inf, a string: centred
             return text.center(self.width)
@@ -261,7 +268,10 @@ class Columns:
 
     def observe(self, row: Mapping[str, Any]) -> None:
         for key, value in row.items():
-            self.formats.setdefault(key, ColumnFormat(key)).observe(value)
+            column = self.formats.get(key)
+            if column is None:  # not setdefault: it would build a ColumnFormat per figure to throw away
+                column = self.formats[key] = ColumnFormat(key)
+            column.observe(value)
 
     @property
     def names(self) -> List[str]:

@@ -158,6 +158,8 @@ def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: 
             run.batch_idx = step
             begin(step - 1, EMPTY)  # Keras' 0-based batch index
             batch = move(batch)
+            if type(batch) is list:  # a DataLoader's collated list: steps get a tuple, as Keras hands them
+                batch = tuple(batch)
             if optim is not None:
                 optim.start_batch(step)
             try:

@@ -30,7 +30,7 @@ from .callbacks import Callback
 from .callbacks.history import frame as history_frame
 from .diagnose import user_traceback
 from .formatting import Figures
-from .metrics import MetricList
+from .metrics import Mean, MetricList
 from .loop import Run, StepResult
 from .precision import PrecisionPolicy
 from .model_tools import ModelTools
@@ -64,6 +64,7 @@ class Model(ModelTools, nn.Module):
             self.net = net
         self._optimizer: Optional[torch.optim.Optimizer] = None
         self.compiled_metrics: Dict[str, Any] = {}  # compile's metrics by name; model.metrics lists them
+        self._loss_tracker = Mean(name="loss")  # Keras' model.metrics starts with a loss tracker
         self.device: Optional[torch.device] = None
         self.precision: Optional[PrecisionPolicy] = None
         self.strategy: Any = None  # compile(strategy=...): None/"ddp" or a strategy's options (FSDP(...))
@@ -124,11 +125,12 @@ class Model(ModelTools, nn.Module):
     def metrics(self) -> MetricList:
         """The compiled metrics as objects (Keras: ``for m in self.metrics: m.update_state(y, y_pred)``).
         A subclass may define its own ``metrics`` property, as in Keras; fit resets them each epoch."""
-        return MetricList(self.compiled_metrics.values())
+        return MetricList([self._loss_tracker, *self.compiled_metrics.values()])
 
     @metrics.setter
     def metrics(self, value: Any) -> None:
-        self.compiled_metrics = dict(value.items()) if hasattr(value, "items") else {m.name: m for m in value}
+        pairs = value.items() if hasattr(value, "items") else [(m.name, m) for m in value]
+        self.compiled_metrics = {k: m for k, m in pairs if m is not self._loss_tracker}
 
     @property
     def run(self) -> Optional[Run]:

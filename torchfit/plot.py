@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["plot_history"]
 
 # Columns that say where a row is, not what was measured.
-_POSITION_COLUMNS = ("epoch", "step", "global_step")
+_POSITION_COLUMNS = ("epoch", "step", "global_step", "fold")
 
 
 def _import_matplotlib() -> Any:
@@ -77,7 +77,9 @@ def plot_history(history: Any, metrics: Optional[Sequence[str]] = None, *,
     """One figure with a panel per quantity; training and validation share a panel.
 
     ``history``: ``model.history`` (x axis: epoch), ``model.step_history`` (x axis:
-    optimizer step) or anything ``pandas.DataFrame`` accepts with the same columns.
+    optimizer step) or anything ``pandas.DataFrame`` accepts with the same columns. A
+    ``fold`` column (``torchfit.cross_validate``'s history) draws each fold as a thin line
+    and, over them, their mean with a band of one standard deviation.
     ``metrics``: the quantities to draw, by name without ``val_`` (default: ``loss``,
     then each metric, then ``lr`` when present and not constant). ``fig``: draw into this figure (for
     instance ``plt.figure()`` to use pyplot's windows); by default a new figure.
@@ -115,12 +117,16 @@ def plot_history(history: Any, metrics: Optional[Sequence[str]] = None, *,
     if fig is None:
         fig = _figure_class(figure_module)(figsize=(4.2 * n_cols, 3.2 * n_rows), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
-    marker = "o" if len(frame) <= 30 else None  # dots help read a few epochs, clutter long runs
+    folds = "fold" in frame.columns and x_name is not None
+    marker = "o" if len(frame) <= 30 and not folds else None  # dots help read a few epochs, clutter long runs
     for ax, name in zip(axes, wanted):
-        for column, label, style in ((name, "train", "-"), ("val_" + name, "validation", "--")):
+        for n, (column, label, style) in enumerate(((name, "train", "-"), ("val_" + name, "validation", "--"))):
             if column in frame.columns and frame[column].notna().any():
-                ax.plot(x, frame[column], style, marker=marker, markersize=4,
-                        label=label if name != "lr" else column)
+                if folds:
+                    _plot_folds(ax, frame, x_name, column, label if name != "lr" else column, style, f"C{n}")
+                else:
+                    ax.plot(x, frame[column], style, marker=marker, markersize=4,
+                            label=label if name != "lr" else column)
         ax.set_title(name)
         ax.set_xlabel(x_label)
         if x_name == "epoch":
@@ -135,3 +141,13 @@ def plot_history(history: Any, metrics: Optional[Sequence[str]] = None, *,
     for ax in axes[len(wanted):]:
         ax.set_visible(False)
     return fig
+
+
+def _plot_folds(ax: Any, frame: pd.DataFrame, x_name: str, column: str, label: str, style: str, color: str) -> None:
+    """Each fold's curve, thin; their mean, thick, with a band of one standard deviation (ddof 1)."""
+    table = frame.pivot_table(index=x_name, columns="fold", values=column, aggfunc="mean")
+    for fold in table.columns:
+        ax.plot(table.index, table[fold], style, color=color, alpha=0.35, linewidth=0.8)
+    mean, std = table.mean(axis=1), table.std(axis=1, ddof=1).fillna(0.0)
+    ax.plot(table.index, mean, style, color=color, linewidth=2.0, label=f"{label} (mean of {table.shape[1]} folds)")
+    ax.fill_between(table.index, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)

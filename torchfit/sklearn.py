@@ -16,6 +16,14 @@ search can vary a layer width::
 
 ``optimizer__<name>`` parameters (``optimizer__weight_decay=1e-4``) go to the
 optimizer's constructor the same way.
+
+Sizes the net can only know from the data are asked for by name: a ``module__`` parameter
+set to ``FromData("n_features_in")`` (or ``"n_classes"``, ``"n_outputs"``, ``"input_shape"``)
+is replaced, at each ``fit``, by that figure of the data being fitted::
+
+    TorchfitClassifier(MLP, module__n_in=FromData("n_features_in"), module__n_out=FromData("n_classes"))
+
+Without ``module`` the estimator trains ``mlp``, a one-hidden-layer net sized that way.
 """
 from __future__ import annotations
 
@@ -30,11 +38,59 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 from torch import nn
 
-__all__ = ["TorchfitClassifier", "TorchfitRegressor"]
+__all__ = ["TorchfitClassifier", "TorchfitRegressor", "FromData", "mlp"]
 
 # Parameters whose names start with these are routed to the net factory / the optimizer.
 _ROUTED = ("module__", "optimizer__")
 _BCE = (nn.BCEWithLogitsLoss, nn.BCELoss)
+
+
+class FromData:
+    """A net factory's argument that ``fit`` fills in from the data: ``module__n_in=FromData("n_features_in")``.
+
+    ``name``: ``"n_features_in"`` (features per row; for rows of several dimensions, their
+    product), ``"input_shape"`` (the shape of one row, a tuple), ``"n_classes"`` (classifiers:
+    the number of classes in ``y``) or ``"n_outputs"`` (the width the loss needs: the number
+    of classes for ``CrossEntropyLoss``, 1 for a binary ``BCEWithLogitsLoss``, the number of
+    target columns for a regressor). The figure is the one the estimator keeps after ``fit``
+    (``n_features_in_``, ``n_classes_``...), so ``clone`` and searches fit new sizes to new data.
+
+    >>> FromData("n_classes")
+    FromData('n_classes')
+    """
+
+    NAMES = ("n_features_in", "input_shape", "n_classes", "n_outputs")
+
+    def __init__(self, name: str):
+        if name not in self.NAMES:
+            raise ValueError(f"FromData({name!r}): the figures fit knows are {list(self.NAMES)}")
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"FromData({self.name!r})"
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, FromData) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(("FromData", self.name))
+
+
+def mlp(n_features_in: int, n_outputs: int, hidden: int = 64) -> nn.Module:
+    """The default net: ``Flatten``, ``Linear(n_features_in, hidden)``, ``ReLU``, ``Linear(hidden, n_outputs)``.
+
+    The estimators build it when ``module`` is None, with ``n_features_in`` and ``n_outputs``
+    from the data; ``module__hidden=...`` sets its width.
+
+    >>> mlp(4, 3, hidden=8)
+    Sequential(
+      (0): Flatten(start_dim=1, end_dim=-1)
+      (1): Linear(in_features=4, out_features=8, bias=True)
+      (2): ReLU()
+      (3): Linear(in_features=8, out_features=3, bias=True)
+    )
+    """
+    return nn.Sequential(nn.Flatten(), nn.Linear(n_features_in, hidden), nn.ReLU(), nn.Linear(hidden, n_outputs))
 
 
 def _optimizer_classes() -> Dict[str, type]:
@@ -54,7 +110,7 @@ class _TorchfitEstimator(BaseEstimator):
 
     def __init__(
         self,
-        module: Callable[..., nn.Module],
+        module: Optional[Callable[..., nn.Module]] = None,
         *,
         loss: Any = None,
         optimizer: Union[str, type] = "adam",
@@ -79,36 +135,59 @@ class _TorchfitEstimator(BaseEstimator):
         self.seed = seed
         self.verbose = verbose
         self.callbacks = callbacks
-        for name, value in routed.items():
+        # The routed parameters live in one private dict (scikit-learn's checks allow no public
+        # attribute that __init__'s signature does not name) and read as attributes.
+        # Names are checked by fit, as scikit-learn asks (__init__ and set_params only store).
+        self._routed_params: Dict[str, Any] = dict(routed)
+
+    def __getattr__(self, name: str) -> Any:
+        routed = self.__dict__.get("_routed_params")  # absent while unpickling: no recursion
+        if routed is not None and name in routed:
+            return routed[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    # sklearn finds parameters from __init__'s signature; the routed ones are added here.
+    def get_params(self, deep: bool = True) -> Dict[str, Any]:
+        params = super().get_params(deep=deep)
+        params.update(self._routed_params)
+        return params
+
+    def set_params(self, **params: Any) -> "_TorchfitEstimator":
+        own = self._get_param_names()
+        for name in [k for k in params if k not in own]:
+            self._routed_params[name] = params.pop(name)
+        return super().set_params(**params)
+
+    def _check_routed(self) -> None:
+        for name in self._routed_params:
             if not name.startswith(_ROUTED):
                 raise TypeError(
                     f"{type(self).__name__} got an unexpected parameter {name!r}; parameters for the net "
                     f"start with 'module__' (module__{name}=...), for the optimizer with 'optimizer__'"
                 )
-            setattr(self, name, value)
-
-    # sklearn finds parameters from __init__'s signature; the routed ones are added here.
-    def get_params(self, deep: bool = True) -> Dict[str, Any]:
-        params = super().get_params(deep=deep)
-        params.update({k: v for k, v in vars(self).items() if k.startswith(_ROUTED)})
-        return params
-
-    def set_params(self, **params: Any) -> "_TorchfitEstimator":
-        for name in [k for k in params if k.startswith(_ROUTED)]:
-            setattr(self, name, params.pop(name))
-        return super().set_params(**params)
 
     def _routed(self, prefix: str) -> Dict[str, Any]:
-        return {k[len(prefix):]: v for k, v in vars(self).items() if k.startswith(prefix)}
+        return {k[len(prefix):]: v for k, v in self._routed_params.items() if k.startswith(prefix)}
 
     # ------------------------------------------------------------------ building
-    def _build_net(self) -> nn.Module:
-        if isinstance(self.module, nn.Module) or not callable(self.module):
+    def _build_net(self, figures: Dict[str, Any]) -> nn.Module:
+        kwargs = self._routed("module__")
+        factory = self.module
+        if factory is None:
+            factory = mlp
+            kwargs = {"n_features_in": FromData("n_features_in"), "n_outputs": FromData("n_outputs"), **kwargs}
+        if isinstance(factory, nn.Module) or not callable(factory):
             raise TypeError(
                 f"module must be a factory that returns an nn.Module (a class or a function); got "
-                f"{type(self.module).__name__}. Pass the class and its arguments: module=MyNet, module__hidden=32"
+                f"{type(factory).__name__}. Pass the class and its arguments: module=MyNet, module__hidden=32"
             )
-        net = self.module(**self._routed("module__"))
+        for name, value in kwargs.items():
+            if isinstance(value, FromData):
+                if value.name not in figures:
+                    raise ValueError(f"module__{name}={value!r}: {type(self).__name__} does not know "
+                                     f"{value.name}; it knows {sorted(figures)}")
+                kwargs[name] = figures[value.name]
+        net = factory(**kwargs)
         if not isinstance(net, nn.Module):
             raise TypeError(f"module(...) must return an nn.Module; {self.module!r} returned {type(net).__name__}")
         return net
@@ -139,13 +218,13 @@ class _TorchfitEstimator(BaseEstimator):
     def _default_loss(self) -> nn.Module:
         raise NotImplementedError
 
-    def _fit_model(self, X: np.ndarray, y: np.ndarray) -> "_TorchfitEstimator":
+    def _fit_model(self, X: np.ndarray, y: np.ndarray, figures: Dict[str, Any]) -> "_TorchfitEstimator":
         from . import Model  # lazily, from the public name: the core modules may move
 
         callbacks = list(self.callbacks or [])
 
         def train() -> Any:
-            net = self._build_net()
+            net = self._build_net({"n_features_in": self.n_features_in_, "input_shape": self._x_shape, **figures})
             model = Model(net).compile(loss=self._loss(), optimizer=self._build_optimizer(),
                                        metrics=self.metrics, device=self.device)
             # Without a seed, the shuffling seed comes from torch's global generator, so that
@@ -199,7 +278,9 @@ class TorchfitClassifier(ClassifierMixin, _TorchfitEstimator):
     >>> clf.predict(X[:2]), clf.predict_proba(X[:2]).shape
     (array([0, 0]), (2, 3))
 
-    ``module``: the net factory, called with the ``module__*`` parameters; the net
+    ``module``: the net factory, called with the ``module__*`` parameters (a
+    ``FromData("n_features_in")``, ``FromData("n_classes")``... among them is replaced by that
+    figure of the data at each ``fit``); None trains ``mlp`` sized from the data. The net
     returns logits ``(N, C)`` (one column per class, ``C >= 2``) for the default
     ``loss=nn.CrossEntropyLoss()``, or ``(N, 1)`` for a binary problem with
     ``loss=nn.BCEWithLogitsLoss()`` (logits) or ``nn.BCELoss()`` (probabilities).
@@ -213,7 +294,7 @@ class TorchfitClassifier(ClassifierMixin, _TorchfitEstimator):
     random generators are left as they were); None draws from torch's global
     generator. Every ``fit`` trains a new net on all of ``X`` (no validation split).
 
-    After ``fit``: ``classes_`` (the original labels, sorted), ``model_`` (the
+    After ``fit``: ``classes_`` (the original labels, sorted), ``n_classes_``, ``model_`` (the
     ``torchfit.Model``), ``history_`` (its history DataFrame), ``n_features_in_``.
     ``predict_proba`` is the softmax of the outputs, or ``[1 - p, p]`` with ``p``
     the sigmoid of a single output (the output itself with ``nn.BCELoss``).
@@ -224,10 +305,14 @@ class TorchfitClassifier(ClassifierMixin, _TorchfitEstimator):
 
     def fit(self, X: Any, y: Any) -> "TorchfitClassifier":
         """Encode the labels, build a new net and train it on all of ``X``; returns ``self``."""
+        self._check_routed()
         X, y = self._check_x(X, y)
         check_classification_targets(y)  # a continuous y is a mistake here, not 10**6 classes
         self._encoder = LabelEncoder().fit(y)
         self.classes_ = self._encoder.classes_
+        if len(self.classes_) < 2:
+            raise ValueError(f"y has one class only ({self.classes_[0]!r}): a classifier needs at least two "
+                             "classes to train on")
         codes = self._encoder.transform(y)
         loss = self._loss()
         self._single_output = isinstance(loss, _BCE)
@@ -239,7 +324,9 @@ class TorchfitClassifier(ClassifierMixin, _TorchfitEstimator):
             target = codes.astype(np.float32).reshape(-1, 1)
         else:
             target = codes.astype(np.int64)
-        return self._fit_model(X, target)
+        self.n_classes_ = len(self.classes_)
+        return self._fit_model(X, target, {"n_classes": self.n_classes_,
+                                           "n_outputs": 1 if self._single_output else self.n_classes_})
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(n_samples, n_classes)``, columns in ``classes_`` order; rows sum to 1."""
@@ -275,7 +362,8 @@ class TorchfitRegressor(RegressorMixin, _TorchfitEstimator):
     >>> reg.predict(X[:3]).shape
     (3,)
 
-    Parameters as for ``TorchfitClassifier``; the default loss is ``nn.MSELoss()``.
+    Parameters as for ``TorchfitClassifier``; the default loss is ``nn.MSELoss()``;
+    ``FromData("n_outputs")`` is the number of target columns (``n_outputs_`` after ``fit``).
     A 1-d ``y`` is trained as a column ``(N, 1)`` and ``predict`` returns 1-d
     values; a 2-d ``y`` ``(N, K)`` needs a net with ``K`` outputs.
     """
@@ -283,12 +371,19 @@ class TorchfitRegressor(RegressorMixin, _TorchfitEstimator):
     def _default_loss(self) -> nn.Module:
         return nn.MSELoss()
 
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True  # a 2-d y (N, K) trains a net with K outputs
+        return tags
+
     def fit(self, X: Any, y: Any) -> "TorchfitRegressor":
         """Build a new net and train it on all of ``X``; returns ``self``."""
+        self._check_routed()
         X, y = self._check_x(X, y, multi_output=True, y_numeric=True)
         self._y_1d = y.ndim == 1
         target = y.astype(np.float32).reshape(-1, 1) if self._y_1d else y.astype(np.float32)
-        return self._fit_model(X, target)
+        self.n_outputs_ = target.shape[1]
+        return self._fit_model(X, target, {"n_outputs": self.n_outputs_})
 
     def predict(self, X: Any) -> np.ndarray:
         """The net's outputs as a numpy array: 1-d when ``fit`` got a 1-d ``y``."""

@@ -45,7 +45,10 @@ class TrainingState:
 
     # ------------------------------------------------------------ recording
     def record_epoch(self, logs: Mapping[str, Any]) -> None:
-        self.history.append(dict(logs))
+        """The epoch's logs as its history row. fit hands a fresh dict per epoch and the row is
+        that dict, so keys later callbacks add in ``on_epoch_end`` reach the history (Keras' History
+        runs after the user's callbacks)."""
+        self.history.append(logs if type(logs) is dict else dict(logs))
 
     def record_step(self, row: Mapping[str, Any]) -> None:
         self.step_history.append(dict(row))

@@ -27,7 +27,7 @@ def main(mode: str, out_dir: str) -> None:
 
     class Die(Callback):
         def on_train_batch_end(self, batch, logs):
-            if rank == 1 and self.model.run.epoch == 2 and batch == 1:
+            if rank == 1 and self.model.run.epoch == 2 and batch == 0:  # its first batch (hooks count from 0)
                 if mode == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
                 raise RuntimeError("rank 1 failed on purpose")

@@ -62,7 +62,7 @@ def records(history) -> list:
 
 def step_recorder(steps: list) -> Callback:
     """Keeps the running figures handed to on_train_batch_end at logging points."""
-    return torchfit.LambdaCallback(on_train_batch_end=lambda batch, logs: steps.append(dict(logs)) if logs else None)
+    return torchfit.LambdaCallback(on_train_batch_end=lambda batch, logs: steps.append(dict(logs)) if logs.at_logging_point else None)
 
 
 class Indexed(Dataset):
@@ -87,14 +87,14 @@ class StopAt(Callback):
         self.current = 0
 
     def on_epoch_begin(self, epoch, logs):
-        self.current = epoch
+        self.current = epoch + 1  # hooks count from 0; StopAt names the history's 1-based epoch
 
     def on_train_batch_end(self, batch, logs):
-        if self.mid_epoch and logs and self.current == self.epoch:
+        if self.mid_epoch and logs.at_logging_point and self.current == self.epoch:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs):
-        if not self.mid_epoch and epoch == self.epoch:
+        if not self.mid_epoch and epoch + 1 == self.epoch:
             self.model.stop_training = True
 
 
@@ -256,7 +256,7 @@ def fail(out_dir: str) -> None:
 
     class Boom(Callback):
         def on_epoch_begin(self, epoch, logs):
-            if epoch == 2 and rank == 1:
+            if epoch == 1 and rank == 1:  # the second epoch (hooks count from 0)
                 raise RuntimeError("rank 1 failed on purpose")
 
     model = compiled(mlp())
@@ -273,7 +273,7 @@ def stall(out_dir: str) -> None:
 
     class Stall(Callback):
         def on_epoch_begin(self, epoch, logs):
-            if epoch == 2 and rank == 1:
+            if epoch == 1 and rank == 1:  # the second epoch (hooks count from 0)
                 time.sleep(300)
 
     model = compiled(mlp())

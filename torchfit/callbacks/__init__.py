@@ -10,6 +10,7 @@ from .loggers import CSVLogger, TensorBoard
 from .printing import ProgressPrinter
 from .profiling import Profiler
 from .progress import ProgressBar
+from .pruning import OptunaPruning
 from .schedulers import LearningRateScheduler, ReduceLROnPlateau, run_steps_per_epoch, run_total_steps, warmup_cosine
 from .stopping import EarlyStopping, TerminateOnNaN
 from .tracking import MLflowLogger, WandbLogger
@@ -19,4 +20,5 @@ __all__ = [
     "EarlyStopping", "TerminateOnNaN", "ModelCheckpoint", "CSVLogger", "TensorBoard",
     "LearningRateScheduler", "ReduceLROnPlateau", "run_steps_per_epoch", "run_total_steps", "warmup_cosine",
     "EMA", "SWA", "MLflowLogger", "WandbLogger", "LivePlot", "Profiler", "GradientStats",
+    "OptunaPruning",
 ]

@@ -10,6 +10,7 @@ metrics live in ``classification`` and ``regression``; turning a user's
 """
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
@@ -114,6 +115,23 @@ class Metric:
             "combined across processes; implement it to use this metric under torch.distributed"
         )
 
+    _takes_name = False  # a subclass whose own __init__ takes ``name`` sets this
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Keras' metrics take ``name=``: every subclass's constructor accepts it (e.g. ``MAE(name="mae")``).
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or cls.__dict__.get("_takes_name"):
+            return
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, name: Optional[str] = None, **kw: Any) -> None:
+            init(self, *args, **kw)
+            if name is not None:
+                self.name = name
+
+        cls.__init__ = __init__  # type: ignore[misc]
+
     # Keras' names for the same protocol, for train_steps written the Keras way:
     # ``metric.update_state(y, y_pred)``, ``metric.result()``, ``metric.reset_state()``, ``metric.name``.
     @property
@@ -178,6 +196,8 @@ class Mean(Metric):
     >>> m.compute()
     2.4
     """
+
+    _takes_name = True
 
     def __init__(self, name: Optional[str] = None) -> None:
         self.name = name  # Keras' Mean(name="loss")
@@ -276,6 +296,8 @@ class BatchMetric(Metric):
     0.75
     """
 
+    _takes_name = True
+
     def __init__(self, fn: Callable[[Tensor, Tensor], Any], name: Optional[str] = None) -> None:
         if not callable(fn):
             raise TypeError(f"BatchMetric needs a callable fn(preds, targets), got {fn!r}")
@@ -314,7 +336,13 @@ class _SumOverCount(Metric):
     def reset(self) -> None:
         self._sum: Optional[Tensor] = None
         self._count = 0
+        self._weights: Optional[Tensor] = None  # Keras' sample weights, when update_state was given them
         self._global: Optional[tuple[float, int]] = None
+
+    def _add_weighted(self, weighted_sum: Tensor, weight_total: Tensor) -> None:
+        """A sum of weighted values over a total weight kept on the device (Keras' ``sample_weight``)."""
+        self._add(weighted_sum, 0)
+        self._weights = weight_total if self._weights is None else self._weights + weight_total
 
     def _add(self, batch_sum: Tensor, count: int) -> None:
         total = self._sum
@@ -332,18 +360,22 @@ class _SumOverCount(Metric):
             total, count = self._global
         else:
             total = 0 if self._sum is None else self._sum.item()
-            count = self._count
+            count = self._count + (0 if self._weights is None else self._weights.item())
         return total / count if count else float("nan")
 
     def sync(self, reducer: Reducer) -> None:
         device = self._sum.device if self._sum is not None else torch.device("cpu")
         exact = self._sum is None or not self._sum.is_floating_point()
         dtype = torch.int64 if exact else _sum_dtype(device)
+        if self._weights is not None:  # weighted (Keras' sample_weight): float totals
+            dtype = _sum_dtype(device)
         packed = torch.tensor([0, self._count], dtype=dtype, device=device)
         if self._sum is not None:
             packed[0] += self._sum
+        if self._weights is not None:
+            packed[1] += self._weights.to(device)
         total, count = reducer.sum(packed).tolist()
-        self._global = (total, int(round(count)))
+        self._global = (total, count if self._weights is not None else int(round(count)))
 
 
 

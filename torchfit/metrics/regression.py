@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -45,6 +45,17 @@ class _MeanError(_SumOverCount):
         # Every output has N samples, so the mean over all elements equals
         # scikit-learn's uniform average of per-output means.
         self._add(self._error(p.to(dtype) - t.to(dtype)).sum(), t.numel())
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        """Keras' ``update_state(y_true, y_pred, sample_weight)``: with weights, each sample's mean
+        error (over its outputs) counts ``w_i`` times, ``sum(w_i * e_i) / sum(w_i)``, as in Keras."""
+        if sample_weight is None:
+            return super().update_state(y_true, y_pred)
+        p, t = _align(self._label, y_pred, y_true)
+        dtype = _sum_dtype(p.device)
+        per_sample = self._error(p.to(dtype) - t.to(dtype)).reshape(t.shape[0], -1).mean(1)
+        w = torch.as_tensor(sample_weight, device=p.device).to(dtype).reshape(-1)
+        self._add_weighted((w * per_sample).sum(), w.sum())
 
 
 class MSE(_MeanError):

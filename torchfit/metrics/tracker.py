@@ -86,6 +86,8 @@ class Tracker:
 
     def compute(self) -> Dict[str, float]:
         p = self.prefix
+        if self.reported:  # a Keras-style step: its returned figures are the logs, in its order
+            return {p + name: _to_float(value) for name, value in self.reported.items()}
         logs: Dict[str, float] = {}
         if self.loss_seen:
             logs[p + "loss"] = self.loss.compute()
@@ -96,8 +98,6 @@ class Tracker:
                 raise MetricError(f"metric {p + name!r} raised {type(exc).__name__} in compute(): {exc}") from exc
         for name, mean in self.extra.items():
             logs[p + name] = mean.compute()
-        for name, value in self.reported.items():
-            logs[p + name] = _to_float(value)
         return logs
 
 
