@@ -389,8 +389,11 @@ def _result(model: Any, user_callbacks: List[Any]) -> Dict[str, Any]:
 
 def _move(model: Any, device: torch.device) -> None:
     """Compile the worker's copy again for its own GPU: same loss, optimizer, metrics and options."""
+    fmt = model._setup.outputs
     model.compile(model.loss_fn, model.optimizer, model.compiled_metrics, device=device,
-                  precision=model.precision.name, jit_compile=model.jit_compile, strategy=model.strategy)
+                  precision=model.precision.name, jit_compile=model.jit_compile, strategy=model.strategy,
+                  target_key=fmt.target_key, output_key=fmt.output_key,
+                  gradient_checkpointing=model._setup.gradient_checkpointing)
 
 
 def _leave_the_kernel() -> bool:
