@@ -187,7 +187,7 @@ def test_two_ranks_train_tiny_models_and_a_stream_as_one_process(tmp_path):
            f"--master_port={port}", SCRIPT, str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     for name, build, data in (("bert", hf.bert, hf.classification_samples(16, 1)),
                               ("gpt2", hf.gpt2, hf.lm_samples(16, 2))):
         # 2 ranks of batch 4 = one process of batch 8, by hand and through torchfit

@@ -144,7 +144,7 @@ def main(out_dir: str) -> None:
             result["bert_predict"] = every
             # 15 dict samples on 2 ranks: rank 1's last is padding, left out of the figures
             model.compile(nn.CrossEntropyLoss(), sgd(0.5), ["accuracy", "f1"])
-            result["bert_padded"] = model.evaluate(DataLoader(classification_samples(15, 6), batch_size=4))
+            result["bert_padded"] = dict(model.evaluate(DataLoader(classification_samples(15, 6), batch_size=4)))
     # LoRA adapters on 2 ranks, saved alone (every rank calls save_checkpoint, rank 0 writes)
     model = torchfit.Model(lora_bert()).compile(optimizer=sgd(0.5))
     model.fit(2, DataLoader(classification_samples(16, 1), batch_size=4), verbose=0)
@@ -156,7 +156,7 @@ def main(out_dir: str) -> None:
     history = model.fit(2, DataLoader(stream(11, 4), batch_size=2), verbose=0)
     result["stream"] = {"seen": list(net.seen), "history": history.to_dict("records"),
                         "state": {k: v.clone() for k, v in net.net.state_dict().items()},
-                        "evaluate": model.evaluate(DataLoader(stream(11, 4), batch_size=2)),
+                        "evaluate": dict(model.evaluate(DataLoader(stream(11, 4), batch_size=2))),
                         "predict": model.predict(DataLoader(stream(11, 4), batch_size=3))}
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
 
