@@ -207,8 +207,9 @@ def run_epoch(model: Any, loader: Iterable, run: Run, tracker: Any, training: bo
     Returns the epoch figures (keys prefixed by the tracker's prefix).
     """
     tracker.reset()
-    for metric in model.metrics:  # Keras resets the model's own metric objects at each epoch and evaluation
-        (getattr(metric, "reset_state", None) or metric.reset)()
+    if not (model._default_step("train_step") and model._default_step("eval_step")):
+        for metric in model.metrics:  # Keras resets the model's own metric objects (a custom step's) each pass
+            (getattr(metric, "reset_state", None) or metric.reset)()
     model.net.train(training)
     run_batches(model, loader, run, TRAIN if training else EVAL, tracker.update, tracker)
     if run.config.reducer is not None:

@@ -409,6 +409,8 @@ class Model(ModelTools, nn.Module):
                      y_pred: Any = None, sample_weight: Any = None, training: bool = True) -> torch.Tensor:
         """``loss_fn(preds, targets)``, checked to be a scalar; Keras' ``compute_loss(x=, y=, y_pred=,
         sample_weight=)`` too (per-sample weights as fit weighs them)."""
+        if sample_weight is None and y_pred is None and y is None:  # the default steps' call: one layer
+            return steps.compute_loss(self.loss_fn, preds, targets)
         return steps.keras_loss(self, y_pred if y_pred is not None else preds, y if y is not None else targets,
                                 sample_weight, training)
 
