@@ -38,7 +38,7 @@ import pstats
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 from torch import nn
@@ -67,6 +67,31 @@ def loaders() -> tuple:
             DataLoader(VAL, VAL_BATCH))
 
 
+def hand_epoch(net: nn.Module, opt: torch.optim.Optimizer, loss_fn: nn.Module, train: Any, val: Any) -> dict:
+    """One epoch of the hand-written loop: train, validate, figures read back once (the reference)."""
+    net.train()
+    total, hits, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
+    for x, y in train:
+        opt.zero_grad()
+        out = net(x)
+        loss = loss_fn(out, y)
+        loss.backward()
+        opt.step()
+        total += loss.detach() * len(y)
+        hits += (out.detach().argmax(1) == y).sum()
+        seen += len(y)
+    net.eval()
+    v_total, v_hits, v_seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
+    with torch.no_grad():
+        for x, y in val:
+            out = net(x)
+            v_total += loss_fn(out, y) * len(y)
+            v_hits += (out.argmax(1) == y).sum()
+            v_seen += len(y)
+    return {"loss": total.item() / seen, "accuracy": hits.item() / seen,
+            "val_loss": v_total.item() / v_seen, "val_accuracy": v_hits.item() / v_seen}
+
+
 def hand_written(printing: bool) -> Callable[[], None]:
     def run() -> None:
         net = make_net()
@@ -74,27 +99,7 @@ def hand_written(printing: bool) -> Callable[[], None]:
         loss_fn = nn.CrossEntropyLoss()
         dl, dl_val = loaders()
         for epoch in range(1, EPOCHS + 1):
-            net.train()
-            total, hits, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
-            for x, y in dl:
-                opt.zero_grad()
-                out = net(x)
-                loss = loss_fn(out, y)
-                loss.backward()
-                opt.step()
-                total += loss.detach() * len(y)
-                hits += (out.detach().argmax(1) == y).sum()
-                seen += len(y)
-            net.eval()
-            v_total, v_hits, v_seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
-            with torch.no_grad():
-                for x, y in dl_val:
-                    out = net(x)
-                    v_total += loss_fn(out, y) * len(y)
-                    v_hits += (out.argmax(1) == y).sum()
-                    v_seen += len(y)
-            figures = {"epoch": epoch, "loss": total.item() / seen, "accuracy": hits.item() / seen,
-                       "val_loss": v_total.item() / v_seen, "val_accuracy": v_hits.item() / v_seen}
+            figures = {"epoch": epoch, **hand_epoch(net, opt, loss_fn, dl, dl_val)}
             if printing:
                 print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
     return run
@@ -236,26 +241,7 @@ def split_costs(rounds: int) -> List[str]:
         opt = torch.optim.Adam(net.parameters(), lr=LR)
         loss_fn = nn.CrossEntropyLoss()
         for _ in range(epochs):
-            net.train()
-            total, hits, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
-            for x, y in train:
-                opt.zero_grad()
-                out = net(x)
-                loss = loss_fn(out, y)
-                loss.backward()
-                opt.step()
-                total += loss.detach() * len(y)
-                hits += (out.detach().argmax(1) == y).sum()
-                seen += len(y)
-            net.eval()
-            v_total, v_hits, v_seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
-            with torch.no_grad():
-                for x, y in val:
-                    out = net(x)
-                    v_total += loss_fn(out, y) * len(y)
-                    v_hits += (out.argmax(1) == y).sum()
-                    v_seen += len(y)
-            _ = (total.item() / seen, hits.item() / seen, v_total.item() / v_seen, v_hits.item() / v_seen)
+            hand_epoch(net, opt, loss_fn, train, val)
 
     def fit(epochs: int) -> None:
         net = make_net()
