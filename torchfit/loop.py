@@ -153,6 +153,7 @@ def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: 
     step = 0
     run.epoch_complete = False
     strip = tracker.prefix if tracker is not None else ""
+    wants_logs = phase.end in cbs.implemented  # no reader of this phase's batch logs: no object per step
     with torch.enable_grad() if phase.grad else torch.no_grad():
         for step, batch in enumerate(config.iterate(loader), 1):
             run.batch_idx = step
@@ -186,8 +187,8 @@ def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: 
                 reason = nonfinite_loss(logs.get("loss"), f"at epoch {run.epoch}, step {step}")
                 if reason:
                     run.stop(reason, model)
-            else:
-                end(step - 1, RunningLogs(tracker, step, strip))
+            else:  # a phase whose batch logs nobody reads gets no logs object per step
+                end(step - 1, RunningLogs(tracker, step, strip) if wants_logs else EMPTY)
             if training and model.stop_training:
                 break
         else:

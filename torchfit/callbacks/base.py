@@ -232,8 +232,12 @@ class CallbackList:
         self.callbacks = sorted(kept, key=lambda cb: cb.runs_last)
         for cb in self.callbacks:
             cb.set_model(model)
+        self.implemented = set()  # hooks some callback implements (the loop builds batch logs only for those)
         for hook in HOOKS:
-            setattr(self, hook, _dispatcher([getattr(cb, hook) for cb in self.callbacks if cb.implements(hook)]))
+            methods = [getattr(cb, hook) for cb in self.callbacks if cb.implements(hook)]
+            if methods:
+                self.implemented.add(hook)
+            setattr(self, hook, _dispatcher(methods))
 
     def __iter__(self):
         return iter(self.callbacks)
