@@ -115,6 +115,10 @@ class ModelCheckpoint(Callback):
         if self.last_path is not None:
             check_writable(owner + " (save_last)", self.last_path)
 
+    @property
+    def saves_mid_epoch(self) -> bool:  # type: ignore[override]
+        return self.save_freq != "epoch"
+
     def implements(self, hook: str) -> bool:
         # Keras' save_freq: every N batches instead of at epoch ends (no per-batch call otherwise)
         if hook == "on_train_batch_end":
@@ -155,13 +159,17 @@ class ModelCheckpoint(Callback):
                       f"to {path}{why}")
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch}
+        state = {"best": self.best, "best_epoch": self.best_epoch}
+        if self.save_freq != "epoch":  # the next file comes after as many batches as in the saved run
+            state["batches_since_save"] = self._batches_since_save
+        return state
 
     def on_train_begin(self, logs: dict) -> None:
         self._batches_since_save = 0
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self._batches_since_save = int(state.get("batches_since_save", 0))
 
 
 def _fill(path: str, keys: List[str]) -> str:

@@ -135,8 +135,22 @@ def run_state(model: Any, run: Any) -> Dict[str, Any]:
                     if dl is not None},
         "rng": rng_state(),
         # A fit working on an epoch it has not finished: the weights are mid-epoch.
-        "mid_epoch": {"epoch": int(run.epoch)} if run.epoch > model.epoch else None,
+        "mid_epoch": mid_epoch(model, run),
     }
+
+
+def mid_epoch(model: Any, run: Any) -> Optional[Dict[str, Any]]:
+    """None at an epoch's end; else the epoch in progress and, where the fit keeps positions
+    (``torchfit.resuming``), every rank's: batches done, RNG and loader origin, running figures,
+    accumulation window. Under torchrun this gathers (every rank saves mid-epoch together)."""
+    if run.epoch <= model.epoch:
+        return None
+    mid: Dict[str, Any] = {"epoch": int(run.epoch)}
+    if run.keeps_position:
+        positions = run.config.strategy.gather_positions(run.position_state())
+        if all(p is not None for p in positions):
+            mid["positions"] = positions
+    return mid
 
 
 _PLAIN_SCALARS = (bool, int, float, str, type(None))

@@ -29,6 +29,12 @@ class MultiProcess(SingleProcess):
         self.ctx = ctx
         self.reducer = ctx
         self.is_main = ctx.is_main
+        self.rank, self.world_size = ctx.rank, ctx.world_size
+
+    def gather_positions(self, position: Any) -> List[Any]:
+        gathered: List[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, position)
+        return gathered
 
     def fit_loaders(self, dl_train: Iterable, dl_val: Optional[Iterable]) -> Tuple[Any, Any]:
         """This rank's training and validation loaders (asked first, so that everything fit derives
