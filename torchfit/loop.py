@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -111,6 +111,7 @@ class Run:
         self.position: Optional[int] = None
         self.resume_at: Optional[Mapping[str, Any]] = None
         self.tracker: Any = None
+        self.own_metrics: Sequence[Any] = ()  # model.metrics, where the user's train_step updates them
 
     def position_state(self) -> Optional[Dict[str, Any]]:
         """This process's position in the training pass for a mid-epoch checkpoint (``resuming``)."""
@@ -234,6 +235,7 @@ def run_epoch(model: Any, loader: Iterable, run: Run, tracker: Any, training: bo
     if not (model._default_step("train_step") and model._default_step("eval_step")):
         for metric in model.metrics:  # Keras resets the model's own metric objects (a custom step's) each pass
             (getattr(metric, "reset_state", None) or metric.reset)()
+        run.own_metrics = model.metrics
     model.net.train(training)
     run_batches(model, loader, run, TRAIN if training else EVAL, tracker.update, tracker)
     if run.config.reducer is not None:

@@ -30,6 +30,7 @@ import torch
 from .checkpoint.state import _generators, rng_state, set_rng_state
 from .errors import CheckpointError
 from .loaders import loader_length
+from .metrics.state import load_metric_state, metric_state
 from .batch import to_device
 
 _CPU = torch.device("cpu")
@@ -50,7 +51,9 @@ def position_state(run: Any) -> Optional[Position]:
     optim = run.config.optim
     window = optim.window_state() if optim is not None else None
     state = {"batch": int(run.position), "origin": run.origin, "rng": rng_state(),
-             "tracker": run.tracker.state_dict(), "window": window}
+             "tracker": run.tracker.state_dict(), "window": window,
+             # a step of the user's own keeps its figures in the model's metric objects (Keras' way)
+             "model_metrics": [metric_state(m, getattr(m, "name", str(i))) for i, m in enumerate(run.own_metrics)]}
     return to_device(state, _CPU)  # plain CPU values: gathered across ranks, written, read anywhere
 
 
@@ -113,6 +116,8 @@ def start_stream(run: Any, loader: Iterable, tracker: Any) -> Tuple[Iterator, in
     tracker.load_state_dict(resume["tracker"], run.config.device)
     if run.config.optim is not None and resume["window"] is not None:
         run.config.optim.load_window_state(resume["window"])
+    for i, (metric, state) in enumerate(zip(run.own_metrics, resume.get("model_metrics", ()))):
+        load_metric_state(metric, state, getattr(metric, "name", str(i)), run.config.device)
     return batches, at
 
 

@@ -175,13 +175,13 @@ class ModelCheckpoint(Callback):
 def _fill(path: str, keys: List[str]) -> str:
     """``path`` filled with stand-in figures (1 for ``epoch``, 0.5 for the rest): a format spec the
     real figures cannot take (``{val_loss:02d}``) fails here, before training."""
-    values = {k: 1 if k == "epoch" else 0.5 for k in keys}
+    values = {k: 1 if k in ("epoch", "batch") else 0.5 for k in keys}
     try:
         return path.format(**values)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise ValueError(
             f"ModelCheckpoint path {path!r} cannot be filled from the epoch logs ({type(exc).__name__}: {exc}); "
-            "epoch is an int and every other figure a float: use e.g. {epoch:02d} and {val_loss:.3f}"
+            "epoch and batch are ints and every other figure a float: use e.g. {epoch:02d} and {val_loss:.3f}"
         ) from exc
 
 

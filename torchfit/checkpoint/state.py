@@ -156,7 +156,8 @@ def check_callbacks_state(state: Mapping[str, Any], callbacks: Sequence[Any]) ->
             current = cb.state_dict()
         except Exception:  # e.g. a scheduler built only at on_train_begin: nothing to compare yet
             continue
-        if current and set(current) != set(saved[key]):
+        # fewer keys than the callback keeps now: an earlier version of it (its load_state_dict takes that)
+        if current and not (saved[key] and set(saved[key]) <= set(current)):
             raise CheckpointError(
                 f"the checkpoint's state for callback {key} has keys {sorted(saved[key])}, but this fit's {key} "
                 f"keeps {sorted(current)}: it was saved by another kind or version of the callback. Pass the "

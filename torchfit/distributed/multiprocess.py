@@ -29,7 +29,14 @@ class MultiProcess(SingleProcess):
         self.ctx = ctx
         self.reducer = ctx
         self.is_main = ctx.is_main
-        self.rank, self.world_size = ctx.rank, ctx.world_size
+
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        return self.ctx.rank
+
+    @property
+    def world_size(self) -> int:  # type: ignore[override]
+        return self.ctx.world_size
 
     def gather_positions(self, position: Any) -> List[Any]:
         gathered: List[Any] = [None] * self.world_size
