@@ -112,6 +112,7 @@ class Run:
         self.resume_at: Optional[Mapping[str, Any]] = None
         self.tracker: Any = None
         self.own_metrics: Sequence[Any] = ()  # model.metrics, where the user's train_step updates them
+        self.exit_code: Optional[int] = None  # set by a preempted run: fit raises SystemExit with it at the end
 
     def position_state(self) -> Optional[Dict[str, Any]]:
         """This process's position in the training pass for a mid-epoch checkpoint (``resuming``)."""
@@ -355,6 +356,8 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
         say(f"Stopped training: {run.stopped_reason}. model.history holds the {len(model.history)} finished "
             "epoch(s). Lower the learning rate, clip gradients (grad_clip_norm=1.0) or check the data for NaN/inf",
             warn=True)
+    if run.exit_code is not None:  # preempted (BackupAndRestore): the process ends, its state saved
+        raise SystemExit(run.exit_code)
 
 
 def call_quietly(fn: Callable[..., Any], exc: BaseException, *args: Any) -> Any:

@@ -45,6 +45,10 @@ def save(model: Any, path: PathLike, strategy: Any, weights_only: bool = False,
     writes = strategy.writes_files
     if writes:
         check_writable(owner, path)
+    elif not strategy.saves_collectively:  # another rank writes; this one only hands in its position
+        if model.run is not None and not weights_only:
+            mid_epoch(model, model.run)
+        return
     if weights_only:
         state = full_state(model, strategy)[0]
         state = trainable_part(model.net, state) if trainable_only and state is not None else state
