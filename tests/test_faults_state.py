@@ -263,9 +263,8 @@ def test_swa_batchnorm_pass_failing_leaves_the_net_as_training_left_it():
                                            r"\(OSError: stale file handle\)") as info:
         model.fit(2, data(), callbacks=[swa], verbose=0)
     assert isinstance(info.value.__cause__, OSError)
-    bn = model.net[1]
-    assert bn.momentum == 0.1 and not model.net.training is False  # momentum and modes back
-    assert all(m.training for m in model.net.modules())
+    assert model.net[1].momentum == 0.1  # update_bn had set it to None for its pass
+    assert all(m.training for m in model.net.modules())  # the modes fit leaves
     assert_same_weights(model.net, plain.net)  # raw weights and the statistics training left
     assert len(model.history) == 2
     trains_normally(model)
