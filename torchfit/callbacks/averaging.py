@@ -131,15 +131,15 @@ class _WeightAverage(Callback):
         >>> # raw = ema.raw_state_dict()
         """
         self._require_average("raw_state_dict")
-        raw = self._backup if (self._swapped or self._left_in_net) else self._live
+        raw = self._backup if self._net_holds_average() else self._live
         return self._state_dict_with(raw)
 
     def restore_raw(self) -> None:
         """Put the raw weights back into the net (after fit left the average there).
 
-        >>> # ema.restore_raw(); model.save_checkpoint("resumable.pt")
+        >>> # ema.restore_raw(); model.evaluate(dl_val)   # the trained weights' own figures
         """
-        if self._swapped or self._left_in_net:
+        if self._net_holds_average():
             torch._foreach_copy_(self._live, self._backup)
         self._swapped = self._left_in_net = False
 
@@ -234,6 +234,7 @@ class _WeightAverage(Callback):
             return
         if not self._follows([p for _, p in _averaged(self.model.net)]):
             self._bind()
+        self._swap_out()  # (only mid-validation would the average be swapped in now)
         if self._average is None:
             self._average = [t.clone() for t in self._live]
         with torch.no_grad():
