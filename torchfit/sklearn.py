@@ -367,8 +367,8 @@ class TorchfitClassifier(ClassifierMixin, _TorchfitEstimator):
         # Set together with the new model, after it trained: predict never pairs old outputs with new labels.
         fitted.update(_encoder=encoder, classes_=classes, n_classes_=len(classes), _single_output=single_output,
                       _outputs_are_probabilities=isinstance(loss, nn.BCELoss))
-        return self._fit_model(X, target, {"n_classes": len(classes), "n_outputs": 1 if single_output else len(classes)},
-                               fitted)
+        figures = {"n_classes": len(classes), "n_outputs": 1 if single_output else len(classes)}
+        return self._fit_model(X, target, figures, fitted)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(n_samples, n_classes)``, columns in ``classes_`` order; rows sum to 1."""

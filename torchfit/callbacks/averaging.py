@@ -179,7 +179,8 @@ class _WeightAverage(Callback):
                 raise ValueError(f"the {who} state has no {key!r} entry; it was saved by another version of {who}")
         names, average, raw = state["names"], state["average"], state.get("raw")
         if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"the {who} state's 'names' should be a list of parameter names; got {type(names).__name__}")
+            raise ValueError(f"the {who} state's 'names' should be a list of parameter names; "
+                             f"got {type(names).__name__}")
         for key, tensors in (("average", average), ("raw", raw)):
             if key == "raw" and tensors is None:
                 continue
@@ -187,7 +188,8 @@ class _WeightAverage(Callback):
                     isinstance(t, torch.Tensor) and t.is_floating_point() for t in tensors):
                 raise ValueError(f"the {who} state's {key!r} should be a list of floating-point tensors")
             if len(tensors) != len(names):
-                raise ValueError(f"the {who} state's {key!r} holds {len(tensors)} tensors for {len(names)} parameter names")
+                raise ValueError(f"the {who} state's {key!r} holds {len(tensors)} tensors for {len(names)} "
+                                 "parameter names")
         for key in self._state_keys()[2:]:
             value = state[key]
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
