@@ -341,3 +341,14 @@ def test_an_ema_state_handed_over_before_the_ema_has_a_model_is_applied_at_its_n
     caller.fit(1, dl, callbacks=[ema], verbose=0)
     pd.testing.assert_frame_equal(caller.history, straight.history, check_exact=True)
     assert_same_weights(caller.net, straight.net)
+
+
+@pytest.mark.slow
+def test_an_ema_in_a_fit_on_two_processes_gets_rank_0s_state_back():
+    """fit(num_processes=2) hands rank 0's callback states to the caller's callbacks, which never ran."""
+    model = compiled()
+    ema = EMA(decay=0.9)
+    model.fit(1, data(), callbacks=[ema], verbose=0, num_processes=2)
+    assert len(model.history) == 1
+    model.fit(1, data(), callbacks=[ema], verbose=0)  # binds, takes the handed state, trains on the raw weights
+    assert ema.optimizer_steps == model.global_step == 6
