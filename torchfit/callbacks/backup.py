@@ -47,7 +47,7 @@ class BackupAndRestore(Callback):
     A run that finishes (all epochs, or stopped by a callback) removes it
     (``delete_checkpoint=False`` keeps it); a run that fails or is interrupted keeps it.
 
-    Preemption: while fit runs, ``signals`` (SIGTERM by default; add e.g. ``signal.SIGUSR1`` for
+    Preemption: while fit runs, ``signals`` (None: SIGTERM; add e.g. ``signal.SIGUSR1`` for
     Slurm's ``--signal``) no longer kill the process at once. The step in progress finishes, the
     backup is written after it, ``on_train_end`` runs, and fit raises ``SystemExit`` with status
     ``128 + signal`` (143 for SIGTERM; ``exit_code=`` sets another, ``None`` returns from fit
@@ -62,10 +62,10 @@ class BackupAndRestore(Callback):
     runs_last = True
 
     def __init__(self, backup_dir: PathLike, save_freq: Union[str, int] = "epoch", delete_checkpoint: bool = True,
-                 signals: Sequence[int] = (signal.SIGTERM,), exit_code: Any = "signal", verbose: int = 1):
+                 signals: Optional[Sequence[int]] = None, exit_code: Any = "signal", verbose: int = 1):
         if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1):
             raise ValueError(f"save_freq must be 'epoch' or a number of batches >= 1 (Keras); got {save_freq!r}")
-        signals = tuple(signals)
+        signals = (signal.SIGTERM,) if signals is None else tuple(signals)
         for s in signals:
             if not isinstance(s, int) or isinstance(s, bool):
                 raise TypeError(f"signals must be signal numbers such as signal.SIGTERM; got {s!r}")
