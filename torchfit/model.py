@@ -281,7 +281,8 @@ class Model(ModelTools, nn.Module):
             if checked.resume.message:
                 say(checked.resume.message)
         pending = self.training_state.pending_resume  # from load_checkpoint or resume_from: checked, then taken
-        run.resume_at = pending and resuming.position_for(pending["mid_epoch"], run, dl_train, trackers[0])
+        if pending is not None:
+            resuming.prepare(run, pending, dl_train, trackers[0])
         resume_state = self.training_state.take_pending_resume()
         if resume_state is not None:
             checkpoint.restore_loaders(resume_state, run.config.loaders)
