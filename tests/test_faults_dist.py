@@ -238,7 +238,8 @@ def two_heads(short_on: int, as_tuple: bool = False) -> torchfit.Model:
 @pytest.mark.parametrize("as_tuple", [False, True], ids=["dict", "tuple"])
 def test_a_head_that_returns_a_short_batch_is_named(as_tuple):
     """Batch 37 of 40: output 'b' gives 15 rows for 16 samples. The error names the head, both sizes
-    and where to look; batch 37 changes nothing (the loss fails before backward)."""
+    and where to look; batch 37 trains nothing (the loss fails before backward; its forward did update
+    the BatchNorm statistics, as any failing training forward does mid-epoch)."""
     name = "output_1" if as_tuple else "b"
     model = two_heads(short_on=37, as_tuple=as_tuple)
     seen = {}
@@ -246,12 +247,29 @@ def test_a_head_that_returns_a_short_batch_is_named(as_tuple):
     class Before37(torchfit.Callback):
         def on_train_batch_end(self, batch, logs):
             if batch == 35:  # hooks count from 0: batch 36 has just trained
-                seen["snap"] = Snapshot(model)
+                seen["params"] = {k: p.detach().clone() for k, p in model.net.named_parameters()}
+                seen["opt"] = {i: {k: v.clone() for k, v in s.items()} for i, s in model.optimizer.state_dict()["state"].items()}
+                seen["step"] = model.global_step
 
     with pytest.raises(StepError, match=rf"batch 37 of 40.*output '{name}' has 15 rows but the batch has 16 "
                                         rf"targets for it.*\(15, 1\).*\(16, 1\).*forward computes '{name}'"):
         model.fit(1, DataLoader(HeadData(640, as_tuple), batch_size=16), verbose=0, callbacks=[Before37()])
-    seen["snap"].assert_same()
+    assert model.global_step == seen["step"] == 36
+    for k, p in model.net.named_parameters():
+        assert torch.equal(p, seen["params"][k]), k
+    for i, s in model.optimizer.state_dict()["state"].items():
+        for k, v in s.items():
+            assert torch.equal(v, seen["opt"][i][k]), (i, k)
+
+
+def test_a_short_head_on_the_first_batch_changes_nothing():
+    model = two_heads(short_on=1)
+    snap = Snapshot(model)
+    with pytest.raises(StepError, match=r"batch 1 of 4.*output 'b' has 15 rows"):
+        model.fit(1, DataLoader(HeadData(64), batch_size=16), verbose=0)
+    snap.assert_same()
+    history = model.fit(1, DataLoader(HeadData(64), batch_size=16), verbose=0)  # trains afterwards
+    assert math.isfinite(history["loss"].iloc[-1]) and "b_loss" in history
 
 
 def test_a_short_head_in_validation_is_named_before_training():

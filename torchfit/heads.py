@@ -122,8 +122,10 @@ class MultiLoss:
 
     def check_targets(self, preds: Any, targets: Any) -> None:
         """``losses.check_targets`` for each output: labels that cannot mean what its loss reads."""
-        for key in self.keys:
-            check_targets(self.losses[key], head(preds, key, "the net's output"), head(targets, key, "the targets"))
+        for key, name in zip(self.keys, self.names):
+            p, t = head(preds, key, "the net's output"), head(targets, key, "the targets")
+            check_rows(name, p, t)
+            check_targets(self.losses[key], p, t)
 
     def to(self, device: torch.device) -> "MultiLoss":
         for fn in self.losses.values():

@@ -103,9 +103,9 @@ def recompute_for(model: Any, step: str) -> Optional[Callable[[Any, Any], tuple]
 
     training = step == "train_step"
 
-    def recompute(preds: Any, targets: Any) -> tuple:
-        with torch.no_grad(), model.precision.autocast():
-            loss, logs = steps.loss_and_logs(model, preds, targets, None, training)
+    def recompute(preds: Any, targets: Any, weights: Any = None) -> tuple:
+        with torch.no_grad(), model.precision.autocast():  # weights: the rows' sample weights (StepResult.weights)
+            loss, logs = steps.loss_and_logs(model, preds, targets, weights, training)
             return loss.detach(), logs
 
     return recompute

@@ -91,7 +91,8 @@ def weighted(out_dir: str) -> None:
     train, val = data(13, seed=1, weights=True), data(11, seed=2, weights=True)
     history = model.fit(1, DataLoader(train, batch_size=4), DataLoader(val, batch_size=4), verbose=0)
     res["history"] = history.to_dict("records")
-    res["evaluate"] = model.evaluate(DataLoader(val, batch_size=4), verbose=0, return_dict=True)
+    figures = model.evaluate(DataLoader(val, batch_size=4), verbose=0, return_dict=True)
+    res["evaluate"] = {k: float(v) for k, v in figures.items()}
     torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
 
 

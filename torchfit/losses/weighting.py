@@ -105,10 +105,11 @@ def class_weight_to_sample_weight(class_weight: Mapping[Any, float], targets: to
                 f"the entry {key!r}: {weight!r} is not one"
             )
         if weight < 0:  # a negative weight turns that class's loss into a reward: training would push it up
+            cls = int(key)
             raise ValueError(
-                f"class_weight[{key!r}] is {weight!r}, a negative weight: it would reward the loss of class {key!r} "
+                f"class_weight[{cls}] is {float(weight)!r}, a negative weight: it would reward the loss of class {cls} "
                 "instead of penalising it (sample_weight refuses negative weights too). Class weights must be "
-                f">= 0: use 0 to leave class {key!r} out of the loss, or a weight between 0 and 1 to weigh it less"
+                f">= 0: use 0 to leave class {cls} out of the loss, or a weight between 0 and 1 to weigh it less"
             )
         table[int(key)] = float(weight)
     if targets.dim() > 1 and targets.shape[-1] != 1:
