@@ -61,6 +61,37 @@ UNEQUAL = {  # attempt: what the message must say (both ranks' counts, or the da
 }
 
 
+class OtherRank:
+    """Rank 0 of 2 for ``shard``, without a process group: the gather hands back this rank's counts and
+    the other rank's ``(batches, samples, dataset size)``."""
+
+    rank, world_size = 0, 2
+
+    def __init__(self, other):
+        self.other, self.gathers = other, 0
+
+    def gather(self, t):
+        self.gathers += 1
+        return torch.cat([t, torch.tensor(self.other)])
+
+
+@pytest.mark.parametrize("purpose, other, match", [
+    ("train", [3, 20, 40], r"rank 0: 4 batches of 32 samples from a dataset of 64, rank 1: 3 batches of 20"),
+    ("eval", [5, 33, 65], r"rank 1: 5 batches of 33 samples from a dataset of 65"),
+    ("predict", [4, 32, 63], r"rank 1: 4 batches of 32 samples from a dataset of 63.*dataset order"),
+])
+def test_the_ranks_batch_counts_are_compared_in_one_gather(purpose, other, match):
+    from torchfit.distributed.sharding import shard
+
+    dl = DataLoader(fd.data(64, 0), batch_size=8)
+    ctx = OtherRank(other)
+    with pytest.raises(ValueError, match=r"^dl_train differs between the ranks under torchrun .*" + match):
+        shard(ctx, dl, "dl_train", purpose)
+    assert ctx.gathers == 1
+    same = OtherRank([4, 32, 64] if purpose == "predict" else [4, 32, 63])  # training: the batches count
+    assert len(shard(same, dl, "dl_train", purpose)) == 4 and same.gathers == 1
+
+
 @pytest.mark.slow
 def test_ranks_with_different_numbers_of_batches_are_refused_before_the_first_step(tmp_path):
     """A dataset sharded by the user (each rank its own size) crashed inside gloo ("Received data size
