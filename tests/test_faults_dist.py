@@ -279,7 +279,8 @@ def test_a_head_that_returns_a_short_batch_is_named(as_tuple):
         def on_train_batch_end(self, batch, logs):
             if batch == 35:  # hooks count from 0: batch 36 has just trained
                 seen["params"] = {k: p.detach().clone() for k, p in model.net.named_parameters()}
-                seen["opt"] = {i: {k: v.clone() for k, v in s.items()} for i, s in model.optimizer.state_dict()["state"].items()}
+                state = model.optimizer.state_dict()["state"]
+                seen["opt"] = {i: {k: v.clone() for k, v in s.items()} for i, s in state.items()}
                 seen["step"] = model.global_step
 
     with pytest.raises(StepError, match=rf"batch 37 of 40.*output '{name}' has 15 rows but the batch has 16 "

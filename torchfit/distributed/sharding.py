@@ -66,7 +66,8 @@ def check_equal_steps(ctx: Any, loader: DataLoader, dataset_size: int, name: str
     every = [tuple(row) for row in ctx.gather(mine).reshape(ctx.world_size, 3).tolist()]
     if len({row if purpose == "predict" else row[0] for row in every}) == 1:
         return
-    counts = ", ".join(f"rank {r}: {b} batches of {n} samples from a dataset of {d}" for r, (b, n, d) in enumerate(every))
+    counts = ", ".join(f"rank {r}: {b} batches of {n} samples from a dataset of {d}"
+                       for r, (b, n, d) in enumerate(every))
     why = ("every rank must take the same number of steps, or the rank that runs out first leaves the others waiting "
            "in a collective (under DDP, gloo fails with 'Received data size doesn't match expected size')"
            if purpose != "predict" else "predict puts the ranks' rows back in dataset order, which needs the same "
