@@ -47,12 +47,14 @@ def compiled(seed: int = 0, lr: float = 0.1, batchnorm: bool = True) -> torchfit
 
 
 def state(model: torchfit.Model) -> dict:
-    return {k: v.clone() for k, v in model.net.state_dict().items()}
+    return {"net": {k: v.clone() for k, v in model.net.state_dict().items()}, "rng": torch.get_rng_state()}
 
 
 def unchanged(model: torchfit.Model, before: dict) -> bool:
-    return (all(torch.equal(v, before[k]) for k, v in model.net.state_dict().items())
-            and model.epoch == 0 and model.global_step == 0 and not model.optimizer.state)
+    """Weights, BatchNorm statistics, optimizer state, counters, history and torch's RNG as they were."""
+    return (all(torch.equal(v, before["net"][k]) for k, v in model.net.state_dict().items())
+            and model.epoch == 0 and model.global_step == 0 and not model.optimizer.state
+            and not model.training_state.history and torch.equal(torch.get_rng_state(), before["rng"]))
 
 
 def unequal(out_dir: str) -> None:

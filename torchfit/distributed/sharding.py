@@ -26,17 +26,22 @@ def shard(ctx: Any, loader: Iterable, name: str, purpose: str = "train") -> Any:
     """
     if isinstance(loader, DataLoader) and isinstance(loader.dataset, IterableDataset):
         return _shard_stream(ctx, loader, name)
-    mine = loader if _has_own_sampler(ctx, loader, name, purpose) else _resampled(ctx, loader, name, purpose)
+    if _has_own_sampler(ctx, loader, name, purpose):
+        check_equal_steps(ctx, loader, len(loader.dataset), name, purpose)  # type: ignore[arg-type]
+        return loader
+    mine = _resampled(ctx, loader, name, purpose)
     check_equal_steps(ctx, mine, len(loader.dataset), name, purpose)  # type: ignore[arg-type]
+    if mine.sampler.shuffle:  # drawn once the check passed: a refused call leaves torch's RNG as it was
+        mine.sampler.seed = _shuffle_seed(ctx, loader)
     return mine
 
 
 def _resampled(ctx: Any, loader: DataLoader, name: str, purpose: str) -> DataLoader:
-    """``loader`` re-created around this rank's ``DistributedSampler``, every other setting kept."""
+    """``loader`` re-created around this rank's ``DistributedSampler`` (its shuffle seed set by ``shard``),
+    every other setting kept."""
     shuffle, drop_last = _sampling(ctx, loader, name, purpose)
-    seed = _shuffle_seed(ctx, loader) if shuffle else 0
     sampler = DistributedSampler(loader.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
-                                 shuffle=shuffle, seed=seed, drop_last=drop_last)
+                                 shuffle=shuffle, seed=0, drop_last=drop_last)
     kwargs: Dict[str, Any] = dict(
         batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
         collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
