@@ -54,7 +54,9 @@ class StepResult(NamedTuple):
     ``loss``: detached 0-d tensor (batch mean); ``preds``/``targets``: what the
     metrics are fed (``None`` to skip metrics); ``batch_size``: samples in the
     batch, the weight of this batch in epoch means; ``logs``: extra 0-d tensors
-    averaged like the loss (e.g. ``{"d_loss": ..., "g_loss": ...}`` for a GAN).
+    averaged like the loss (e.g. ``{"d_loss": ..., "g_loss": ...}`` for a GAN); ``weights``: the
+    batch's sample weights (an ``(x, y, w)`` batch's ``w``), which a loss recomputed on some of its
+    rows needs (a padded last batch under torchrun); ``None`` when the batch has none.
     """
 
     loss: Optional[torch.Tensor]
@@ -62,6 +64,7 @@ class StepResult(NamedTuple):
     targets: Any
     batch_size: int
     logs: Optional[Mapping[str, torch.Tensor]] = None
+    weights: Any = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from . import checkpoint, compiling, distributed, inputs, loop, resuming, runs, steps
-from .arguments import FitArgs, announcer, check_compiled, check_fit, check_loader, check_net, evaluate_args
+from .arguments import (FitArgs, announcer, check_compiled, check_fit, check_launch, check_loader, check_net,
+                        evaluate_args)
 from .batch import as_tensors, to_device
 from .callbacks import Callback
 from .callbacks.history import frame as history_frame
@@ -195,6 +196,10 @@ class Model(ModelTools, nn.Module):
 
     def _require_compiled(self, verb: str) -> None:
         check_compiled(self, verb, self._setup)
+
+    def _check_launch(self, fit_args: Any) -> None:
+        """fit's arguments checked before ``fit(num_processes=N)`` starts its workers (the launcher asks)."""
+        check_launch(self, fit_args)
 
     def _default_step(self, name: str) -> bool:
         """Whether ``train_step``/``eval_step`` is torchfit's own (not overridden by a subclass; for

@@ -96,7 +96,7 @@ def run_config(model: Any, cbs: CallbackList, strategy: Any, fast_path: bool, **
         reducer=strategy.reducer, is_main_process=strategy.is_main, strategy=strategy, **fit_parts)
 
 
-def recompute_for(model: Any, step: str) -> Optional[Callable[[Any, Any], tuple]]:
+def recompute_for(model: Any, step: str) -> Optional[Callable[[Any, Any, Any], tuple]]:
     """The batch loss (and per-output losses) on given rows, for trimming padded batches under
     torchrun (default steps only)."""
     if not model._default_step(step) or model._setup.outputs.own_loss:  # a net's own loss: no recompute
@@ -104,9 +104,9 @@ def recompute_for(model: Any, step: str) -> Optional[Callable[[Any, Any], tuple]
 
     training = step == "train_step"
 
-    def recompute(preds: Any, targets: Any) -> tuple:
-        with torch.no_grad(), model.precision.autocast():
-            loss, logs = steps.loss_and_logs(model, preds, targets, None, training)
+    def recompute(preds: Any, targets: Any, weights: Any = None) -> tuple:
+        with torch.no_grad(), model.precision.autocast():  # weights: the rows' sample weights (StepResult.weights)
+            loss, logs = steps.loss_and_logs(model, preds, targets, weights, training)
             return loss.detach(), logs
 
     return recompute

@@ -19,8 +19,9 @@ from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional
 import torch
 from torch import nn
 
-#: ``recompute(preds, targets)``: the batch loss of trimmed rows (the default steps' loss), or None.
-Recompute = Optional[Callable[[Any, Any], Any]]
+#: ``recompute(preds, targets, weights)``: the batch loss of trimmed rows (the default steps' loss, with
+#: those rows' sample weights), or None.
+Recompute = Optional[Callable[[Any, Any, Any], Any]]
 
 
 @dataclasses.dataclass(frozen=True)
