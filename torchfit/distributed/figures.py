@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional
 
+import torch
+
 from ..batch import take_rows
 from ..errors import MetricError
 from ..loop import StepResult
