@@ -42,7 +42,7 @@ from .errors import MetricError, StepError
 from .losses import TargetError
 from .fast_path import iter_batches
 from .loaders import RanOut, loader_length
-from .resuming import position_state, start_stream, stream_state
+from .resuming import position_state, resumable_here, start_stream, stream_state
 
 EMPTY: Mapping[str, float] = {}
 _CPU = torch.device("cpu")
@@ -117,6 +117,10 @@ class Run:
         self.tracker: Any = None
         self.own_metrics: Sequence[Any] = ()  # model.metrics, where the user's train_step updates them
         self.exit_code: Optional[int] = None  # set by a preempted run: fit raises SystemExit with it at the end
+
+    def resumable_here(self) -> bool:
+        """Whether a checkpoint written now resumes exactly from this batch (``resuming``)."""
+        return resumable_here(self)
 
     def position_state(self) -> Optional[Dict[str, Any]]:
         """This process's position in the training pass for a mid-epoch checkpoint (``resuming``)."""

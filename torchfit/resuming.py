@@ -46,7 +46,7 @@ def origin(loader: Iterable) -> Dict[str, Any]:
 def position_state(run: Any) -> Optional[Position]:
     """This process's position in the training pass (None where it cannot resume exactly: outside
     a training batch's end, or in a fit that took no origin)."""
-    if run.position is None or (run.origin is None and run.config.stream is None):
+    if not resumable_here(run):
         return None
     optim = run.config.optim
     window = optim.window_state() if optim is not None else None
@@ -94,6 +94,15 @@ def position_for(mid: Optional[Mapping[str, Any]], run: Any, loader: Iterable, t
             f"the checkpoint was written inside an accumulation window with gradients of {len(window['grads'])} "
             f"parameters, and this net trains {len(optim.params)}: resume with the same net; nothing was changed")
     return pos
+
+
+def resumable_here(run: Any) -> bool:
+    """Whether a checkpoint written now resumes exactly: at a training batch's end, in a fit that keeps
+    positions, and (where the strategy keeps a window's gradients out of reach) not inside a window."""
+    if run.position is None or (run.origin is None and run.config.stream is None):
+        return False
+    optim = run.config.optim
+    return optim is None or optim.micro == 0 or run.config.strategy.grads_in_params
 
 
 def start_stream(run: Any, loader: Iterable, tracker: Any) -> Tuple[Iterator, int]:
