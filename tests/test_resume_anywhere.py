@@ -183,6 +183,12 @@ def test_a_mid_epoch_checkpoint_that_does_not_fit_this_fit_changes_nothing(tmp_p
     with pytest.raises(CheckpointError, match="after batch 8 of epoch 2.*has 5 batches"):
         model.fit(3, short, dl_val, verbose=0, resume_from=files[4])  # e2-b08
     snap.assert_same()
+    _, _, accumulated = straight("accumulation", tmp_path / "acc")
+    inside = accumulated[1]  # e1-b08: 2 batches into a window of 3
+    with pytest.raises(CheckpointError, match="grad_accum_steps=3 .2 batch.es. in.*grad_accum_steps=1"):
+        model.fit(3, DataLoader(tensors(90, 0), batch_size=8, shuffle=True, generator=torch.Generator()), dl_val,
+                  verbose=0, resume_from=inside)
+    snap.assert_same()
     unseeded = DataLoader(tensors(90, 0), batch_size=8, shuffle=False)
     with pytest.raises(CheckpointError, match="random generator state"):
         model.fit(3, unseeded, dl_val, verbose=0, resume_from=files[4])

@@ -214,7 +214,8 @@ class OptimizerStep:
         grads = None
         if self.micro:
             grads = [None if p.grad is None else p.grad.detach().clone() for p in self.params]
-        return {"micro": self.micro, "window_samples": self.window_samples, "grads": grads}
+        return {"micro": self.micro, "window_samples": self.window_samples, "grads": grads,
+                "accum_steps": self.accum_steps}
 
     def load_window_state(self, state: dict) -> None:
         """Continue a window from ``window_state()`` (the same parameters, in the same order)."""

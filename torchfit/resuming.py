@@ -88,6 +88,11 @@ def position_for(mid: Optional[Mapping[str, Any]], run: Any, loader: Iterable, t
             f"the checkpoint's running figures are for metrics {sorted(pos['tracker']['metrics'])}, and this fit "
             f"has {sorted(tracker.metrics)}: compile the same metrics as the saved run; nothing was changed")
     optim, window = run.config.optim, pos["window"]
+    if optim is not None and window is not None and window["micro"] and window.get("accum_steps") != optim.accum_steps:
+        raise CheckpointError(
+            f"the checkpoint was written inside an accumulation window of grad_accum_steps="
+            f"{window.get('accum_steps')} ({window['micro']} batch(es) in), and this fit has grad_accum_steps="
+            f"{optim.accum_steps}: resume with the same grad_accum_steps; nothing was changed")
     if optim is not None and window is not None and window["grads"] is not None \
             and len(window["grads"]) != len(optim.params):
         raise CheckpointError(
