@@ -122,8 +122,8 @@ class BackupAndRestore(Callback):
     def on_train_end(self, logs: dict) -> None:
         self._uninstall()
         run = self.model.run
-        if self._signalled is not None:  # after the others' on_train_end, fit ends the process
-            run.exit_code = self._exit_status(self._signalled)
+        if self._preempted:  # after the others' on_train_end, fit ends the process (a run that finished
+            run.exit_code = self._exit_status(self._signalled)  # before the signal was acted on returns)
         if self._preempted or self._failed or not self.delete_checkpoint:
             return
         if run.config.strategy.writes_files and os.path.exists(self.path):
