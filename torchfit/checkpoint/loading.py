@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
@@ -31,8 +31,13 @@ def read(path: PathLike) -> Dict[str, Any]:
         ) from exc
     if isinstance(ckpt, dict) and MARKER in ckpt:
         if ckpt[MARKER] != VERSION:
-            raise CheckpointError(f"{path!r} is a torchfit checkpoint of format version {ckpt[MARKER]!r}; "
-                                  f"this torchfit reads version {VERSION}")
+            # A writer raises the version only for a change an older reader would get wrong.
+            newer = type(ckpt[MARKER]) is int and ckpt[MARKER] > VERSION
+            raise CheckpointError(
+                f"{path!r} is a torchfit checkpoint of format version {ckpt[MARKER]!r}; this torchfit reads "
+                f"version {VERSION}. " + ("It was written by a newer torchfit, whose format this version would "
+                                          "read wrongly: upgrade torchfit (pip install -U torchfit-keras) to load it"
+                                          if newer else "It is not a format any torchfit writes: the file is damaged"))
         return ckpt
     if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise CheckpointError(
@@ -176,9 +181,7 @@ def check(ckpt: Mapping[str, Any], model: Any, path: PathLike) -> None:
     missing = [k for k in _REQUIRED if k not in ckpt]
     if missing:
         c.fail(", ".join(repr(k) for k in missing), "is missing" if len(missing) == 1 else "are missing")
-    unknown = sorted(str(k) for k in ckpt if k not in _REQUIRED + _OPTIONAL + (MARKER,))
-    if unknown:
-        c.fail(", ".join(repr(k) for k in unknown), "is not part of a torchfit checkpoint")
+    _warn_unknown(c, "entries", [repr(k) for k in ckpt if k not in _REQUIRED + _OPTIONAL + (MARKER,)])
     c.count("'epoch'", ckpt["epoch"])
     c.count("'global_step'", ckpt["global_step"])
     c.kind("'stop_training'", ckpt["stop_training"], "True or False", type(ckpt["stop_training"]) is bool)
@@ -210,9 +213,9 @@ def check(ckpt: Mapping[str, Any], model: Any, path: PathLike) -> None:
                    f"a uint8 tensor of {_CPU_STATE_BYTES} bytes (a torch.Generator state)",
                    isinstance(s, torch.Tensor) and s.dtype == torch.uint8 and s.shape == (_CPU_STATE_BYTES,))
     _check_rng(c, ckpt["rng"])
-    mid = ckpt["mid_epoch"]
-    c.kind("'mid_epoch'", mid, "None or {'epoch': int}", mid is None or (
-        isinstance(mid, Mapping) and set(mid) == {"epoch"} and type(mid["epoch"]) is int))
+    mid = ckpt["mid_epoch"]  # more keys than 'epoch': a newer torchfit's record of the position
+    c.kind("'mid_epoch'", mid, "None or a dict with 'epoch': int", mid is None or (
+        isinstance(mid, Mapping) and all(isinstance(k, str) for k in mid) and type(mid.get("epoch")) is int))
     _check_digest(c, ckpt)
 
 
@@ -306,9 +309,26 @@ def _check_optimizer(c: _Checker, opt: Optional[torch.optim.Optimizer], ckpt: Ma
                        "Compile with the same net and optimizer setup as the saved run before loading")
 
 
+def _warn_unknown(c: _Checker, what: str, names: List[str], stacklevel: int = 5) -> None:
+    """Entries a newer torchfit wrote that this one does not know: ignored, with a warning naming them.
+
+    Ignoring them is safe by the format's rule: a writer whose new entries would change what an
+    older reader does raises the format version instead (refused in ``read``).
+    """
+    if names:
+        warnings.warn(
+            f"{c.path!r} holds {what} this torchfit does not know: {', '.join(sorted(names))} (written by a newer "
+            "torchfit?); they were ignored and the rest was loaded. Upgrade torchfit to use them",
+            RuntimeWarning, stacklevel=stacklevel)  # the caller of load_checkpoint
+
+
+_RNG_KEYS = ("torch", "numpy", "python", "cuda")
+
+
 def _check_rng(c: _Checker, rng: Any) -> None:
     c.kind("'rng'", rng, "a dict of random states ('torch', 'numpy', 'python')",
            isinstance(rng, Mapping) and {"torch", "numpy", "python"} <= set(rng))
+    _warn_unknown(c, "random states", [f"'rng'[{k!r}]" for k in rng if k not in _RNG_KEYS], 6)
     c.kind("'rng'['torch']", rng["torch"], f"a uint8 tensor of {_CPU_STATE_BYTES} bytes",
            isinstance(rng["torch"], torch.Tensor) and rng["torch"].dtype == torch.uint8
            and rng["torch"].shape == (_CPU_STATE_BYTES,))
