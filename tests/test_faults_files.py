@@ -153,3 +153,45 @@ def test_csv_logger_keeps_a_column_the_resumed_history_lacks(tmp_path):
     log = CSVLogger.read(path)
     assert list(log["epoch"]) == [1, 2, 3] and list(log["note"][:2]) == [10.0, 20.0]
     assert list(log["loss"]) == list(model.history["loss"])
+
+
+# ------------------------------------------------ MLflowLogger's default store
+def _mlflow_fit(logger) -> torchfit.Model:
+    model = trained(epochs=0)
+    model.fit(1, data(), callbacks=[logger], verbose=0)
+    return model
+
+
+@pytest.mark.slow  # MLflow creates an SQLite store's tables on first use: seconds
+def test_mlflow_logger_without_uri_writes_where_mlflow_ui_looks(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service.utils import _get_default_tracking_uri
+    from torchfit.callbacks.tracking import MLflowLogger
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    logger = MLflowLogger(experiment_name="here", log_checkpoint=False)
+    model = _mlflow_fit(logger)
+    # `mlflow ui` (and `mlflow server`) with no --backend-store-uri open _get_default_tracking_uri()
+    ui = MlflowClient(_get_default_tracking_uri())
+    runs = ui.search_runs([ui.get_experiment_by_name("here").experiment_id])
+    assert [r.info.run_id for r in runs] == [logger.run_id]
+    assert runs[0].data.metrics["loss"] == model.history["loss"].iloc[-1]
+    assert (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_mlflow_logger_without_uri_follows_the_environment(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+    from torchfit.callbacks.tracking import MLflowLogger
+
+    uri = "sqlite:///" + str(tmp_path / "team.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    logger = MLflowLogger(experiment_name="env", log_checkpoint=False)
+    _mlflow_fit(logger)
+    client = MlflowClient(uri)
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
