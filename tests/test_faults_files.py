@@ -195,3 +195,156 @@ def test_mlflow_logger_without_uri_follows_the_environment(tmp_path, monkeypatch
     client = MlflowClient(uri)
     assert client.get_run(logger.run_id).info.status == "FINISHED"
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+# ------------------------------------------------ sharded (torch.distributed.checkpoint) directories
+# save_sharded works in one process (DCP writes one shard file); the same checks run on every rank.
+def _save_sharded(model, directory) -> None:
+    with warnings.catch_warnings():  # DCP: "assuming the intent is to save in a single process"
+        warnings.simplefilter("ignore", UserWarning)
+        torchfit.distributed.save_sharded(model, directory)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """A sharded directory of a 2-epoch run, and the model that wrote it."""
+    source = trained(seed=7, epochs=2)
+    directory = tmp_path_factory.mktemp("sharded") / "dcp"
+    _save_sharded(source, directory)
+    return directory, source
+
+
+def _copy(directory, tmp_path):
+    target = tmp_path / "dcp"
+    shutil.copytree(directory, target)
+    return target
+
+
+def _shard(directory):
+    names = [n for n in os.listdir(directory) if n.endswith(".distcp")]
+    assert len(names) == 1
+    return directory / names[0]
+
+
+def _cut(path) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
+def _flip_shard(directory, source) -> None:
+    flip_byte_inside(_shard(directory), source.net.state_dict()["3.weight"])
+
+
+def _flip_extra(directory, source) -> None:
+    ck = torch.load(directory / "torchfit.pt", weights_only=True)
+    flip_byte_inside(directory / "torchfit.pt", ck["rng"]["torch"])
+
+
+DAMAGED_DIRECTORIES = {
+    "a shard missing": (lambda d, s: os.remove(_shard(d)), r"file '__0_0\.distcp', which DCP's \.metadata lists, "
+                                                          r"is missing.*use another copy"),
+    "a shard cut short": (lambda d, s: _cut(_shard(d)), r"'__0_0\.distcp' has \d+ bytes but had \d+ when it was"),
+    "flipped bytes in a shard": (_flip_shard, r"'__0_0\.distcp' does not match the sha256 written with it"),
+    "the metadata cut short": (lambda d, s: _cut(d / ".metadata"), r"'\.metadata' has \d+ bytes but had \d+"),
+    "flipped bytes in the small file": (_flip_extra, r"'rng'\['torch'\] does not match the digest"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_DIRECTORIES))
+@pytest.mark.parametrize("fresh", [False, True], ids=["trained", "fresh"])
+def test_a_damaged_sharded_directory_changes_nothing_and_names_the_file(case, fresh, sharded, tmp_path):
+    # fresh: an optimizer with no state yet, which DCP's get_state_dict would fill in
+    damage, match = DAMAGED_DIRECTORIES[case]
+    target = _copy(sharded[0], tmp_path)
+    damage(target, sharded[1])
+    model = trained(epochs=0 if fresh else 1)
+    info = attack(model, lambda: model.load_checkpoint(target), CheckpointError, match, tmp_path,
+                  same_fit_state=True)
+    assert "dcp" in str(info.value) and "nothing was changed" in str(info.value)
+    assert isinstance(info.value, Exception)  # not DCP's CheckpointException, a BaseException
+
+
+def test_a_cut_shard_of_a_directory_without_digests_is_found_from_the_metadata(sharded, tmp_path):
+    # directories written before digests: the sizes DCP's metadata records still show a cut file
+    target = _copy(sharded[0], tmp_path)
+    extra = torch.load(target / "torchfit.pt", weights_only=True)
+    for entry in ("shards", "digest", "optimizer_class"):
+        del extra[entry]
+    torch.save(extra, target / "torchfit.pt")
+    _cut(_shard(target))
+    model = trained()
+    attack(model, lambda: model.load_checkpoint(target), CheckpointError,
+           r"'__0_0\.distcp' has \d+ bytes but its data ends at byte \d+: it was cut short", tmp_path,
+           same_fit_state=True)
+
+
+def _wide_model(width: int = 32) -> torchfit.Model:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, 3))
+    model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), torch.optim.Adam(net.parameters()), device="cpu")
+    model.fit(1, data(), verbose=0)
+    return model
+
+
+def test_a_sharded_directory_of_a_wider_net_is_refused_before_anything_changes(tmp_path):
+    _save_sharded(_wide_model(), tmp_path / "wide")
+    model = trained()
+    attack(model, lambda: model.load_checkpoint(tmp_path / "wide"), CheckpointError,
+           r"saved from a different net; keys with other shapes: 0\.weight: checkpoint \(32, 4\) vs net \(16, 4\)"
+           r".*Build the same architecture", tmp_path, same_fit_state=True)
+
+
+def test_a_sharded_sgd_directory_is_refused_by_an_adam_model(tmp_path):
+    _save_sharded(trained(seed=2, optimizer="sgd"), tmp_path / "sgd")
+    model = trained()
+    attack(model, lambda: model.load_checkpoint(tmp_path / "sgd"), CheckpointError,
+           r"state of a SGD optimizer; this model's optimizer is Adam.*optimizer=SGD", tmp_path, same_fit_state=True)
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["trained", "fresh"])
+def test_a_read_failing_inside_dcp_is_a_checkpoint_error_and_changes_nothing(fresh, sharded, tmp_path,
+                                                                             monkeypatch):
+    # every check passes, then the disk fails while DCP reads: torch raises its CheckpointException
+    # (a BaseException, which `except Exception` misses) unless torchfit turns it into its own error
+    from torch.distributed.checkpoint import FileSystemReader
+
+    def failing_read(self, plan, planner):
+        raise OSError("Input/output error")
+
+    monkeypatch.setattr(FileSystemReader, "read_data", failing_read)
+    model = trained(epochs=0 if fresh else 1)
+    snap = Snapshot(model, tmp_path, same_fit_state=True)
+    with pytest.raises(CheckpointError, match=r"dcp.*loading it failed \(OSError: Input/output error\).*rolled back"):
+        model.load_checkpoint(sharded[0])
+    snap.assert_same()
+    monkeypatch.undo()
+    trains_normally(model)
+
+
+@pytest.mark.parametrize("interrupt", [RuntimeError("device lost"), KeyboardInterrupt()])
+def test_a_failure_while_applying_a_sharded_directory_rolls_everything_back(interrupt, sharded, tmp_path,
+                                                                            monkeypatch):
+    model = trained()
+
+    def fail(*args, **kwargs):  # the net is loaded first, the optimizer second: fail there
+        raise interrupt
+
+    monkeypatch.setattr(model.optimizer, "load_state_dict", fail)
+    expected = CheckpointError if isinstance(interrupt, Exception) else KeyboardInterrupt
+    snap = Snapshot(model, tmp_path, same_fit_state=True)
+    with pytest.raises(expected, match="rolled back" if expected is CheckpointError else None):
+        model.load_checkpoint(sharded[0])
+    snap.assert_same()
+    monkeypatch.undo()
+    trains_normally(model)
+
+
+def test_a_good_sharded_directory_loads_exactly(sharded, tmp_path):
+    directory, source = sharded
+    model = trained(epochs=0)
+    model.load_checkpoint(directory)
+    _same_state(model, source)
+    for i, per in source.optimizer.state_dict()["state"].items():
+        for name, value in per.items():
+            assert torch.equal(model.optimizer.state_dict()["state"][i][name], value), (i, name)
+    trains_normally(model)

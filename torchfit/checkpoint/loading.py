@@ -2,6 +2,7 @@
 ``Resume`` splits that in two for ``fit(resume_from=...)``."""
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from typing import Any, Dict, List, Mapping, Optional
@@ -107,8 +108,9 @@ class _Undo:
         self.model = model
         self.net = strategy.copy_aside(model.net)  # None where the strategy cannot (a sharded net)
         opt = model.optimizer
-        # load_state_dict builds new state and groups: the old objects, held here, stay as they were.
-        self.opt = (opt.state, opt.param_groups) if opt is not None else None
+        # load_state_dict builds new state and groups: the old objects, held here, stay as they were
+        # (the state dict copied: DCP's get_state_dict fills an empty one in place).
+        self.opt = (copy.copy(opt.state), opt.param_groups) if opt is not None else None
         scaler = model.precision.scaler if model.precision is not None else None
         self.scaler = scaler.state_dict() if scaler is not None else None
         self.stop_training = model.stop_training
@@ -132,7 +134,9 @@ class _Undo:
 _REQUIRED = ("epoch", "global_step", "stop_training", "net", "optimizer", "scaler", "precision", "history",
              "callbacks", "loaders", "rng", "mid_epoch")
 _OPTIONAL = ("step_history", "optimizer_class", "digest",  # absent from files of earlier torchfit versions
-             "trainable_only")  # save_checkpoint(trainable_only=True): the net's trainable part alone
+             "trainable_only",  # save_checkpoint(trainable_only=True): the net's trainable part alone
+             "shards")  # a sharded directory's small file: each DCP file's size and sha256 (``sharded``)
+_TENSOR_ENTRIES = ("net", "optimizer")  # what a sharded directory keeps in DCP's files, not in its small file
 _CPU_STATE_BYTES = torch.get_rng_state().numel()
 
 
@@ -168,17 +172,18 @@ def _shown(value: Any) -> str:
     return f"a {type(value).__name__} ({text[:60] + '...' if len(text) > 60 else text})"
 
 
-def check(ckpt: Mapping[str, Any], model: Any, path: PathLike) -> None:
+def check(ckpt: Mapping[str, Any], model: Any, path: PathLike, tensors: bool = True) -> None:
     """Raise CheckpointError naming the first entry of ``ckpt`` that ``model`` cannot take; change nothing.
 
     Checked: every entry is present with the right type; the net's keys, shapes
     and kinds of dtype; the optimizer's class, parameter groups and state shapes;
     the grad scaler's state; RNG and loader generator states; history rows; the
     callbacks' state is a dict per callback; and every tensor matches the digest
-    written with it (flipped bytes name the tensor).
+    written with it (flipped bytes name the tensor). ``tensors=False``: a sharded
+    directory's small file, without the net and the optimizer (``sharded`` checks those).
     """
     c = _Checker(path)
-    missing = [k for k in _REQUIRED if k not in ckpt]
+    missing = [k for k in _REQUIRED if k not in ckpt and (tensors or k not in _TENSOR_ENTRIES)]
     if missing:
         c.fail(", ".join(repr(k) for k in missing), "is missing" if len(missing) == 1 else "are missing")
     _warn_unknown(c, "entries", [repr(k) for k in ckpt if k not in _REQUIRED + _OPTIONAL + (MARKER,)])
@@ -187,8 +192,9 @@ def check(ckpt: Mapping[str, Any], model: Any, path: PathLike) -> None:
     c.kind("'stop_training'", ckpt["stop_training"], "True or False", type(ckpt["stop_training"]) is bool)
     partial = ckpt.get("trainable_only", False)
     c.kind("'trainable_only'", partial, "True or False", type(partial) is bool)
-    _check_net(c, model.net, ckpt["net"], partial)
-    _check_optimizer(c, model.optimizer, ckpt)
+    if tensors:
+        _check_net(c, model.net, ckpt["net"], partial)
+        _check_optimizer(c, model.optimizer, ckpt)
     scaler = ckpt["scaler"]
     c.kind("'scaler'", scaler, "None or a GradScaler state dict", scaler is None or isinstance(scaler, Mapping))
     for k, v in (scaler or {}).items():
