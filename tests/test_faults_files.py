@@ -348,3 +348,11 @@ def test_a_good_sharded_directory_loads_exactly(sharded, tmp_path):
         for name, value in per.items():
             assert torch.equal(model.optimizer.state_dict()["state"][i][name], value), (i, name)
     trains_normally(model)
+
+
+def test_resume_from_a_damaged_sharded_directory_changes_nothing(sharded, tmp_path):
+    target = _copy(sharded[0], tmp_path)
+    _flip_shard(target, sharded[1])
+    model = trained()
+    attack(model, lambda: model.fit(4, data(), resume_from=target, verbose=0), CheckpointError,
+           r"'__0_0\.distcp' does not match the sha256", tmp_path)

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import DISTRIBUTION, CheckpointError
 from .saving import _PLAIN_SCALARS, MARKER, VERSION, PathLike, _tensors, _top, tensor_sha256
 from .state import rng_state, set_rng_state
 
@@ -34,11 +34,11 @@ def read(path: PathLike) -> Dict[str, Any]:
         if ckpt[MARKER] != VERSION:
             # A writer raises the version only for a change an older reader would get wrong.
             newer = type(ckpt[MARKER]) is int and ckpt[MARKER] > VERSION
-            raise CheckpointError(
-                f"{path!r} is a torchfit checkpoint of format version {ckpt[MARKER]!r}; this torchfit reads "
-                f"version {VERSION}. " + ("It was written by a newer torchfit, whose format this version would "
-                                          "read wrongly: upgrade torchfit (pip install -U torchfit-keras) to load it"
-                                          if newer else "It is not a format any torchfit writes: the file is damaged"))
+            why = (f"It was written by a newer torchfit, whose format this version would read wrongly: upgrade "
+                   f"torchfit (pip install -U {DISTRIBUTION}) to load it" if newer
+                   else "No torchfit writes that version: the file is damaged; use another copy")
+            raise CheckpointError(f"{path!r} is a torchfit checkpoint of format version {ckpt[MARKER]!r}; this "
+                                  f"torchfit reads version {VERSION}. {why}")
         return ckpt
     if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise CheckpointError(
@@ -315,7 +315,7 @@ def _check_optimizer(c: _Checker, opt: Optional[torch.optim.Optimizer], ckpt: Ma
                        "Compile with the same net and optimizer setup as the saved run before loading")
 
 
-def _warn_unknown(c: _Checker, what: str, names: List[str], stacklevel: int = 5) -> None:
+def _warn_unknown(c: _Checker, what: str, names: List[str], stacklevel: int = 6) -> None:
     """Entries a newer torchfit wrote that this one does not know: ignored, with a warning naming them.
 
     Ignoring them is safe by the format's rule: a writer whose new entries would change what an
@@ -334,7 +334,7 @@ _RNG_KEYS = ("torch", "numpy", "python", "cuda")
 def _check_rng(c: _Checker, rng: Any) -> None:
     c.kind("'rng'", rng, "a dict of random states ('torch', 'numpy', 'python')",
            isinstance(rng, Mapping) and {"torch", "numpy", "python"} <= set(rng))
-    _warn_unknown(c, "random states", [f"'rng'[{k!r}]" for k in rng if k not in _RNG_KEYS], 6)
+    _warn_unknown(c, "random states", [f"'rng'[{k!r}]" for k in rng if k not in _RNG_KEYS], 7)
     c.kind("'rng'['torch']", rng["torch"], f"a uint8 tensor of {_CPU_STATE_BYTES} bytes",
            isinstance(rng["torch"], torch.Tensor) and rng["torch"].dtype == torch.uint8
            and rng["torch"].shape == (_CPU_STATE_BYTES,))

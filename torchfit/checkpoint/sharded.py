@@ -119,9 +119,11 @@ def load(model: Any, directory: PathLike, strategy: Any, extra: Optional[Mapping
     directory = os.fspath(directory)
     if extra is None:
         extra = read_checked(model, directory)
-    undo = _Undo(model, strategy)  # before get_state_dict, which gives a fresh optimizer its state
+    # A sharded net's optimizer is pointed at its shards first (what every fit does too); then what the load
+    # changes is set aside: before get_state_dict, which gives an optimizer without state its state.
+    strategy.prepare_load(model.net, model.optimizer)
+    undo = _Undo(model, strategy)
     try:
-        strategy.prepare_load(model.net, model.optimizer)
         optimizers = _optimizers(model)
         net_state, optim_state = get_state_dict(model.net, optimizers)
         state = _fresh({"net": net_state, "optimizer": optim_state})
