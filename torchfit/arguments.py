@@ -16,7 +16,7 @@ import dataclasses
 import numbers
 import warnings
 from collections.abc import Iterator
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -251,11 +251,11 @@ def check_fit(model: Any, args: FitArgs) -> CheckedFit:
         callbacks.append(from_fit_argument(args.lr_scheduler, dl_val is not None, model.optimizer))
     if args.overfit_batches is not None:  # the same first n batches for training and validation, every epoch
         dl_train = dl_val = first_batches(dl_train, check_count("overfit_batches", args.overfit_batches, 1))
-    resume = None
+    resume, resume_from = None, backup_to_resume(callbacks, args.resume_from, first_epoch)
     if first_epoch is not None:  # Keras' initial_epoch: epochs is the number of the last epoch
         epochs -= first_epoch
-    elif args.resume_from is not None:  # read and checked now, applied once fit's own checks pass
-        resume = checkpoint.Resume.plan(model, args.resume_from, epochs)
+    elif resume_from is not None:  # read and checked now, applied once fit's own checks pass
+        resume = checkpoint.Resume.plan(model, resume_from, epochs)
         epochs, first_epoch = resume.epochs_left, resume.start
     start = model.epoch if first_epoch is None else first_epoch
     check_reiterable(epochs, dl_train, dl_val, options.steps_per_epoch)
@@ -309,6 +309,24 @@ def check_loader(name: str, loader: Any) -> None:
             f"{name} is empty (len 0): check its dataset, and that drop_last=True with a batch size larger "
             "than the dataset does not drop every sample"
         )
+
+
+def backup_to_resume(callbacks: Sequence[Any], resume_from: Any, initial_epoch: Optional[int]) -> Any:
+    """``resume_from``, or the backup a callback such as ``BackupAndRestore`` holds (``resume_path()``)."""
+    backups = [cb for cb in callbacks if callable(getattr(cb, "resume_path", None))]
+    if len(backups) > 1:
+        raise ValueError(f"fit got {len(backups)} callbacks that restore a backup ({[type(cb).__name__ for cb in backups]}); "
+                         "pass one")
+    if not backups:
+        return resume_from
+    if resume_from is not None:
+        raise ValueError(f"fit got resume_from= and a {type(backups[0]).__name__}, which resumes from its own backup; "
+                         "pass one of them")
+    path = backups[0].resume_path()
+    if path is not None and initial_epoch is not None:
+        raise ValueError(f"fit got initial_epoch= and a {type(backups[0]).__name__} holding a backup ({path}); "
+                         "the backup says where the run continues, so leave initial_epoch out")
+    return path
 
 
 def check_initial_epoch(initial_epoch: Any, epochs: int, resume_from: Any) -> Optional[int]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -42,6 +42,7 @@ from .errors import MetricError, StepError
 from .losses import TargetError
 from .fast_path import iter_batches
 from .loaders import loader_length
+from .resuming import position_state, start_stream
 
 EMPTY: Mapping[str, float] = {}
 _CPU = torch.device("cpu")
@@ -102,6 +103,20 @@ class Run:
         self.stopped_reason: Optional[str] = None
         self.preflight = preflight  # check metrics on the first batch before weights change
         self.check_targets = check_targets  # check the first batch's labels against the loss, likewise
+        # exact mid-epoch resume (``resuming``): whether a callback may save mid-epoch, where the epoch's
+        # batches started, training batches done at a point a checkpoint can resume from, a
+        # checkpoint's position to continue from (used once), the training pass's tracker
+        self.keeps_position = bool(config.callbacks is not None and config.callbacks.saves_mid_epoch)
+        self.origin: Optional[Dict[str, Any]] = None
+        self.position: Optional[int] = None
+        self.resume_at: Optional[Mapping[str, Any]] = None
+        self.tracker: Any = None
+        self.own_metrics: Sequence[Any] = ()  # model.metrics, where the user's train_step updates them
+        self.exit_code: Optional[int] = None  # set by a preempted run: fit raises SystemExit with it at the end
+
+    def position_state(self) -> Optional[Dict[str, Any]]:
+        """This process's position in the training pass for a mid-epoch checkpoint (``resuming``)."""
+        return position_state(self)
 
     def stop(self, reason: str, model: Any) -> None:
         """End training at the next check, recording why (printed when fit ends)."""
@@ -150,12 +165,17 @@ def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: 
     if optim is not None:
         optim.start_epoch(n_batches)
     move = config.move
-    step = 0
     run.epoch_complete = False
     strip = tracker.prefix if tracker is not None else ""
     wants_logs = phase.end in cbs.implemented  # no reader of this phase's batch logs: no object per step
+    if training:
+        run.tracker = tracker
+        batches, step = start_stream(run, loader, tracker)  # from a checkpoint's position, when resuming
+    else:
+        batches, step = config.iterate(loader), 0
+    keeps_position = training and run.keeps_position
     with torch.enable_grad() if phase.grad else torch.no_grad():
-        for step, batch in enumerate(config.iterate(loader), 1):
+        for step, batch in enumerate(batches, step + 1):
             run.batch_idx = step
             begin(step - 1, EMPTY)  # Keras' 0-based batch index
             batch = move(batch)
@@ -179,6 +199,8 @@ def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: 
                 raise StepError(f"{where}: {step_failure(model, exc)} (batch shapes {describe(batch)})") from cause
             run.last_result = out
             consume(out)
+            if keeps_position:
+                run.position = step  # a checkpoint written from here resumes with the next batch
             if phase is PREDICT:
                 end(step - 1, {"outputs": out})
             elif log_every is not None and step % log_every == 0:
@@ -191,10 +213,13 @@ def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: 
                 end(step - 1, RunningLogs(tracker, step, strip) if wants_logs else EMPTY)
             if training and model.stop_training:
                 break
+            if keeps_position:
+                run.position = None  # the next batch is being fetched
         else:
             run.epoch_complete = True
             if optim is not None:
                 optim.flush()  # a loader without len() ended inside an accumulation window
+    run.position = None
     if step == 0:
         raise ValueError(
             f"the {phase.name} loader yielded no batches; check that its dataset is not empty "
@@ -211,6 +236,7 @@ def run_epoch(model: Any, loader: Iterable, run: Run, tracker: Any, training: bo
     if not (model._default_step("train_step") and model._default_step("eval_step")):
         for metric in model.metrics:  # Keras resets the model's own metric objects (a custom step's) each pass
             (getattr(metric, "reset_state", None) or metric.reset)()
+        run.own_metrics = model.metrics
     model.net.train(training)
     run_batches(model, loader, run, TRAIN if training else EVAL, tracker.update, tracker)
     if run.config.reducer is not None:
@@ -330,6 +356,8 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
         say(f"Stopped training: {run.stopped_reason}. model.history holds the {len(model.history)} finished "
             "epoch(s). Lower the learning rate, clip gradients (grad_clip_norm=1.0) or check the data for NaN/inf",
             warn=True)
+    if run.exit_code is not None:  # preempted (BackupAndRestore): the process ends, its state saved
+        raise SystemExit(run.exit_code)
 
 
 def call_quietly(fn: Callable[..., Any], exc: BaseException, *args: Any) -> Any:

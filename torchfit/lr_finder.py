@@ -19,8 +19,10 @@ Lightning #6675).
 """
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import copy
+import itertools
 import math
 import numbers
 import warnings
@@ -87,8 +89,10 @@ def preserved_training_state(model: Any, loaders: Iterable[Any] = ()) -> Iterato
     params = list(net.parameters())
     saved_params = [p.detach().clone() for p in params]
     saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
-    buffers = list(net.buffers())
-    saved_buffers = [b.detach().clone() for b in buffers]
+    # By name, per module: a forward that reassigns a buffer (``self.seen = self.seen + n``) registers a
+    # new tensor under the old name; the original object goes back under it, with its value.
+    buffers = [(m, dict(m._buffers)) for m in net.modules()]
+    saved_buffers = [{k: b.detach().clone() for k, b in named.items() if b is not None} for _, named in buffers]
     saved_opt_state = {p: {k: _clone(v) for k, v in s.items()} for p, s in opt.state.items()}
     saved_groups = [{k: _clone(v) for k, v in g.items() if k != "params"} for g in opt.param_groups]
     precision = getattr(model, "precision", None)
@@ -105,8 +109,11 @@ def preserved_training_state(model: Any, loaders: Iterable[Any] = ()) -> Iterato
             for p, v, g in zip(params, saved_params, saved_grads):
                 p.copy_(v)
                 p.grad = g
-            for b, v in zip(buffers, saved_buffers):
-                b.copy_(v)
+            for (module, named), values in zip(buffers, saved_buffers):
+                module._buffers.clear()
+                module._buffers.update(named)
+                for k, v in values.items():
+                    named[k].copy_(v)
         opt.state.clear()
         opt.state.update(saved_opt_state)
         for group, saved in zip(opt.param_groups, saved_groups):
@@ -166,6 +173,25 @@ class _RangeRecorder(Callback):
             self.stop_reason = "completed"
         if self.stop_reason != "interrupted":
             self.model.stop_training = True
+
+
+class _Steps:
+    """At most ``n`` batches of a one-pass iterator (a generator, maybe endless), as one epoch of lr_find.
+
+    fit would need ``steps_per_epoch`` for a generator; lr_find's own count is ``num_steps``.
+    Exactly the batches trained on are taken from the iterator; ``exhausted`` tells that it
+    ran out first.
+    """
+
+    def __init__(self, batches: Iterator[Any], n: int):
+        self.batches, self.n, self.exhausted = batches, n, False
+
+    def __iter__(self) -> Iterator[Any]:
+        taken = 0
+        for batch in itertools.islice(self.batches, self.n):
+            taken += 1
+            yield batch
+        self.exhausted = taken < self.n
 
 
 def _check_positive(name: str, value: Any) -> float:
@@ -249,7 +275,8 @@ def lr_find(model: Any, dl_train: Iterable, start_lr: float = 1e-7, end_lr: floa
     (``mode="linear"``: evenly spaced), set on every parameter group. The steps
     are ``model.fit``'s own (same ``train_step``, device and precision; no
     accumulation or clipping), cycling through ``dl_train`` when ``num_steps``
-    exceeds its length. The run stops early when the smoothed loss exceeds
+    exceeds its length. A generator (endless or not) gives ``num_steps`` batches, taken
+    from it as they are trained on. The run stops early when the smoothed loss exceeds
     ``diverge_threshold`` times its lowest value so far, or is not finite.
 
     Returns a DataFrame with one row per step: ``lr``, ``loss`` (that step's batch
@@ -257,8 +284,9 @@ def lr_find(model: Any, dl_train: Iterable, start_lr: float = 1e-7, end_lr: floa
     corrected). ``df.attrs``: ``suggested_lr`` (the steepest descent of the
     smoothed loss before its minimum, see ``suggest_lr``; None when too few
     points), ``min_loss_lr`` (the rate at the lowest smoothed loss) and
-    ``stop_reason`` (``"completed"``, ``"diverged"`` or ``"interrupted"`` for a
-    Ctrl-C, which returns the steps done so far).
+    ``stop_reason`` (``"completed"``, ``"diverged"``, ``"exhausted"`` when a generator
+    ran out before ``num_steps``, or ``"interrupted"`` for a Ctrl-C; the last two return
+    the steps done so far).
 
     Each step's loss is read back to the host right after the step (one sync per
     step) because the divergence test needs it. Afterwards the weights,
@@ -274,18 +302,25 @@ def lr_find(model: Any, dl_train: Iterable, start_lr: float = 1e-7, end_lr: floa
         raise ValueError("lr_find: the optimizer has no parameter groups (the net has no trainable parameters)")
     lrs = learning_rates(float(start_lr), float(end_lr), int(num_steps), mode)
     recorder = _RangeRecorder(lrs, float(smooth), float(diverge_threshold))
-    try:
-        n = len(dl_train)  # type: ignore[arg-type]
-    except TypeError:
-        n = None
-    epochs = math.ceil(num_steps / n) if n else num_steps
+    source: Any = dl_train
+    if isinstance(dl_train, collections.abc.Iterator):  # a generator: one pass, maybe endless
+        source = _Steps(dl_train, int(num_steps))
+        epochs = 1
+    else:
+        try:
+            n = len(dl_train)  # type: ignore[arg-type]
+        except TypeError:
+            n = None
+        epochs = math.ceil(num_steps / n) if n else num_steps
     with preserved_training_state(model, [dl_train]):
         model.training_state.take_pending_resume()  # a loaded checkpoint is for the user's next fit, not this one
         with warnings.catch_warnings():
             # A diverging range test ends in a non-finite loss by design: not worth fit's warning.
             warnings.filterwarnings("ignore", message="Stopped training: non-finite loss", category=RuntimeWarning)
             # log_step_freq beyond the run: no running figures computed, no logging syncs.
-            model.fit(epochs, dl_train, verbose=0, log_step_freq=num_steps + 1, callbacks=[recorder])
+            model.fit(epochs, source, verbose=0, log_step_freq=num_steps + 1, callbacks=[recorder])
+    if recorder.stop_reason == "interrupted" and isinstance(source, _Steps) and source.exhausted:
+        recorder.stop_reason = "exhausted"
     steps = len(recorder.losses)
     df = pd.DataFrame({"lr": lrs[:steps], "loss": recorder.losses, "smoothed_loss": recorder.smoothed})
     finite = df["smoothed_loss"].replace([np.inf, -np.inf], np.nan)

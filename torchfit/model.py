@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import checkpoint, compiling, distributed, inputs, loop, runs, steps
+from . import checkpoint, compiling, distributed, inputs, loop, resuming, runs, steps
 from .arguments import FitArgs, announcer, check_compiled, check_fit, check_loader, check_net, evaluate_args
 from .batch import as_tensors, to_device
 from .callbacks import Callback
@@ -275,9 +275,13 @@ class Model(ModelTools, nn.Module):
             loop.check_first_batch(self, dl_val, run)  # a validation loader that cannot work fails now
         say = announcer(run.config.callbacks)
         if checked.resume is not None:  # the last thing checked; now things change
+            if checked.resume.ckpt is not None:  # a mid-epoch position must fit this fit's loader and net
+                resuming.position_for(checked.resume.ckpt["mid_epoch"], run, dl_train, trackers[0])
             checked.resume.apply(self, list(run.config.callbacks), run.config.strategy)
             if checked.resume.message:
                 say(checked.resume.message)
+        pending = self.training_state.pending_resume  # from load_checkpoint or resume_from: checked, then taken
+        run.resume_at = pending and resuming.position_for(pending["mid_epoch"], run, dl_train, trackers[0])
         resume_state = self.training_state.take_pending_resume()
         if resume_state is not None:
             checkpoint.restore_loaders(resume_state, run.config.loaders)

@@ -208,6 +208,26 @@ class OptimizerStep:
         self._apply()
         return True
 
+    def window_state(self) -> dict:
+        """Where the accumulation window stands after a batch: its batches and samples so far and,
+        inside a window, the gradients gathered (a mid-epoch checkpoint keeps them)."""
+        grads = None
+        if self.micro:
+            grads = [None if p.grad is None else p.grad.detach().clone() for p in self.params]
+        return {"micro": self.micro, "window_samples": self.window_samples, "grads": grads}
+
+    def load_window_state(self, state: dict) -> None:
+        """Continue a window from ``window_state()`` (the same parameters, in the same order)."""
+        grads = state["grads"]
+        if grads is not None and len(grads) != len(self.params):
+            raise ValueError(f"the saved accumulation window holds gradients for {len(grads)} parameters, "
+                             f"this net trains {len(self.params)}: resume with the same net")
+        self.micro, self.window_samples = int(state["micro"]), state["window_samples"]
+        if grads is not None:
+            with torch.no_grad():
+                for p, g in zip(self.params, grads):
+                    p.grad = None if g is None else g.to(p.device, p.dtype).clone()
+
     # --- driven by the step
     def zero_grad(self) -> None:
         """``zero_grad`` at the start of a window (every batch without accumulation)."""

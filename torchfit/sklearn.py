@@ -27,6 +27,7 @@ Without ``module`` the estimator trains ``mlp``, a one-hidden-layer net sized th
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
@@ -218,13 +219,46 @@ class _TorchfitEstimator(BaseEstimator):
     def _default_loss(self) -> nn.Module:
         raise NotImplementedError
 
-    def _fit_model(self, X: np.ndarray, y: np.ndarray, figures: Dict[str, Any]) -> "_TorchfitEstimator":
+    def _fresh_callbacks(self) -> Any:
+        """This fit's own copies of ``callbacks`` (``copy.deepcopy``, as ``sklearn.base.clone`` copies
+        parameters), so that no state (an EMA's average, a counter) passes from one fit to the next.
+
+        Attributes a callback's class names in ``shared_on_copy`` (``OptunaPruning``'s trial) are
+        shared, not copied: what is reported to them must reach the caller's object. A callback
+        attached to a model by an earlier fit is copied without it.
+        """
+        if not isinstance(self.callbacks, (list, tuple)):
+            return self.callbacks  # None, or something Model.fit refuses with its own words
+        copies = []
+        for i, cb in enumerate(self.callbacks):
+            memo: Dict[int, Any] = {}
+            if getattr(cb, "model", None) is not None:
+                memo[id(cb.model)] = None
+            for name in getattr(type(cb), "shared_on_copy", ()):
+                value = getattr(cb, name, None)
+                memo[id(value)] = value
+            try:
+                copies.append(copy.deepcopy(cb, memo))
+            except Exception as exc:
+                raise TypeError(
+                    f"callbacks[{i}] ({type(cb).__name__}) cannot be copied ({type(exc).__name__}: {exc}). "
+                    f"{type(self).__name__} trains every fit with its own copies of the callbacks (as "
+                    "sklearn.base.clone copies parameters); name the attributes to share instead in the "
+                    "callback class's shared_on_copy = (\"name\", ...)"
+                ) from exc
+        return copies
+
+    def _fit_model(self, X: np.ndarray, y: np.ndarray, figures: Dict[str, Any],
+                   fitted: Dict[str, Any]) -> "_TorchfitEstimator":
+        """Build and train a new net; only then take ``fitted`` (the attributes this fit found in the
+        data: classes, sizes) with the model, so that a fit that fails leaves the last one whole."""
         from . import Model  # lazily, from the public name: the core modules may move
 
-        callbacks = list(self.callbacks or [])
+        callbacks = self._fresh_callbacks()
 
         def train() -> Any:
-            net = self._build_net({"n_features_in": self.n_features_in_, "input_shape": self._x_shape, **figures})
+            net = self._build_net({"n_features_in": fitted["n_features_in_"], "input_shape": fitted["_x_shape"],
+                                   **figures})
             model = Model(net).compile(loss=self._loss(), optimizer=self._build_optimizer(),
                                        metrics=self.metrics, device=self.device)
             # Without a seed, the shuffling seed comes from torch's global generator, so that
@@ -242,8 +276,11 @@ class _TorchfitEstimator(BaseEstimator):
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.seed)
                 model = train()
+        for name, value in fitted.items():
+            setattr(self, name, value)
         self.model_ = model
         self.history_: pd.DataFrame = model.history
+        self.callbacks_ = callbacks
         return self
 
     def _outputs(self, X: Any) -> torch.Tensor:
@@ -262,10 +299,10 @@ class _TorchfitEstimator(BaseEstimator):
         return out
 
     def _check_x(self, X: Any, y: Any, **kw: Any) -> tuple:
+        """``X``, ``y`` as arrays and the attributes they give (set only once the fit succeeds)."""
         X, y = check_X_y(X, y, allow_nd=True, dtype=np.float32, **kw)
-        self.n_features_in_ = X.shape[1] if X.ndim == 2 else int(np.prod(X.shape[1:]))
-        self._x_shape = X.shape[1:]
-        return X, y
+        fitted = {"n_features_in_": X.shape[1] if X.ndim == 2 else int(np.prod(X.shape[1:])), "_x_shape": X.shape[1:]}
+        return X, y, fitted
 
 
 class TorchfitClassifier(ClassifierMixin, _TorchfitEstimator):
@@ -288,14 +325,18 @@ class TorchfitClassifier(ClassifierMixin, _TorchfitEstimator):
     a name (``"adam"``, ``"sgd"``, any ``torch.optim`` class name) or a
     ``torch.optim`` class, built with ``lr`` (None: Keras' default for named
     optimizers, the class's own default otherwise) and the ``optimizer__*``
-    parameters. ``epochs``, ``batch_size``, ``metrics``, ``device``, ``verbose``
-    and ``callbacks`` go to ``compile`` / ``fit`` as they are. ``seed``: an int
+    parameters. ``epochs``, ``batch_size``, ``metrics``, ``device`` and ``verbose``
+    go to ``compile`` / ``fit`` as they are; ``callbacks`` are copied for every fit
+    (``copy.deepcopy``, as ``clone`` copies them: no state passes from one fit to the next;
+    the copies the last fit used are ``callbacks_``). ``seed``: an int
     fixes the net's initialisation, dropout and the shuffling (the caller's
     random generators are left as they were); None draws from torch's global
     generator. Every ``fit`` trains a new net on all of ``X`` (no validation split).
 
     After ``fit``: ``classes_`` (the original labels, sorted), ``n_classes_``, ``model_`` (the
-    ``torchfit.Model``), ``history_`` (its history DataFrame), ``n_features_in_``.
+    ``torchfit.Model``), ``history_`` (its history DataFrame), ``n_features_in_``, ``callbacks_``.
+    They are set together once the new net has trained: a ``fit`` that raises (a net factory
+    that fails, a training error) leaves those of the previous fit.
     ``predict_proba`` is the softmax of the outputs, or ``[1 - p, p]`` with ``p``
     the sigmoid of a single output (the output itself with ``nn.BCELoss``).
     """
@@ -306,27 +347,28 @@ class TorchfitClassifier(ClassifierMixin, _TorchfitEstimator):
     def fit(self, X: Any, y: Any) -> "TorchfitClassifier":
         """Encode the labels, build a new net and train it on all of ``X``; returns ``self``."""
         self._check_routed()
-        X, y = self._check_x(X, y)
+        X, y, fitted = self._check_x(X, y)
         check_classification_targets(y)  # a continuous y is a mistake here, not 10**6 classes
-        self._encoder = LabelEncoder().fit(y)
-        self.classes_ = self._encoder.classes_
-        if len(self.classes_) < 2:
-            raise ValueError(f"y has one class only ({self.classes_[0]!r}): a classifier needs at least two "
+        encoder = LabelEncoder().fit(y)
+        classes = encoder.classes_
+        if len(classes) < 2:
+            raise ValueError(f"y has one class only ({classes[0]!r}): a classifier needs at least two "
                              "classes to train on")
-        codes = self._encoder.transform(y)
+        codes = encoder.transform(y)
         loss = self._loss()
-        self._single_output = isinstance(loss, _BCE)
-        self._outputs_are_probabilities = isinstance(loss, nn.BCELoss)
-        if self._single_output:
-            if len(self.classes_) > 2:
-                raise ValueError(f"loss={self.loss!r} is binary, but y has {len(self.classes_)} classes; use "
+        single_output = isinstance(loss, _BCE)
+        if single_output:
+            if len(classes) > 2:
+                raise ValueError(f"loss={self.loss!r} is binary, but y has {len(classes)} classes; use "
                                  "nn.CrossEntropyLoss() with one output per class")
             target = codes.astype(np.float32).reshape(-1, 1)
         else:
             target = codes.astype(np.int64)
-        self.n_classes_ = len(self.classes_)
-        return self._fit_model(X, target, {"n_classes": self.n_classes_,
-                                           "n_outputs": 1 if self._single_output else self.n_classes_})
+        # Set together with the new model, after it trained: predict never pairs old outputs with new labels.
+        fitted.update(_encoder=encoder, classes_=classes, n_classes_=len(classes), _single_output=single_output,
+                      _outputs_are_probabilities=isinstance(loss, nn.BCELoss))
+        figures = {"n_classes": len(classes), "n_outputs": 1 if single_output else len(classes)}
+        return self._fit_model(X, target, figures, fitted)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(n_samples, n_classes)``, columns in ``classes_`` order; rows sum to 1."""
@@ -379,11 +421,10 @@ class TorchfitRegressor(RegressorMixin, _TorchfitEstimator):
     def fit(self, X: Any, y: Any) -> "TorchfitRegressor":
         """Build a new net and train it on all of ``X``; returns ``self``."""
         self._check_routed()
-        X, y = self._check_x(X, y, multi_output=True, y_numeric=True)
-        self._y_1d = y.ndim == 1
-        target = y.astype(np.float32).reshape(-1, 1) if self._y_1d else y.astype(np.float32)
-        self.n_outputs_ = target.shape[1]
-        return self._fit_model(X, target, {"n_outputs": self.n_outputs_})
+        X, y, fitted = self._check_x(X, y, multi_output=True, y_numeric=True)
+        target = y.astype(np.float32).reshape(-1, 1) if y.ndim == 1 else y.astype(np.float32)
+        fitted.update(_y_1d=y.ndim == 1, n_outputs_=target.shape[1])
+        return self._fit_model(X, target, {"n_outputs": target.shape[1]}, fitted)
 
     def predict(self, X: Any) -> np.ndarray:
         """The net's outputs as a numpy array: 1-d when ``fit`` got a 1-d ``y``."""

@@ -1,6 +1,7 @@
 """Callbacks: Keras hook names, plus ``on_backward_end`` between backward and the optimizer step
 and ``on_exception`` when an error or Ctrl-C ends a fit."""
 from .averaging import EMA, SWA
+from .backup import BackupAndRestore
 from .base import HOOKS, Callback, CallbackList, LambdaCallback
 from .checkpointing import ModelCheckpoint
 from .gradients import GradientStats
@@ -20,5 +21,5 @@ __all__ = [
     "EarlyStopping", "TerminateOnNaN", "ModelCheckpoint", "CSVLogger", "TensorBoard",
     "LearningRateScheduler", "ReduceLROnPlateau", "run_steps_per_epoch", "run_total_steps", "warmup_cosine",
     "EMA", "SWA", "MLflowLogger", "WandbLogger", "LivePlot", "Profiler", "GradientStats",
-    "OptunaPruning",
+    "OptunaPruning", "BackupAndRestore",
 ]

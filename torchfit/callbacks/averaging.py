@@ -3,8 +3,11 @@ optimizer step) and ``SWA`` (an equal-weight average of the weights at epoch end
 
 Owns the averaged copies of the net's floating-point parameters, when they are
 updated, swapping them into the net (for validation, and at the end of fit) and
-back, and their place in checkpoints (``state_dict``). The training itself is
-untouched: the optimizer always steps the raw weights.
+back, and their place in checkpoints (``state_dict``, with the raw weights while
+the average is in the net; ``check_state_dict`` refuses a state for another net
+before a resume changes anything). The training itself is untouched: the
+optimizer always steps the raw weights. An average belongs to one net (by the
+identity of its parameters): bound to another, the callback starts afresh.
 
 Buffers are not averaged: the net's own buffers (BatchNorm's running statistics,
 themselves running averages) are used with the averaged weights. ``SWA``
@@ -13,7 +16,7 @@ recomputes BatchNorm statistics for its averaged weights at the end of fit.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import torch
 
@@ -44,19 +47,37 @@ class _WeightAverage(Callback):
         self._swapped = False
         self._left_in_net = False  # fit ended with the average in the net; _backup holds the raw weights
         self.updates = 0  # how many times the average took in the weights
+        self._pending: Optional[dict] = None  # a state loaded before the callback was bound to a model
 
     # -------------------------------------------------------------- the tensors
     def _bind(self) -> None:
-        named = [(n, p) for n, p in self.model.net.named_parameters() if p.is_floating_point()]
-        names = [n for n, _ in named]
-        if self._average is not None and names != self._names:
-            raise ValueError(
-                f"{type(self).__name__} holds an average of another net's parameters ({len(self._names)} tensors, "
-                f"now {len(names)}); use a new {type(self).__name__}() for this model"
-            )
-        self._names = names
-        self._params = [p for _, p in named]
+        """Follow this model's net; a net other than the one averaged so far starts a new average."""
+        named = _averaged(self.model.net)
+        params = [p for _, p in named]
+        if not self._follows(params):
+            self._forget()
+        self._names = [n for n, _ in named]
+        self._params = params
         self._live = [p.detach() for p in self._params]
+        if self._pending is not None:  # a state handed over before this callback knew its model
+            state, self._pending = self._pending, None
+            self.load_state_dict(state)
+
+    def _follows(self, params: List[torch.nn.Parameter]) -> bool:
+        """Whether ``params`` are the parameters averaged so far. By identity: a new net of the same
+        architecture (a new model, an estimator's refit) has other parameter objects and must not
+        inherit the old average (held here, those objects are never freed, so never reused)."""
+        return len(params) == len(self._params) and all(a is b for a, b in zip(params, self._params))
+
+    def _forget(self) -> None:
+        """Drop the average and everything counted with it (the net it belonged to keeps what it holds)."""
+        self._average = None
+        self._backup = None
+        self._swapped = self._left_in_net = False
+        self.updates = 0
+
+    def _net_holds_average(self) -> bool:
+        return self._swapped or self._left_in_net
 
     def _swap_in(self) -> None:
         if self._average is None or self._swapped or self._left_in_net:
@@ -110,15 +131,15 @@ class _WeightAverage(Callback):
         >>> # raw = ema.raw_state_dict()
         """
         self._require_average("raw_state_dict")
-        raw = self._backup if (self._swapped or self._left_in_net) else self._live
+        raw = self._backup if self._net_holds_average() else self._live
         return self._state_dict_with(raw)
 
     def restore_raw(self) -> None:
         """Put the raw weights back into the net (after fit left the average there).
 
-        >>> # ema.restore_raw(); model.save_checkpoint("resumable.pt")
+        >>> # ema.restore_raw(); model.evaluate(dl_val)   # the trained weights' own figures
         """
-        if self._swapped or self._left_in_net:
+        if self._net_holds_average():
             torch._foreach_copy_(self._live, self._backup)
         self._swapped = self._left_in_net = False
 
@@ -128,25 +149,110 @@ class _WeightAverage(Callback):
 
     # -------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
+        """The average, its counters and, while the average is in the net (after fit), the raw weights.
+
+        A checkpoint written after fit holds the average in its ``net`` (what the net is then)
+        and the raw weights here, so a fit that continues from it trains the raw weights, as
+        one fit straight through would.
+        """
         if self._average is None:
             return {}
+        raw = self._backup if self._net_holds_average() else None
         return {"names": list(self._names), "average": [t.detach().clone() for t in self._average],
-                "updates": int(self.updates)}
+                "updates": int(self.updates),
+                "raw": None if raw is None else [t.detach().clone() for t in raw]}
 
-    def load_state_dict(self, state: dict) -> None:
+    def check_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Raise ValueError if ``state`` cannot be loaded into this callback for this model's net; changes nothing.
+
+        >>> EMA().check_state_dict({})   # an empty state (nothing averaged yet) always fits
+
+        Checked: the entries and their types, the parameter names in this net's order,
+        and every tensor's shape. ``fit(resume_from=...)`` runs it (through
+        ``checkpoint.check_callbacks_state``) before the checkpoint changes anything.
+        """
         if not state:
             return
-        if list(state["names"]) != self._names:
+        who = type(self).__name__
+        for key in self._state_keys():
+            if key not in state:
+                raise ValueError(f"the {who} state has no {key!r} entry; it was saved by another version of {who}")
+        names, average, raw = state["names"], state["average"], state.get("raw")
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"the {who} state's 'names' should be a list of parameter names; "
+                             f"got {type(names).__name__}")
+        for key, tensors in (("average", average), ("raw", raw)):
+            if key == "raw" and tensors is None:
+                continue
+            if not isinstance(tensors, (list, tuple)) or not all(
+                    isinstance(t, torch.Tensor) and t.is_floating_point() for t in tensors):
+                raise ValueError(f"the {who} state's {key!r} should be a list of floating-point tensors")
+            if len(tensors) != len(names):
+                raise ValueError(f"the {who} state's {key!r} holds {len(tensors)} tensors for {len(names)} "
+                                 "parameter names")
+        for key in self._state_keys()[2:]:
+            value = state[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"the {who} state's {key!r} should be an int >= 0; got {value!r}")
+        if self.model is None:
+            return  # not attached to a model yet: the net is compared when it is (at the next fit)
+        named = _averaged(self.model.net)
+        mine = [n for n, _ in named]
+        if list(names) != mine:
+            if sorted(names) == sorted(mine):
+                i = next(i for i, (a, b) in enumerate(zip(names, mine)) if a != b)
+                raise ValueError(
+                    f"the {who} state lists this net's parameters in another order (position {i}: {names[i]!r}, "
+                    f"this net has {mine[i]!r} there): it was saved from another definition of the net. "
+                    "Resume with the net built as in the saved run"
+                )
+            missing, extra = sorted(set(mine) - set(names)), sorted(set(names) - set(mine))
             raise ValueError(
-                f"the checkpoint's {type(self).__name__} state averages other parameters "
-                f"({len(state['names'])} tensors) than this net's ({len(self._names)}); resume with the same net"
+                f"the {who} state averages other parameters than this net's ({len(names)} tensors, this net "
+                f"{len(mine)}; not in the state: {missing[:3]}, not in this net: {extra[:3]}). "
+                "Resume with the same net"
             )
+        for key, tensors in (("average", average), ("raw", raw)):
+            for name, (_, p), t in zip(names, named, tensors or ()):
+                if t.shape != p.shape:
+                    raise ValueError(f"the {who} state's {key!r} for {name} has shape {tuple(t.shape)}, this net's "
+                                     f"parameter {tuple(p.shape)}. Resume with the same net")
+
+    def _state_keys(self) -> tuple:
+        return ("names", "average", "updates")
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take a saved state (checked first: ``check_state_dict``; a refused one changes nothing).
+
+        A state with raw weights (saved while the average was in the net) puts them back into
+        the net when it is loaded inside a fit, so that training continues from them;
+        outside a fit it is kept as fit's end keeps it (``restore_raw()``, or the next fit).
+        """
+        if not state:
+            return
+        self.check_state_dict(state)
+        if self.model is None:
+            self._pending = dict(state)  # applied when a fit binds this callback to its model
+            return
+        if not self._follows([p for _, p in _averaged(self.model.net)]):
+            self._bind()
+        self._swap_out()  # (only mid-validation would the average be swapped in now)
         if self._average is None:
             self._average = [t.clone() for t in self._live]
         with torch.no_grad():
             for mine, saved in zip(self._average, state["average"]):
                 mine.copy_(saved)  # onto the parameters' device
         self.updates = int(state["updates"])
+        raw = state.get("raw")  # absent in checkpoints of earlier versions: the net held the raw weights
+        self._swapped = False
+        self._left_in_net = raw is not None
+        if raw is not None:
+            self._backup = [t.clone() for t in self._live]
+            with torch.no_grad():
+                for mine, saved in zip(self._backup, raw):
+                    mine.copy_(saved)
+            if _current_run(self.model) is not None:  # resuming inside fit: train on from the raw weights
+                self._take_back_raw()
 
     # -------------------------------------------------------------- hooks
     def on_train_begin(self, logs: dict) -> None:
@@ -182,10 +288,13 @@ class EMA(_WeightAverage):
       the raw weights, ``restore_raw()`` puts them back; the next fit with this
       callback puts them back itself (if the net was not changed meanwhile), so
       ``fit(1); fit(1)`` equals ``fit(2)``.
-    - Checkpoints hold the average (``state_dict``): resuming from a ``ModelCheckpoint``
-      file written during fit continues exactly. ``model.save_checkpoint`` *after*
-      fit saves the net as it is then, i.e. the average: call ``ema.restore_raw()``
-      first to save a checkpoint that resumes training exactly.
+    - Checkpoints hold the average (``state_dict``) and continue exactly: a
+      ``ModelCheckpoint`` file written during fit, and ``model.save_checkpoint`` *after*
+      fit, whose ``net`` is the average (what the net holds then) while this callback's
+      state keeps the raw weights; ``fit`` continuing from it (``load_checkpoint`` or
+      ``resume_from``, with an ``EMA`` in its callbacks) trains on from the raw weights.
+    - One ``EMA`` follows one net: given to the fit of another net (a new model of the
+      same architecture) it starts a new average there.
     - Parameters only: buffers (BatchNorm statistics) are the net's own.
     - A fit that raises during validation leaves the average in the net:
       ``restore_raw()`` puts the trained weights back (the next fit with this
@@ -236,6 +345,11 @@ class EMA(_WeightAverage):
         super().on_train_end(logs)
 
     def on_test_begin(self, logs: dict) -> None:
+        if self._average is not None and not self._follows([p for _, p in _averaged(self.model.net)]):
+            raise ValueError(
+                "evaluate(callbacks=[ema]): this EMA holds the average of another net's weights; evaluate with "
+                "the EMA of this model's fit, or without it (model.net holds the average after fit anyway)"
+            )
         self._swap_in()
 
     def on_test_end(self, logs: dict) -> None:
@@ -247,6 +361,13 @@ class EMA(_WeightAverage):
         if not isinstance(exception, KeyboardInterrupt):
             self._remove_hook()
             self._swap_out()
+
+    def _forget(self) -> None:
+        super()._forget()
+        self.optimizer_steps = 0
+
+    def _state_keys(self) -> tuple:
+        return ("names", "average", "updates", "optimizer_steps")
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -306,12 +427,48 @@ class SWA(_WeightAverage):
             self._recompute_batchnorm(self._loader)
 
     def _recompute_batchnorm(self, loader: Iterable) -> None:
+        """``update_bn`` over ``loader`` for the averaged weights; all or nothing.
+
+        If the pass fails (a loader's I/O error, a batch the net refuses) the net gets back
+        what training left: the raw weights, the BatchNorm statistics, momentum and modes.
+        """
         from ..checkpoint import preserved_rng  # lazily: it owns RNG/generator snapshots
 
         net = self.model.net
         device = next(iter(net.parameters())).device
-        with preserved_rng([loader]):
-            torch.optim.swa_utils.update_bn(loader, net, device=device)
+        norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        statistics = [{k: b.detach().clone() for k, b in m._buffers.items() if b is not None} for m in norms]
+        modes = [(m, m.training) for m in net.modules()]
+        try:
+            with preserved_rng([loader]):
+                torch.optim.swa_utils.update_bn(loader, net, device=device)
+        except BaseException as exc:
+            with torch.no_grad():
+                for m, saved in zip(norms, statistics):
+                    for k, v in saved.items():
+                        m._buffers[k].copy_(v)
+            self.restore_raw()
+            if not isinstance(exc, Exception):
+                raise  # Ctrl-C: as it came
+            raise RuntimeError(
+                f"SWA: recomputing BatchNorm statistics for the averaged weights over "
+                f"{'bn_loader' if self.bn_loader is not None else 'the training loader'} failed "
+                f"({type(exc).__name__}: {exc}). The net holds the weights and statistics training left. "
+                "Fix the loader, then: model.net.load_state_dict(swa.averaged_state_dict()); "
+                "torch.optim.swa_utils.update_bn(loader, model.net)"
+            ) from exc
+        finally:
+            # update_bn sets momentum None for its pass and puts it back only when the pass ends normally
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+            for m, training in modes:
+                m.training = training
+
+
+def _averaged(net: torch.nn.Module) -> List[Any]:
+    """``(name, parameter)`` for the parameters an average keeps: the floating-point ones, in the net's order."""
+    return [(n, p) for n, p in net.named_parameters() if p.is_floating_point()]
 
 
 def _has_batchnorm(net: torch.nn.Module) -> bool:

@@ -42,13 +42,17 @@ class Callback:
     point (a scheduler's step, early stopping's counter). Set ``saves_checkpoints = True``
     on a rank-zero-only callback that saves through ``torchfit.checkpoint``: where the
     strategy saves collectively (a sharded net is gathered by every rank) it then runs
-    on every rank, and only the writing rank writes. Set ``changes_lr = True``
+    on every rank, and only the writing rank writes. Set ``saves_mid_epoch = True`` on a
+    callback that may save a checkpoint at the end of a training batch: fit then keeps what
+    resuming exactly from that batch needs (see ``torchfit.resuming``), and under torchrun
+    the callback runs on every rank (each rank's position goes into the checkpoint). Set ``changes_lr = True``
     on callbacks that change the learning rate: fit then records the optimizer's
     rate in an ``lr`` column.
     """
 
     rank_zero_only: bool = False
     saves_checkpoints: bool = False
+    saves_mid_epoch: bool = False
     runs_last: bool = False
     changes_lr: bool = False
     model: Any = None
@@ -227,7 +231,9 @@ class CallbackList:
                     "Subclass Callback, or wrap functions in LambdaCallback(on_epoch_end=...)"
                 )
         kept = [cb for cb in callbacks if is_main_process or not cb.rank_zero_only
-                or (collective_saves and cb.saves_checkpoints)]
+                or (cb.saves_checkpoints and (collective_saves or cb.saves_mid_epoch))]
+        # a checkpoint may be written after a training batch: fit keeps the position (``resuming``)
+        self.saves_mid_epoch = any(cb.saves_mid_epoch for cb in kept)
         # Stable: list order, except that state-saving callbacks go after the rest.
         self.callbacks = sorted(kept, key=lambda cb: cb.runs_last)
         for cb in self.callbacks:

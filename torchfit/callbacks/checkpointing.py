@@ -115,6 +115,10 @@ class ModelCheckpoint(Callback):
         if self.last_path is not None:
             check_writable(owner + " (save_last)", self.last_path)
 
+    @property
+    def saves_mid_epoch(self) -> bool:  # type: ignore[override]
+        return self.save_freq != "epoch"
+
     def implements(self, hook: str) -> bool:
         # Keras' save_freq: every N batches instead of at epoch ends (no per-batch call otherwise)
         if hook == "on_train_batch_end":
@@ -155,25 +159,29 @@ class ModelCheckpoint(Callback):
                       f"to {path}{why}")
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch}
+        state = {"best": self.best, "best_epoch": self.best_epoch}
+        if self.save_freq != "epoch":  # the next file comes after as many batches as in the saved run
+            state["batches_since_save"] = self._batches_since_save
+        return state
 
     def on_train_begin(self, logs: dict) -> None:
         self._batches_since_save = 0
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self._batches_since_save = int(state.get("batches_since_save", 0))
 
 
 def _fill(path: str, keys: List[str]) -> str:
     """``path`` filled with stand-in figures (1 for ``epoch``, 0.5 for the rest): a format spec the
     real figures cannot take (``{val_loss:02d}``) fails here, before training."""
-    values = {k: 1 if k == "epoch" else 0.5 for k in keys}
+    values = {k: 1 if k in ("epoch", "batch") else 0.5 for k in keys}
     try:
         return path.format(**values)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise ValueError(
             f"ModelCheckpoint path {path!r} cannot be filled from the epoch logs ({type(exc).__name__}: {exc}); "
-            "epoch is an int and every other figure a float: use e.g. {epoch:02d} and {val_loss:.3f}"
+            "epoch and batch are ints and every other figure a float: use e.g. {epoch:02d} and {val_loss:.3f}"
         ) from exc
 
 

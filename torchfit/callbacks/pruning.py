@@ -36,6 +36,8 @@ class OptunaPruning(Callback):
 
     # After every other callback, so that loggers and printers have closed before on_train_end raises.
     runs_last = True
+    # Copies (TorchfitClassifier copies its callbacks for every fit) report to the caller's trial.
+    shared_on_copy = ("trial", "sink")
 
     def __init__(self, trial: Any, monitor: str = "val_loss", raise_pruned: bool = True, verbose: Optional[bool] = None,
                  sink: Callable[[str], None] = print):

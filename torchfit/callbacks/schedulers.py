@@ -327,12 +327,17 @@ class LearningRateScheduler(Callback):
     def state_dict(self) -> dict:
         if self.keras_schedule is not None or self.scheduler is None:  # nothing built (yet): nothing to keep
             return {}
-        return {"scheduler": self.scheduler.state_dict()}
+        state = {"scheduler": self.scheduler.state_dict()}
+        if self.interval == "step":  # the epoch's lr figure, for a checkpoint written after its last step
+            state["last_step_rates"] = self.last_step_rates
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if self.keras_schedule is not None or "scheduler" not in state:
             return  # a function of the epoch, or saved before a factory built its scheduler: nothing to restore
         self.scheduler.load_state_dict(state["scheduler"])
+        rates = state.get("last_step_rates")  # absent from files of earlier versions
+        self.last_step_rates = list(rates) if rates is not None else None
         if self.factory is not None and self._groups_before_build is not None:
             # Building the scheduler reset the optimizer's rate (and momentum, for one-cycle)
             # to the schedule's start; the checkpoint's optimizer had the saved run's.

@@ -79,12 +79,13 @@ def apply(model: Any, ckpt: Mapping[str, Any], path: PathLike, strategy: Any, st
                 "the model was rolled back and nothing was changed"
             ) from exc
         raise
-    if ckpt["mid_epoch"] is not None:
+    if ckpt["mid_epoch"] is not None and "positions" not in ckpt["mid_epoch"]:
         warnings.warn(
             f"{os.fspath(path)!r} was written during epoch {ckpt['mid_epoch']['epoch']}, which had not finished: "
             f"the weights are part-way through it, but training continues with epoch {model.epoch + 1} from its "
             "first batch, so the result will differ from an uninterrupted run. Exact resume needs a checkpoint "
-            "written at an epoch end (ModelCheckpoint writes only there)",
+            "written at an epoch end or by a callback that saves mid-epoch (ModelCheckpoint(save_freq=N), "
+            "BackupAndRestore, fit's preemption handler; a callback of your own sets saves_mid_epoch = True)",
             RuntimeWarning, stacklevel=stacklevel,
         )
 
@@ -219,9 +220,7 @@ def check(ckpt: Mapping[str, Any], model: Any, path: PathLike, tensors: bool = T
                    f"a uint8 tensor of {_CPU_STATE_BYTES} bytes (a torch.Generator state)",
                    isinstance(s, torch.Tensor) and s.dtype == torch.uint8 and s.shape == (_CPU_STATE_BYTES,))
     _check_rng(c, ckpt["rng"])
-    mid = ckpt["mid_epoch"]  # more keys than 'epoch': a newer torchfit's record of the position
-    c.kind("'mid_epoch'", mid, "None or a dict with 'epoch': int", mid is None or (
-        isinstance(mid, Mapping) and all(isinstance(k, str) for k in mid) and type(mid.get("epoch")) is int))
+    _check_mid_epoch(c, ckpt["mid_epoch"])
     _check_digest(c, ckpt)
 
 
@@ -329,29 +328,63 @@ def _warn_unknown(c: _Checker, what: str, names: List[str], stacklevel: int = 6)
 
 
 _RNG_KEYS = ("torch", "numpy", "python", "cuda")
+_MID_EPOCH_KEYS = ("epoch", "positions")
 
 
-def _check_rng(c: _Checker, rng: Any) -> None:
-    c.kind("'rng'", rng, "a dict of random states ('torch', 'numpy', 'python')",
+def _check_mid_epoch(c: _Checker, mid: Any) -> None:
+    """None at an epoch's end; else the epoch in progress and, for an exact resume, each rank's position
+    (``torchfit.resuming``: batches done, RNG and loader origin, running figures, accumulation window)."""
+    c.kind("'mid_epoch'", mid, "None or {'epoch': int, 'positions': [...]}", mid is None or (
+        isinstance(mid, Mapping) and "epoch" in mid and type(mid["epoch"]) is int))
+    if mid is not None:  # more: a newer torchfit's record of the position
+        _warn_unknown(c, "parts of the mid-epoch position", [f"'mid_epoch'[{k!r}]" for k in mid
+                                                            if k not in _MID_EPOCH_KEYS], 7)
+    if mid is None or "positions" not in mid:
+        return
+    positions = mid["positions"]
+    c.kind("'mid_epoch'['positions']", positions, "a list with one position per rank",
+           isinstance(positions, list) and len(positions) > 0)
+    for r, pos in enumerate(positions):
+        at = f"'mid_epoch'['positions'][{r}]"
+        c.kind(at, pos, "a dict with batch, origin, rng, tracker, window", isinstance(pos, Mapping)
+               and {"batch", "origin", "rng", "tracker", "window"} <= set(pos))
+        c.count(f"{at}['batch']", pos["batch"])
+        origin = pos["origin"]
+        c.kind(f"{at}['origin']", origin, "a dict with rng and loaders", isinstance(origin, Mapping)
+               and {"rng", "loaders"} <= set(origin) and isinstance(origin["loaders"], list))
+        for i, g in enumerate(origin["loaders"]):
+            c.kind(f"{at}['origin']['loaders'][{i}]", g, f"a uint8 tensor of {_CPU_STATE_BYTES} bytes",
+                   isinstance(g, torch.Tensor) and g.dtype == torch.uint8 and g.shape == (_CPU_STATE_BYTES,))
+        _check_rng(c, origin["rng"], f"{at}['origin']['rng']")
+        _check_rng(c, pos["rng"], f"{at}['rng']")
+        c.kind(f"{at}['tracker']", pos["tracker"], "a dict of running figures", isinstance(pos["tracker"], Mapping)
+               and {"loss", "metrics", "extra"} <= set(pos["tracker"]))
+        window = pos["window"]
+        c.kind(f"{at}['window']", window, "None or a dict with micro, window_samples, grads", window is None or (
+            isinstance(window, Mapping) and {"micro", "window_samples", "grads"} <= set(window)))
+
+
+def _check_rng(c: _Checker, rng: Any, where: str = "'rng'") -> None:
+    c.kind(where, rng, "a dict of random states ('torch', 'numpy', 'python')",
            isinstance(rng, Mapping) and {"torch", "numpy", "python"} <= set(rng))
-    _warn_unknown(c, "random states", [f"'rng'[{k!r}]" for k in rng if k not in _RNG_KEYS], 7)
-    c.kind("'rng'['torch']", rng["torch"], f"a uint8 tensor of {_CPU_STATE_BYTES} bytes",
+    _warn_unknown(c, "random states", [f"{where}[{k!r}]" for k in rng if k not in _RNG_KEYS], 7)
+    c.kind(f"{where}['torch']", rng["torch"], f"a uint8 tensor of {_CPU_STATE_BYTES} bytes",
            isinstance(rng["torch"], torch.Tensor) and rng["torch"].dtype == torch.uint8
            and rng["torch"].shape == (_CPU_STATE_BYTES,))
     npst = rng["numpy"]
-    c.kind("'rng'['numpy']", npst, "a dict with kind, keys (624 int64), pos, has_gauss, cached_gaussian",
+    c.kind(f"{where}['numpy']", npst, "a dict with kind, keys (624 int64), pos, has_gauss, cached_gaussian",
            isinstance(npst, Mapping) and {"kind", "keys", "pos", "has_gauss", "cached_gaussian"} <= set(npst)
            and npst["kind"] == "MT19937" and isinstance(npst["keys"], torch.Tensor)
            and npst["keys"].shape == (624,) and type(npst["pos"]) is int and 0 <= npst["pos"] <= 624
            and type(npst["has_gauss"]) is int and type(npst["cached_gaussian"]) is float)
     py = rng["python"]
-    c.kind("'rng'['python']", py, "a dict with version, state (625 ints), gauss_next",
+    c.kind(f"{where}['python']", py, "a dict with version, state (625 ints), gauss_next",
            isinstance(py, Mapping) and {"version", "state", "gauss_next"} <= set(py)
            and type(py["version"]) is int and isinstance(py["state"], list) and len(py["state"]) == 625
            and all(type(v) is int for v in py["state"]) and (py["gauss_next"] is None
                                                             or type(py["gauss_next"]) is float))
     cuda = rng.get("cuda")
-    c.kind("'rng'['cuda']", cuda, "a list of uint8 tensors", cuda is None or (
+    c.kind(f"{where}['cuda']", cuda, "a list of uint8 tensors", cuda is None or (
         isinstance(cuda, list) and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda)))
     # The exact test is to set them: do so, and put this process's states back at once.
     now = rng_state()
@@ -359,7 +392,7 @@ def _check_rng(c: _Checker, rng: Any) -> None:
         set_rng_state(rng)
     except Exception as exc:
         set_rng_state(now)
-        c.fail("'rng'", f"cannot be restored ({type(exc).__name__}: {exc})")
+        c.fail(where, f"cannot be restored ({type(exc).__name__}: {exc})")
     set_rng_state(now)
 
 

@@ -50,6 +50,9 @@ class Resume:
             ckpt = read_checked(model, path)
         done = int(ckpt["epoch"])
         message = f"Resuming from {os.fspath(path)}: {done} of {epochs} epoch(s) done."
+        mid = ckpt["mid_epoch"]
+        if mid is not None and mid.get("positions"):
+            message += f" Epoch {mid['epoch']} continues after batch {mid['positions'][0]['batch']}."
         if bool(ckpt["stop_training"]):  # e.g. early stopping ended the saved run: it is finished
             epochs = done
             message += " Training had been stopped (model.stop_training) at that epoch: nothing to resume."

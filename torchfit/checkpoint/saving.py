@@ -45,6 +45,10 @@ def save(model: Any, path: PathLike, strategy: Any, weights_only: bool = False,
     writes = strategy.writes_files
     if writes:
         check_writable(owner, path)
+    elif not strategy.saves_collectively:  # another rank writes; this one only hands in its position
+        if model.run is not None and not weights_only:
+            mid_epoch(model, model.run)
+        return
     if weights_only:
         state = full_state(model, strategy)[0]
         state = trainable_part(model.net, state) if trainable_only and state is not None else state
@@ -135,8 +139,22 @@ def run_state(model: Any, run: Any) -> Dict[str, Any]:
                     if dl is not None},
         "rng": rng_state(),
         # A fit working on an epoch it has not finished: the weights are mid-epoch.
-        "mid_epoch": {"epoch": int(run.epoch)} if run.epoch > model.epoch else None,
+        "mid_epoch": mid_epoch(model, run),
     }
+
+
+def mid_epoch(model: Any, run: Any) -> Optional[Dict[str, Any]]:
+    """None at an epoch's end; else the epoch in progress and, where the fit keeps positions
+    (``torchfit.resuming``), every rank's: batches done, RNG and loader origin, running figures,
+    accumulation window. Under torchrun this gathers (every rank saves mid-epoch together)."""
+    if run.epoch <= model.epoch:
+        return None
+    mid: Dict[str, Any] = {"epoch": int(run.epoch)}
+    if run.keeps_position:
+        positions = run.config.strategy.gather_positions(run.position_state())
+        if all(p is not None for p in positions):
+            mid["positions"] = positions
+    return mid
 
 
 _PLAIN_SCALARS = (bool, int, float, str, type(None))

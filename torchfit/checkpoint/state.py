@@ -144,7 +144,9 @@ def check_callbacks_state(state: Mapping[str, Any], callbacks: Sequence[Any]) ->
     >>> check_callbacks_state({"callbacks": {}}, [])
 
     A callback whose ``state_dict()`` is not empty now must get a saved state
-    with the same keys (e.g. an EarlyStopping state for an EarlyStopping).
+    with the same keys (e.g. an EarlyStopping state for an EarlyStopping); a callback
+    with a ``check_state_dict(state)`` method (``EMA``, ``SWA``) is asked too: it raises
+    on a state it cannot take.
     ``restore_callbacks`` runs this before handing any state out; fit may run it
     earlier, before anything changes.
     """
@@ -156,12 +158,20 @@ def check_callbacks_state(state: Mapping[str, Any], callbacks: Sequence[Any]) ->
             current = cb.state_dict()
         except Exception:  # e.g. a scheduler built only at on_train_begin: nothing to compare yet
             continue
-        if current and set(current) != set(saved[key]):
+        # fewer keys than the callback keeps now: an earlier version of it (its load_state_dict takes that)
+        if current and not (saved[key] and set(saved[key]) <= set(current)):
             raise CheckpointError(
                 f"the checkpoint's state for callback {key} has keys {sorted(saved[key])}, but this fit's {key} "
                 f"keeps {sorted(current)}: it was saved by another kind or version of the callback. Pass the "
                 "same callbacks as the saved run (nothing was changed)"
             )
+        check = getattr(cb, "check_state_dict", None)  # a callback that can tell a state it cannot take
+        if check is not None:
+            try:
+                check(saved[key])
+            except Exception as exc:
+                raise CheckpointError(f"the checkpoint's state for callback {key} does not fit it: {exc} "
+                                      "(nothing was changed)") from exc
 
 
 def restore_callbacks(state: Mapping[str, Any], callbacks: Sequence[Any]) -> None:

@@ -70,6 +70,8 @@ class SingleProcess:
     """
 
     is_main = True
+    rank = 0
+    world_size = 1
     reducer: Any = None
     #: Whether every process takes part in saving (a sharded net is gathered by all of them):
     #: callbacks that save (``Callback.saves_checkpoints``) then run on every rank.
@@ -97,6 +99,11 @@ class SingleProcess:
         first batch): leave the net as training expects it."""
 
     # ---------------------------------------------------------------- state
+    def gather_positions(self, position: Any) -> List[Any]:
+        """Every rank's position in the training pass (``resuming``), in rank order: a collective
+        under torchrun, where each rank saves its own and takes its own back."""
+        return [position]
+
     @property
     def writes_files(self) -> bool:
         """Whether this process writes the files a save produces."""

@@ -56,6 +56,14 @@ class ShardTracker(Tracker):
         self._seen = 0
         self._synced = False
 
+    def state_dict(self) -> Dict[str, Any]:
+        """The running figures plus the samples this rank has seen (where its padding starts)."""
+        return {**super().state_dict(), "seen": self._seen}
+
+    def load_state_dict(self, state: Mapping[str, Any], device: torch.device = torch.device("cpu")) -> None:
+        super().load_state_dict(state, device)
+        self._seen, self._synced = int(state["seen"]), False
+
     def update(self, out: StepResult) -> None:
         self._synced = False
         if isinstance(out, Mapping):  # a Keras-style step's own figures (this rank's)

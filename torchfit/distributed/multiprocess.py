@@ -30,6 +30,19 @@ class MultiProcess(SingleProcess):
         self.reducer = ctx
         self.is_main = ctx.is_main
 
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        return self.ctx.rank
+
+    @property
+    def world_size(self) -> int:  # type: ignore[override]
+        return self.ctx.world_size
+
+    def gather_positions(self, position: Any) -> List[Any]:
+        gathered: List[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, position)
+        return gathered
+
     def fit_loaders(self, dl_train: Iterable, dl_val: Optional[Iterable]) -> Tuple[Any, Any]:
         """This rank's training and validation loaders (asked first, so that everything fit derives
         from them, the default ``log_step_freq`` and the step count callbacks see, is per rank)."""

@@ -15,6 +15,7 @@ import torch
 from ..batch import describe
 from ..errors import MetricError
 from .base import Mean, Metric
+from .state import load_metric_state, metric_state
 
 
 class Tracker:
@@ -84,6 +85,31 @@ class Tracker:
             if hasattr(m, "sync"):
                 m.sync(reducer)
 
+    def state_dict(self) -> Dict[str, Any]:
+        """The running figures so far, as plain values and cloned tensors (a checkpoint written
+        mid-epoch keeps them; ``load_state_dict`` continues the epoch's figures exactly)."""
+        p = self.prefix
+        return {"loss": metric_state(self.loss, p + "loss"), "loss_seen": self.loss_seen,
+                "metrics": {name: metric_state(m, p + name) for name, m in self.metrics.items()},
+                "extra": {name: metric_state(m, p + name) for name, m in self.extra.items()},
+                "reported": metric_state_value(self.reported, p)}
+
+    def load_state_dict(self, state: Mapping[str, Any], device: torch.device = torch.device("cpu")) -> None:
+        """Continue from ``state_dict()``'s figures (the metrics must be the same, by name)."""
+        p = self.prefix
+        if set(state["metrics"]) != set(self.metrics):
+            raise MetricError(f"the saved running figures are for metrics {sorted(state['metrics'])}, but this "
+                              f"fit has {sorted(self.metrics)}: compile the same metrics as the saved run")
+        load_metric_state(self.loss, state["loss"], p + "loss", device)
+        self.loss_seen = bool(state["loss_seen"])
+        for name, m in self.metrics.items():
+            load_metric_state(m, state["metrics"][name], p + name, device)
+        self.extra = {}
+        for name, s in state["extra"].items():
+            mean = self.extra[name] = Mean()
+            load_metric_state(mean, s, p + name, device)
+        self.reported = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state["reported"].items()}
+
     def compute(self) -> Dict[str, float]:
         p = self.prefix
         if self.reported:  # a Keras-style step: its returned figures are the logs, in its order
@@ -120,6 +146,17 @@ def copy_metrics(metrics: Mapping[str, Metric]) -> Dict[str, Metric]:
                 "Keep the metric's state in tensors and plain Python values, or create resources in reset()"
             ) from exc
     return copies
+
+
+def metric_state_value(reported: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
+    """A Keras-style step's last reported figures (tensors or numbers), as a checkpoint keeps them."""
+    out: Dict[str, Any] = {}
+    for name, value in reported.items():
+        if isinstance(value, torch.Tensor):
+            out[name] = value.detach().clone()
+        else:
+            out[name] = float(value)
+    return out
 
 
 def _to_float(value: Any) -> float:
