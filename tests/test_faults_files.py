@@ -131,6 +131,15 @@ def test_csv_logger_does_not_take_columns_from_another_runs_file(tmp_path):
     assert "note" not in log.columns and list(log["loss"]) == list(model.history["loss"])
 
 
+
+def test_csv_logger_over_a_file_that_is_not_a_log_rewrites_it(tmp_path):
+    # reading the old file to keep its columns is best effort: bytes that are no CSV are replaced, as before
+    path = tmp_path / "log.csv"
+    path.write_bytes(bytes(range(256)) * 4)
+    model = trained(epochs=1)
+    model.fit(1, data(), callbacks=[CSVLogger(path)], verbose=0)
+    assert list(CSVLogger.read(path)["loss"]) == list(model.history["loss"])
+
 class _SaveNow(Callback):
     """Writes a checkpoint at each epoch end, before the callbacks after it run."""
 

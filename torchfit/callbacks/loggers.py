@@ -109,8 +109,12 @@ class CSVLogger(Callback):
         it. A file row is this run's when it agrees with the history row of the same epoch on every
         column both have (figures are written exactly), so another run's file lends nothing.
         """
-        on_file = {}
-        for row in self._read_rows():
+        try:
+            rows = self._read_rows()
+        except (OSError, UnicodeDecodeError, csv.Error):  # not a log this logger can read: rewritten, as always
+            rows = []
+        on_file: Dict[Any, Dict[str, str]] = {}
+        for row in rows:
             on_file.setdefault(row.get("epoch"), row)
         kept = []
         for row in history:
