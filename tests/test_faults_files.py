@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -21,6 +24,8 @@ from torchfit.callbacks import Callback, CSVLogger
 from torchfit.checkpoint import digest
 from torchfit.errors import CheckpointError
 from test_faults import Snapshot, attack, data, flip_byte_inside, trained, trains_normally
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ------------------------------------------------ a checkpoint written by a newer torchfit
@@ -365,3 +370,26 @@ def test_resume_from_a_damaged_sharded_directory_changes_nothing(sharded, tmp_pa
     model = trained()
     attack(model, lambda: model.fit(4, data(), resume_from=target, verbose=0), CheckpointError,
            r"'__0_0\.distcp' does not match the sha256", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torchrun with gloo on CPU: tested on Linux")
+def test_under_torchrun_every_rank_refuses_a_damaged_sharded_directory_and_none_hangs(tmp_path):
+    from test_distributed import free_port
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                              "MASTER_PORT")}
+    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", os.path.join(ROOT, "tests", "dist_scripts", "sharded_faults.py"),
+           str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    expected = {"missing": r"'__1_0\.distcp', which DCP's \.metadata lists, is missing",
+                "cut": r"'__1_0\.distcp' has \d+ bytes but had \d+", "flipped": r"'__1_0\.distcp' does not match"}
+    for r, seen in enumerate(ranks):
+        for how, match in expected.items():
+            assert seen[how]["error"] is not None and re.search(match, seen[how]["error"]), (r, how, seen[how])
+            assert seen[how]["unchanged"], (r, how)
+        assert seen["good_equal"], r
