@@ -393,3 +393,20 @@ def test_under_torchrun_every_rank_refuses_a_damaged_sharded_directory_and_none_
             assert seen[how]["error"] is not None and re.search(match, seen[how]["error"]), (r, how, seen[how])
             assert seen[how]["unchanged"], (r, how)
         assert seen["good_equal"], r
+
+
+def test_ctrl_c_inside_dcp_is_a_keyboard_interrupt_and_changes_nothing(sharded, tmp_path, monkeypatch):
+    # DCP wraps whatever a rank raised, Ctrl-C included, in its CheckpointException: the user pressed Ctrl-C
+    from torch.distributed.checkpoint import FileSystemReader
+
+    def interrupted_read(self, plan, planner):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FileSystemReader, "read_data", interrupted_read)
+    model = trained()
+    snap = Snapshot(model, tmp_path, same_fit_state=True)
+    with pytest.raises(KeyboardInterrupt):
+        model.load_checkpoint(sharded[0])
+    snap.assert_same()
+    monkeypatch.undo()
+    trains_normally(model)

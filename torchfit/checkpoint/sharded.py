@@ -135,8 +135,12 @@ def load(model: Any, directory: PathLike, strategy: Any, extra: Optional[Mapping
     except BaseException as exc:
         undo.restore()
         cause = _cause(exc)
-        if isinstance(cause, (KeyboardInterrupt, SystemExit)) or isinstance(exc, CheckpointError):
+        if isinstance(exc, CheckpointError):
             raise
+        if isinstance(cause, (KeyboardInterrupt, SystemExit)):
+            if cause is exc:
+                raise
+            raise cause from exc  # Ctrl-C inside DCP, which wraps it in its CheckpointException
         raise CheckpointError(
             f"{directory!r} passed every check but loading it failed ({type(cause).__name__}: "
             f"{_first_line(cause)}); the model was rolled back and nothing was changed. If it fails again, "
@@ -264,10 +268,14 @@ def _kind(dtype: torch.dtype) -> Tuple[bool, bool, bool]:
 
 # ------------------------------------------------------------- loading
 def _fresh(obj: Any) -> Any:
-    """``obj`` with every container copied and every tensor replaced by new memory of its kind (a
-    DTensor by one of the same placement), for DCP to read into while the model stays as it is."""
+    """``obj`` with every container copied and every tensor replaced by new memory, for DCP to read
+    into while the model stays as it is: a DTensor by one of the same placement (this rank's shard
+    again, on its device), a plain tensor by one in host memory (``set_state_dict`` then copies it
+    to the device, as loading one file does), so a net on a GPU needs no second copy there."""
     if isinstance(obj, torch.Tensor):
-        return torch.empty_like(obj)
+        if hasattr(obj, "device_mesh"):  # a DTensor: DCP reads this rank's part of it
+            return torch.empty_like(obj)
+        return torch.empty(obj.shape, dtype=obj.dtype, device="cpu")
     if isinstance(obj, Mapping):
         return {k: _fresh(v) for k, v in obj.items()}
     if isinstance(obj, list):
