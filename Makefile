@@ -13,7 +13,7 @@ DEMO_STAMP := $(VENV)/.torchfit-demo-deps-$(DEPS_KEY)
 EXTRAS ?= dev
 DEMO_EXTRAS ?= plot
 
-.PHONY: install install-demo demo test test-torch bench bench-tiny bench-peers gpu-check notebooks clean
+.PHONY: install install-demo demo test test-torch bench bench-tiny bench-checkpoint bench-peers gpu-check notebooks clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,11 @@ test-torch:
 bench: install
 	$(PY) benchmarks/overhead.py $(BENCH_ARGS)
 	$(PY) benchmarks/tiny_fit.py $(filter --quick,$(BENCH_ARGS))
+	$(PY) benchmarks/checkpoint_cost.py
+
+# What exact mid-epoch checkpoints (ModelCheckpoint(save_freq=N), BackupAndRestore) and resuming cost.
+bench-checkpoint: install
+	$(PY) benchmarks/checkpoint_cost.py $(BENCH_ARGS)
 
 # A unit-test-sized fit (128 rows, 3 epochs, validation) against a hand-written loop.
 bench-tiny: install

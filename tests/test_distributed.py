@@ -333,10 +333,12 @@ def test_a_single_process_gets_no_distributed_context(monkeypatch):
 
 
 def fake_context(rank=0, world=2):
-    """A DistributedContext for the checks that need no collective."""
+    """A DistributedContext for the checks that need no collective but the gather of the ranks' batch
+    counts (``sharding.check_equal_steps``): every rank is this one."""
     ctx = distributed.DistributedContext.__new__(distributed.DistributedContext)
     ctx.rank, ctx.world_size, ctx.is_main = rank, world, rank == 0
     ctx.device = ctx.comm_device = torch.device("cpu")
+    ctx.gather = lambda t: torch.cat([t.reshape(-1)] * world)
     return ctx
 
 
@@ -402,7 +404,7 @@ def test_shard_tracker_trims_the_padding_from_the_figures():
     metrics = resolve_metrics(["accuracy", "f1"])
     recompute_calls = []
 
-    def recompute(p, y):
+    def recompute(p, y, w=None):
         recompute_calls.append(len(y))
         return loss_fn(p, y), None  # (batch loss, per-output losses)
 

@@ -133,6 +133,17 @@ def test_resume_in_a_fresh_launch_is_exact(launched, kind):
 
 
 @pytest.mark.slow
+def test_a_mid_epoch_checkpoint_under_fsdp_resumes_exactly_at_a_windows_end(launched):
+    r0, resumed = launched["main"][0], launched["resume"][0]
+    assert_close_state(resumed["mid"]["net"], r0["acc_fsdp"], exact=True)
+    assert_same_history(resumed["mid_history"], r0["acc_fsdp_history"], rel=0)
+    at_end = torch.load(launched["dir"] / "mid-e1-b4.pt", weights_only=True)["mid_epoch"]
+    assert [p["batch"] for p in at_end["positions"]] == [4, 4]  # both ranks' positions, in one file
+    inside = torch.load(launched["dir"] / "mid-e2-b1.pt", weights_only=True)["mid_epoch"]
+    assert inside == {"epoch": 2}  # inside a window: no position (loading it warns)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["file", "dcp"])
 def test_a_checkpoint_loaded_into_a_sharded_net_continues_exactly(launched, kind):
     r0 = launched["main"][0]

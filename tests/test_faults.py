@@ -739,6 +739,64 @@ def test_a_one_shot_generator_for_two_epochs_is_explained():
     attack(model, lambda: model.fit(2, gen, verbose=0), (ValueError, TypeError), r"(?i)generator|re-iterable|iterator")
 
 
+# ------------------------------------------------------ step limits (Keras 3's rules)
+def _numbered(n_batches, batch_size=8):
+    """A loader whose rows carry their index in the first feature (and valid blob features after)."""
+    x, y = blobs(n_batches * batch_size).tensors
+    x = x.clone()
+    x[:, 0] = torch.arange(len(x), dtype=x.dtype)
+    return x, y
+
+
+class SeesRows(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.rows = []
+
+    def forward(self, x):
+        if self.training:
+            self.rows.append(int(x[0, 0]))
+        return self.lin(x)
+
+
+def test_steps_per_epoch_carries_on_through_the_loader_as_keras_3():
+    """steps_per_epoch=3 over a 5-batch loader: epoch 2 trains batches 4, 5 and 1 (before: 1, 2, 3 again,
+    so rows 24-39 were never trained)."""
+    x, y = _numbered(5)
+    net = SeesRows()
+    model = torchfit.Model(net).compile(nn.CrossEntropyLoss(), "sgd", device="cpu")
+    model.fit(2, _loader_of(x, y), steps_per_epoch=3, verbose=0)
+    assert net.rows == [0, 8, 16, 24, 32, 0]
+
+
+def test_a_generator_that_runs_out_ends_training_after_that_epoch_as_keras_3():
+    """steps_per_epoch=4 over a 5-batch generator: epoch 2 trains on the batch left, is recorded, and
+    training stops with the reason (before: "the loader yielded no batches" and no epoch 2)."""
+    x, y = _numbered(5)
+    model = trained(epochs=0)
+    with pytest.warns(RuntimeWarning, match=r"ran out of data during epoch 2.*steps_per_epoch \* epochs"):
+        history = model.fit(3, ((a, b) for a, b in _loader_of(x, y)), steps_per_epoch=4, verbose=0)
+    assert history["epoch"].tolist() == [1, 2] and model.global_step == 5
+    trains_normally(model)
+    x, y = _numbered(8)  # 8 batches, 4 an epoch: epoch 3 finds nothing at all
+    model = trained(epochs=0)
+    with pytest.warns(RuntimeWarning, match=r"gave 8 batch\(es\) in all, and steps_per_epoch=4"):
+        history = model.fit(3, iter(list(_loader_of(x, y))), steps_per_epoch=4, verbose=0)
+    assert history["epoch"].tolist() == [1, 2] and model.global_step == 8
+
+
+def test_validation_steps_beyond_a_short_generator_validates_on_what_it_has():
+    """validation_steps=5 over a 2-batch one-shot generator: the epoch is trained, validated on the 2
+    batches and recorded, with a warning (before: a whole epoch trained, then an error and no history)."""
+    model = trained(epochs=0)
+    val = list(_loader_of(X[:16], Y[:16]))
+    with pytest.warns(RuntimeWarning, match=r"dl_val \(a generator\) ran out after 2 of validation_steps=5"):
+        history = model.fit(1, data(), iter(val), validation_steps=5, verbose=0)
+    assert len(history) == 1
+    assert history["val_loss"].iloc[0] == pytest.approx(model.evaluate(val)["val_loss"])
+
+
 # --------------------------------------------------------------------- arguments
 ARGUMENT_FAULTS = {
     "epochs a str": ({"epochs": "2"}, ValueError, r"epochs must be an int"),

@@ -81,6 +81,8 @@ def setup(case: str, seed: int):
     else:
         dl_train = DataLoader(tensors(90, 0), batch_size=8, shuffle=True, generator=gen)
     dl_val = DataLoader(tensors(30, 1), batch_size=10)
+    if case == "steps_per_epoch":  # 12 batches in the loader, 5 an epoch: Keras 3 carries on across epochs
+        kwargs["steps_per_epoch"] = 5
     if case == "no_fast_path":
         kwargs["fast_path"] = False
     if case == "accumulation":
@@ -135,21 +137,22 @@ def last_table(text: str) -> str:
     return tables[-1]
 
 
-CASES = ["plain", "no_fast_path", "augmented", "accumulation", "ema", "one_cycle", "keras_step"]
+CASES = ["plain", "no_fast_path", "augmented", "accumulation", "ema", "one_cycle", "keras_step", "steps_per_epoch"]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_a_run_resumed_after_any_batch_ends_as_the_uninterrupted_one(case, tmp_path):
     model, printed, files = straight(case, tmp_path)
-    assert len(files) == 3 * 12 // 4  # 12 batches an epoch, a file every 4 batches, across epoch ends
+    batches = 5 if case == "steps_per_epoch" else 12
+    assert len(files) == 3 * batches // 4  # a file every 4 batches, across epoch ends
     # the first file, one inside an accumulation window or a logging interval, one at an epoch's last
     # batch (e1-b12), one in the last epoch
-    picks = [files[0], files[2], files[4], files[-1]]
+    picks = [files[0], files[2], files[-1]] if case == "steps_per_epoch" else [files[0], files[2], files[4], files[-1]]
     for path in picks:
         again, text = resumed(case, path, tmp_path)
         assert_same_run(model, again)
         assert last_table(text) == last_table(printed)
-        assert "continues after batch" in text or path.endswith("b12.pt")
+        assert "continues after batch" in text or path.endswith(f"b{batches}.pt")
 
 
 @pytest.mark.slow
@@ -198,3 +201,13 @@ def test_a_mid_epoch_position_is_kept_only_where_a_callback_saves_mid_epoch(tmp_
     assert torch.load(path, weights_only=True)["mid_epoch"] == {"epoch": 1}
     with pytest.warns(RuntimeWarning, match="which had not finished"):
         setup("plain", seed=1)[0].load_checkpoint(path)
+
+
+def test_steps_per_epoch_resumes_exactly_from_an_epoch_end_too(tmp_path):
+    """The carried iterator is in every checkpoint: one written at an epoch's end continues it."""
+    model, dl_train, dl_val, _, kwargs = setup("steps_per_epoch", seed=0)
+    model.fit(3, dl_train, dl_val, verbose=0, log_step_freq=3,
+              callbacks=[ModelCheckpoint(str(tmp_path / "e{epoch}.pt"))], **kwargs)
+    again, dl_train, dl_val, _, kwargs = setup("steps_per_epoch", seed=5)
+    again.fit(3, dl_train, dl_val, verbose=0, log_step_freq=3, resume_from=str(tmp_path / "e1.pt"), **kwargs)
+    assert_same_run(model, again)

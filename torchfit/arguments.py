@@ -262,6 +262,31 @@ def check_fit(model: Any, args: FitArgs) -> CheckedFit:
     return CheckedFit(options, start, epochs, dl_train, dl_val, callbacks, weighting, resume)
 
 
+def check_launch(model: Any, fit_args: Any) -> None:
+    """``fit(num_processes=N)``'s arguments checked in the calling process, before any worker starts.
+
+    ``fit_args``: a ``FitArgs`` or a dict of fit's keyword arguments (``launch_fit``'s). Every check
+    ``check_fit`` makes runs here, ``resume_from``'s file read and checked included, so that a bad
+    argument is the error a one-process fit gives, not a worker's traceback; nothing is changed. Two
+    arguments are checked without their work, which is the workers': ``profile`` (it attaches
+    ``model.profiler``) and ``overfit_batches`` (its batches are drawn from the loader).
+
+    >>> # model.fit(3, dl, num_processes=2, epochs="3")  # ValueError here, no worker started
+    """
+    if isinstance(fit_args, FitArgs):
+        args = fit_args
+    else:
+        known = {f.name for f in dataclasses.fields(FitArgs)} | {"train_data", "val_data"}
+        unknown = sorted(set(fit_args) - known)
+        if unknown:
+            raise TypeError(f"launch_fit got {unknown}, which fit has no argument for; pass fit's keyword arguments, "
+                            "e.g. {'epochs': 3, 'dl_train': dl}")
+        args = FitArgs.from_call((), **fit_args)
+    if args.overfit_batches is not None:
+        check_count("overfit_batches", args.overfit_batches, minimum=1)
+    check_fit(model, dataclasses.replace(args, profile=False, overfit_batches=None))
+
+
 def announcer(cbs: CallbackList) -> Callable[..., None]:
     """``say(text, warn=False)``: a line through the printer's sink (all fit prints go there);
     without a printer (verbose=0), lines marked ``warn`` become a RuntimeWarning on rank 0."""

@@ -49,6 +49,26 @@ def head(obj: Any, key: Key, what: str) -> Any:
                     "of outputs and the loader must yield targets of the same structure: (x, {'a': ya, 'b': yb})")
 
 
+def check_rows(name: str, preds: Any, targets: Any) -> None:
+    """One output's rows against its targets' rows: a head that returns more or fewer rows than the
+    batch has samples is named (a loss would broadcast, or fail without saying which output).
+
+    >>> check_rows("b", torch.zeros(15, 1), torch.zeros(16, 1))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: output 'b' has 15 rows but the batch has 16 targets for it ...
+    """
+    if not (isinstance(preds, torch.Tensor) and isinstance(targets, torch.Tensor) and preds.dim() and targets.dim()):
+        return
+    if preds.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"output {name!r} has {preds.shape[0]} rows but the batch has {targets.shape[0]} targets for it "
+            f"(output shape {tuple(preds.shape)}, targets {tuple(targets.shape)}): each output must give one row "
+            f"per sample. Check where the net's forward computes {name!r}: a view or reshape with a hard-coded batch "
+            "size, or a slice that drops or adds rows (often seen on the last, shorter batch)"
+        )
+
+
 class MultiLoss:
     """The weighted sum of one loss per output: ``sum(weight_k * loss_k(preds[k], targets[k]))``.
 
@@ -89,7 +109,9 @@ class MultiLoss:
         parts: Dict[str, torch.Tensor] = {}
         for key, name in zip(self.keys, self.names):
             fn, p = self.losses[key], head(preds, key, "the net's output")
-            value = fn(p, adapt_targets(fn, p, head(targets, key, "the targets")))
+            t = head(targets, key, "the targets")
+            check_rows(name, p, t)
+            value = fn(p, adapt_targets(fn, p, t))
             weighted = value * self.weights[key]
             total = weighted if total is None else total + weighted
             parts[f"{name}_loss"] = value.detach()
@@ -100,8 +122,10 @@ class MultiLoss:
 
     def check_targets(self, preds: Any, targets: Any) -> None:
         """``losses.check_targets`` for each output: labels that cannot mean what its loss reads."""
-        for key in self.keys:
-            check_targets(self.losses[key], head(preds, key, "the net's output"), head(targets, key, "the targets"))
+        for key, name in zip(self.keys, self.names):
+            p, t = head(preds, key, "the net's output"), head(targets, key, "the targets")
+            check_rows(name, p, t)
+            check_targets(self.losses[key], p, t)
 
     def to(self, device: torch.device) -> "MultiLoss":
         for fn in self.losses.values():

@@ -41,8 +41,8 @@ from .metrics import Tracker, copy_metrics
 from .errors import MetricError, StepError
 from .losses import TargetError
 from .fast_path import iter_batches
-from .loaders import loader_length
-from .resuming import position_state, start_stream
+from .loaders import RanOut, loader_length
+from .resuming import position_state, resumable_here, start_stream, stream_state
 
 EMPTY: Mapping[str, float] = {}
 _CPU = torch.device("cpu")
@@ -54,7 +54,9 @@ class StepResult(NamedTuple):
     ``loss``: detached 0-d tensor (batch mean); ``preds``/``targets``: what the
     metrics are fed (``None`` to skip metrics); ``batch_size``: samples in the
     batch, the weight of this batch in epoch means; ``logs``: extra 0-d tensors
-    averaged like the loss (e.g. ``{"d_loss": ..., "g_loss": ...}`` for a GAN).
+    averaged like the loss (e.g. ``{"d_loss": ..., "g_loss": ...}`` for a GAN); ``weights``: the
+    batch's sample weights (an ``(x, y, w)`` batch's ``w``), which a loss recomputed on some of its
+    rows needs (a padded last batch under torchrun); ``None`` when the batch has none.
     """
 
     loss: Optional[torch.Tensor]
@@ -62,6 +64,7 @@ class StepResult(NamedTuple):
     targets: Any
     batch_size: int
     logs: Optional[Mapping[str, torch.Tensor]] = None
+    weights: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +86,7 @@ class RunConfig:
     weighting: Any = None  # losses.SampleWeighting: Keras' sample_weight / class_weight
     strategy: Any = None  # distributed's strategy of the call (SingleProcess in one process)
     train_step: Optional[Callable[[Any], Any]] = None  # an overridden train_step, windowed (optim.OptimizerStep.around)
+    stream: Any = None  # loaders.StepLimit of steps_per_epoch: one iterator carried across epochs
 
 
 class Run:
@@ -114,9 +118,17 @@ class Run:
         self.own_metrics: Sequence[Any] = ()  # model.metrics, where the user's train_step updates them
         self.exit_code: Optional[int] = None  # set by a preempted run: fit raises SystemExit with it at the end
 
+    def resumable_here(self) -> bool:
+        """Whether a checkpoint written now resumes exactly from this batch (``resuming``)."""
+        return resumable_here(self)
+
     def position_state(self) -> Optional[Dict[str, Any]]:
         """This process's position in the training pass for a mid-epoch checkpoint (``resuming``)."""
         return position_state(self)
+
+    def stream_state(self) -> Optional[Dict[str, Any]]:
+        """Where the ``steps_per_epoch`` iterator carried across epochs is (``resuming``), or None."""
+        return stream_state(self)
 
     def stop(self, reason: str, model: Any) -> None:
         """End training at the next check, recording why (printed when fit ends)."""
@@ -338,6 +350,13 @@ def fit_loop(model: Any, run: Run, epochs: range, dl_train: Iterable, dl_val: Op
             cbs.on_epoch_end(epoch - 1, last_logs)
             if model.stop_training:
                 break
+            if run.config.stream is not None and run.config.stream.ran_out:  # a generator ran out (Keras)
+                raise RanOut(f"dl_train (a generator) ran out of data during epoch {epoch}, which trained on what "
+                             "it had")
+    except RanOut as exc:  # Keras: "Your input ran out of data; interrupting training"
+        say(f"Stopped training: {exc}. model.history holds the {len(model.history)} finished epoch(s). Make sure "
+            "the generator can give steps_per_epoch * epochs batches, or pass a loader that can be iterated again",
+            warn=True)
     except KeyboardInterrupt as exc:
         if model.global_step == first_step:
             _restore_buffers(model.net, buffers)  # nothing was trained: leave the net as found

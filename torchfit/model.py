@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from . import checkpoint, compiling, distributed, inputs, loop, resuming, runs, steps
-from .arguments import FitArgs, announcer, check_compiled, check_fit, check_loader, check_net, evaluate_args
+from .arguments import (FitArgs, announcer, check_compiled, check_fit, check_launch, check_loader, check_net,
+                        evaluate_args)
 from .batch import as_tensors, to_device
 from .callbacks import Callback
 from .callbacks.history import frame as history_frame
@@ -196,6 +197,10 @@ class Model(ModelTools, nn.Module):
     def _require_compiled(self, verb: str) -> None:
         check_compiled(self, verb, self._setup)
 
+    def _check_launch(self, fit_args: Any) -> None:
+        """fit's arguments checked before ``fit(num_processes=N)`` starts its workers (the launcher asks)."""
+        check_launch(self, fit_args)
+
     def _default_step(self, name: str) -> bool:
         """Whether ``train_step``/``eval_step`` is torchfit's own (not overridden by a subclass; for
         ``eval_step``, neither is Keras' ``test_step``)."""
@@ -281,7 +286,8 @@ class Model(ModelTools, nn.Module):
             if checked.resume.message:
                 say(checked.resume.message)
         pending = self.training_state.pending_resume  # from load_checkpoint or resume_from: checked, then taken
-        run.resume_at = pending and resuming.position_for(pending["mid_epoch"], run, dl_train, trackers[0])
+        if pending is not None:
+            resuming.prepare(run, pending, dl_train, trackers[0])
         resume_state = self.training_state.take_pending_resume()
         if resume_state is not None:
             checkpoint.restore_loaders(resume_state, run.config.loaders)

@@ -46,11 +46,13 @@ def origin(loader: Iterable) -> Dict[str, Any]:
 def position_state(run: Any) -> Optional[Position]:
     """This process's position in the training pass (None where it cannot resume exactly: outside
     a training batch's end, or in a fit that took no origin)."""
-    if run.position is None or run.origin is None:
+    if not resumable_here(run):
         return None
     optim = run.config.optim
     window = optim.window_state() if optim is not None else None
-    state = {"batch": int(run.position), "origin": run.origin, "rng": rng_state(),
+    stream = run.config.stream  # steps_per_epoch: the iterator carried across epochs has its own origin
+    origin_, drawn = (stream.origin, stream.drawn) if stream is not None else (run.origin, run.position)
+    state = {"batch": int(run.position), "origin": origin_, "drawn": int(drawn), "rng": rng_state(),
              "tracker": run.tracker.state_dict(), "window": window,
              # a step of the user's own keeps its figures in the model's metric objects (Keras' way)
              "model_metrics": [metric_state(m, getattr(m, "name", str(i))) for i, m in enumerate(run.own_metrics)]}
@@ -94,6 +96,15 @@ def position_for(mid: Optional[Mapping[str, Any]], run: Any, loader: Iterable, t
     return pos
 
 
+def resumable_here(run: Any) -> bool:
+    """Whether a checkpoint written now resumes exactly: at a training batch's end, in a fit that keeps
+    positions, and (where the strategy keeps a window's gradients out of reach) not inside a window."""
+    if run.position is None or (run.origin is None and run.config.stream is None):
+        return False
+    optim = run.config.optim
+    return optim is None or optim.micro == 0 or run.config.strategy.grads_in_params
+
+
 def start_stream(run: Any, loader: Iterable, tracker: Any) -> Tuple[Iterator, int]:
     """The training pass's batches and the number already done: from the first batch, or from a
     checkpoint's position (``run.resume_at``, used once)."""
@@ -104,14 +115,18 @@ def start_stream(run: Any, loader: Iterable, tracker: Any) -> Tuple[Iterator, in
             run.origin = origin(loader)
         return iterate(loader), 0
     at = resume["batch"]
-    _put_origin(resume["origin"], _source(loader))
-    run.origin = resume["origin"]
-    batches = iterate(loader)
-    for done in range(at):  # fetched again, not trained on: the same draws as the saved run made
-        if next(batches, _END) is _END:
-            raise ValueError(
-                f"the checkpoint was written after batch {at} of epoch {run.epoch}, but the training loader gives "
-                f"only {done} batch(es) now: resume with the same training data and batch size")
+    if run.config.stream is not None:  # steps_per_epoch: the carried iterator, then the rest of this pass
+        run.config.stream.resume_stream({"origin": resume["origin"], "drawn": resume["drawn"]}, _put_origin, at)
+        batches = iterate(loader)
+    else:
+        _put_origin(resume["origin"], _source(loader))
+        run.origin = resume["origin"]
+        batches = iterate(loader)
+        for done in range(resume["drawn"]):  # fetched again, not trained on: the same draws as the saved run
+            if next(batches, _END) is _END:
+                raise ValueError(
+                    f"the checkpoint was written after batch {at} of epoch {run.epoch}, but the training loader "
+                    f"gives only {done} batch(es) now: resume with the same training data and batch size")
     set_rng_state(resume["rng"])
     tracker.load_state_dict(resume["tracker"], run.config.device)
     if run.config.optim is not None and resume["window"] is not None:
@@ -122,6 +137,30 @@ def start_stream(run: Any, loader: Iterable, tracker: Any) -> Tuple[Iterator, in
 
 
 _END = object()
+
+
+def prepare(run: Any, pending: Mapping[str, Any], loader: Iterable, tracker: Any) -> None:
+    """A fit resumed from a checkpoint: the mid-epoch position to continue from (checked first), or at
+    an epoch's end the ``steps_per_epoch`` iterator carried on as in the saved run."""
+    run.resume_at = position_for(pending["mid_epoch"], run, loader, tracker)
+    if run.resume_at is None:
+        resume_train_stream(run, pending.get("train_stream"), pending["rng"])
+
+
+def resume_train_stream(run: Any, state: Optional[Mapping[str, Any]], rng: Mapping[str, Any]) -> None:
+    """At a resumed fit's start from an epoch's end: the ``steps_per_epoch`` iterator carried on as
+    in the saved run (its origin, the batches it had given), then the RNG states of the checkpoint."""
+    if state is None or run.config.stream is None:
+        return
+    run.config.stream.resume_stream(state, _put_origin)
+    set_rng_state(rng)
+
+
+def stream_state(run: Any) -> Optional[Dict[str, Any]]:
+    """The carried ``steps_per_epoch`` iterator's origin and batches drawn, for any checkpoint (None without)."""
+    stream = run.config.stream
+    state = stream.stream_state() if stream is not None else None
+    return to_device(state, _CPU) if state is not None else None
 
 
 def _source(loader: Iterable) -> Iterable:

@@ -12,7 +12,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
-from . import distributed, steps
+from . import distributed, resuming, steps
 from .arguments import CheckedFit, FitOptions
 from .callbacks import Callback, CallbackList, History, ProgressPrinter
 from .callbacks.base import check_callbacks
@@ -24,7 +24,7 @@ from .fast_path import iter_batches
 from .formatting import format_figure
 from .heads import MultiLoss
 from .distributed import FitRequest
-from .loaders import limit_steps, loader_length
+from .loaders import StepLimit, limit_steps, loader_length
 from .loop import Run, RunConfig
 from .metrics import Tracker, copy_metrics
 from .optim import OptimizerStep
@@ -54,13 +54,14 @@ def fit_run(model: Any, checked: CheckedFit) -> tuple:
         sync_grads=plan.sync_grads)
     loaders = {"dl_train": dl_train, "dl_val": dl_val}  # as given: their generators go into checkpoints
     iterate = iter_batches if options.fast_path else iter
-    dl_train = limit_steps(dl_train, options.steps_per_epoch, iterate)
+    dl_train = limit_steps(dl_train, options.steps_per_epoch, iterate, "dl_train", snapshot=resuming.origin)
     if dl_val is not None:
-        dl_val = limit_steps(dl_val, options.validation_steps, iterate)
+        dl_val = limit_steps(dl_val, options.validation_steps, iterate, "dl_val", carry_on=False)
     n_train = loader_length(dl_train)
     config = run_config(model, cbs, strategy, options.fast_path, log_every=options.log_every(n_train),
                         train_net=plan.train_net, optim=optim, loaders=loaders,
                         validation_freq=options.validation_freq, weighting=checked.weighting,
+                        stream=dl_train if isinstance(dl_train, StepLimit) else None,
                         train_step=optim.around(model.train_step, model.precision.autocast) if custom_step else None)
     log_lr = any(cb.changes_lr for cb in cbs)
     batch_size = getattr(dl_train, "batch_size", None)
@@ -95,7 +96,7 @@ def run_config(model: Any, cbs: CallbackList, strategy: Any, fast_path: bool, **
         reducer=strategy.reducer, is_main_process=strategy.is_main, strategy=strategy, **fit_parts)
 
 
-def recompute_for(model: Any, step: str) -> Optional[Callable[[Any, Any], tuple]]:
+def recompute_for(model: Any, step: str) -> Optional[Callable[[Any, Any, Any], tuple]]:
     """The batch loss (and per-output losses) on given rows, for trimming padded batches under
     torchrun (default steps only)."""
     if not model._default_step(step) or model._setup.outputs.own_loss:  # a net's own loss: no recompute
@@ -103,9 +104,9 @@ def recompute_for(model: Any, step: str) -> Optional[Callable[[Any, Any], tuple]
 
     training = step == "train_step"
 
-    def recompute(preds: Any, targets: Any) -> tuple:
-        with torch.no_grad(), model.precision.autocast():
-            loss, logs = steps.loss_and_logs(model, preds, targets, None, training)
+    def recompute(preds: Any, targets: Any, weights: Any = None) -> tuple:
+        with torch.no_grad(), model.precision.autocast():  # weights: the rows' sample weights (StepResult.weights)
+            loss, logs = steps.loss_and_logs(model, preds, targets, weights, training)
             return loss.detach(), logs
 
     return recompute

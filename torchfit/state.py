@@ -85,7 +85,7 @@ class TrainingState:
         self.history = [dict(row) for row in ckpt["history"]]
         self.step_history = [dict(row) for row in ckpt.get("step_history", [])]
         state = {"callbacks": ckpt["callbacks"], "loaders": ckpt["loaders"], "rng": ckpt["rng"],
-                 "mid_epoch": ckpt["mid_epoch"]}
+                 "mid_epoch": ckpt["mid_epoch"], "train_stream": ckpt.get("train_stream")}
         self.last_fit = state  # saving again before the next fit writes the same state
         self.pending_resume = state  # the next fit hands loaders and callbacks their part
 

@@ -49,7 +49,7 @@ def train_step(model: Any, batch: Any) -> StepResult:
         run.preflight = False
         preflight_metrics(model.compiled_metrics, preds, y, n)
     model.optimizer_step()
-    return StepResult(loss.detach(), preds, y, n, logs)
+    return StepResult(loss.detach(), preds, y, n, logs, w)
 
 
 def eval_step(model: Any, batch: Any) -> StepResult:
@@ -64,7 +64,7 @@ def eval_step(model: Any, batch: Any) -> StepResult:
             preds = out if type(out) is torch.Tensor else fmt.preds(out)
             y = adapt_targets(model.loss_fn, preds, y)
             loss, logs = loss_and_logs(model, preds, y, w, training=False)
-    return StepResult(loss, preds, y, batch_size_of(y, x), logs)
+    return StepResult(loss, preds, y, batch_size_of(y, x), logs, w)
 
 
 def predict_step(model: Any, batch: Any) -> Any:

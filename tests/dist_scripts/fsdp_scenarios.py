@@ -65,8 +65,11 @@ def main(out: str) -> dict:
     r["fsdp_epoch_after_second_fit"] = fsdp.epoch
 
     acc_ddp, _ = fitted(None, grad_accum_steps=2)
-    acc_fsdp, _ = fitted("fsdp", grad_accum_steps=2)
+    acc_fsdp, r["acc_fsdp_history"] = fitted("fsdp", grad_accum_steps=2)
     r["acc_ddp"], r["acc_fsdp"] = whole(acc_ddp)["net"], whole(acc_fsdp)["net"]
+    # mid-epoch checkpoints every 2 batches (5 an epoch on each rank, windows of 2): at windows' ends they
+    # keep every rank's position; inside a window (e2-b1) FSDP holds the gradients: no position
+    fitted("fsdp", grad_accum_steps=2, callbacks=[mid_epoch_saver(out, "mid")])
 
     one, _ = fitted("fsdp", epochs=1)
     r["param_types_after_fit"] = sorted({type(p).__name__ for p in one.net.parameters()})
@@ -95,8 +98,18 @@ def main(out: str) -> dict:
     return r
 
 
+def mid_epoch_saver(out: str, stem: str):
+    from torchfit.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(os.path.join(out, stem + "-e{epoch}-b{batch}.pt"), save_freq=2)
+
+
 def resume(out: str) -> dict:
     r = {}
+    m = model("fsdp", seed=7)
+    r["mid_history"] = m.fit(2, *loaders(), verbose=0, grad_accum_steps=2, callbacks=[mid_epoch_saver(out, "again")],
+                             resume_from=os.path.join(out, "mid-e1-b4.pt")).to_dict("records")
+    r["mid"] = whole(m)
     for name, path in (("file", "one.pt"), ("dcp", "one_dcp")):
         m = model("fsdp", seed=7)  # other initial weights: everything must come from the checkpoint
         r[f"{name}_history"] = m.fit(2, *loaders(), verbose=0,

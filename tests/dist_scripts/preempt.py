@@ -74,7 +74,7 @@ def main():
                  LearningRateScheduler(lambda opt, total: torch.optim.lr_scheduler.OneCycleLR(
                      opt, max_lr=0.05, total_steps=total), interval="step"),
                  BackupAndRestore(os.path.join(args.out, "backup"), save_freq=save_freq)]
-    model.fit(3, dl_train, dl_val, callbacks=callbacks, verbose=0, grad_accum_steps=2, log_step_freq=2)
+    model.fit(3, dl_train, dl_val, callbacks=callbacks, verbose=0, grad_accum_steps=2, log_step_freq=3)
     rank = int(os.environ.get("RANK", "0"))
     torch.save({"weights": model.net.state_dict(), "history": model.history.to_dict("list"),
                 "step_history": model.step_history.to_dict("list"), "global_step": model.global_step},

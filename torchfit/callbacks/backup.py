@@ -108,8 +108,8 @@ class BackupAndRestore(Callback):
             if self._since_save >= self.save_freq:
                 self._since_save = 0
                 self._save()
-        if self.signals and not self._preempted and self._agreed_signal(logs):
-            self._preempt()
+        if self.signals and not self._preempted and self._agreed_signal(logs) and self.model.run.resumable_here():
+            self._preempt()  # (inside a window FSDP cannot keep: at the next batch that closes one)
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         if self.save_freq == "epoch":

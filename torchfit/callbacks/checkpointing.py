@@ -36,8 +36,9 @@ class ModelCheckpoint(Callback):
 
     Keras' words work too: ``ModelCheckpoint(filepath=..., save_weights_only=True,
     save_freq=N, initial_value_threshold=x)``; ``save_freq=N`` writes every N training
-    batches (``{batch}`` in the name) instead of at epoch ends, a checkpoint taken
-    mid-epoch.
+    batches (``{batch}`` in the name) instead of at epoch ends: a checkpoint taken mid-epoch
+    that resumes exactly from the batch after (``torchfit.resuming``; under torchrun every rank
+    takes part in each such save).
 
     Each write goes to a temporary file that is then renamed over the target,
     so a crash mid-write never leaves a torn file. The callback runs after all

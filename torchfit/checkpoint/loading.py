@@ -136,6 +136,7 @@ _REQUIRED = ("epoch", "global_step", "stop_training", "net", "optimizer", "scale
              "callbacks", "loaders", "rng", "mid_epoch")
 _OPTIONAL = ("step_history", "optimizer_class", "digest",  # absent from files of earlier torchfit versions
              "trainable_only",  # save_checkpoint(trainable_only=True): the net's trainable part alone
+             "train_stream",  # steps_per_epoch's iterator carried across epochs
              "shards")  # a sharded directory's small file: each DCP file's size and sha256 (``sharded``)
 _TENSOR_ENTRIES = ("net", "optimizer")  # what a sharded directory keeps in DCP's files, not in its small file
 _CPU_STATE_BYTES = torch.get_rng_state().numel()
@@ -221,6 +222,12 @@ def check(ckpt: Mapping[str, Any], model: Any, path: PathLike, tensors: bool = T
                    isinstance(s, torch.Tensor) and s.dtype == torch.uint8 and s.shape == (_CPU_STATE_BYTES,))
     _check_rng(c, ckpt["rng"])
     _check_mid_epoch(c, ckpt["mid_epoch"])
+    stream = ckpt.get("train_stream")
+    c.kind("'train_stream'", stream, "None or a dict with origin and drawn", stream is None or (
+        isinstance(stream, Mapping) and {"origin", "drawn"} <= set(stream) and isinstance(stream["origin"], Mapping)))
+    if stream is not None:
+        c.count("'train_stream'['drawn']", stream["drawn"])
+        _check_origin(c, stream["origin"], "'train_stream'['origin']")
     _check_digest(c, ckpt)
 
 
@@ -349,19 +356,23 @@ def _check_mid_epoch(c: _Checker, mid: Any) -> None:
         c.kind(at, pos, "a dict with batch, origin, rng, tracker, window", isinstance(pos, Mapping)
                and {"batch", "origin", "rng", "tracker", "window"} <= set(pos))
         c.count(f"{at}['batch']", pos["batch"])
-        origin = pos["origin"]
-        c.kind(f"{at}['origin']", origin, "a dict with rng and loaders", isinstance(origin, Mapping)
-               and {"rng", "loaders"} <= set(origin) and isinstance(origin["loaders"], list))
-        for i, g in enumerate(origin["loaders"]):
-            c.kind(f"{at}['origin']['loaders'][{i}]", g, f"a uint8 tensor of {_CPU_STATE_BYTES} bytes",
-                   isinstance(g, torch.Tensor) and g.dtype == torch.uint8 and g.shape == (_CPU_STATE_BYTES,))
-        _check_rng(c, origin["rng"], f"{at}['origin']['rng']")
+        c.count(f"{at}['drawn']", pos.get("drawn"))
+        _check_origin(c, pos["origin"], f"{at}['origin']")
         _check_rng(c, pos["rng"], f"{at}['rng']")
         c.kind(f"{at}['tracker']", pos["tracker"], "a dict of running figures", isinstance(pos["tracker"], Mapping)
                and {"loss", "metrics", "extra"} <= set(pos["tracker"]))
         window = pos["window"]
         c.kind(f"{at}['window']", window, "None or a dict with micro, window_samples, grads", window is None or (
             isinstance(window, Mapping) and {"micro", "window_samples", "grads"} <= set(window)))
+
+
+def _check_origin(c: _Checker, origin: Any, at: str) -> None:
+    c.kind(at, origin, "a dict with rng and loaders", isinstance(origin, Mapping)
+           and {"rng", "loaders"} <= set(origin) and isinstance(origin["loaders"], list))
+    for i, g in enumerate(origin["loaders"]):
+        c.kind(f"{at}['loaders'][{i}]", g, f"a uint8 tensor of {_CPU_STATE_BYTES} bytes",
+               isinstance(g, torch.Tensor) and g.dtype == torch.uint8 and g.shape == (_CPU_STATE_BYTES,))
+    _check_rng(c, origin["rng"], f"{at}['rng']")
 
 
 def _check_rng(c: _Checker, rng: Any, where: str = "'rng'") -> None:

@@ -108,7 +108,7 @@ def build_extra(model: Any) -> Dict[str, Any]:
     elif state.last_fit is not None:
         extra = state.last_fit  # the state at the end of the last fit (or the one loaded)
     else:
-        extra = {"callbacks": {}, "loaders": {}, "rng": rng_state(), "mid_epoch": None}
+        extra = {"callbacks": {}, "loaders": {}, "rng": rng_state(), "mid_epoch": None, "train_stream": None}
     precision = model.precision
     scaler = precision.scaler if precision is not None else None
     entries = state.checkpoint_entries()
@@ -140,6 +140,8 @@ def run_state(model: Any, run: Any) -> Dict[str, Any]:
         "rng": rng_state(),
         # A fit working on an epoch it has not finished: the weights are mid-epoch.
         "mid_epoch": mid_epoch(model, run),
+        # steps_per_epoch: the iterator fit carries across epochs (its origin, the batches it gave)
+        "train_stream": run.stream_state(),
     }
 
 

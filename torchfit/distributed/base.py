@@ -19,8 +19,9 @@ from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional
 import torch
 from torch import nn
 
-#: ``recompute(preds, targets)``: the batch loss of trimmed rows (the default steps' loss), or None.
-Recompute = Optional[Callable[[Any, Any], Any]]
+#: ``recompute(preds, targets, weights)``: the batch loss of trimmed rows (the default steps' loss, with
+#: those rows' sample weights), or None.
+Recompute = Optional[Callable[[Any, Any, Any], Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,9 @@ class SingleProcess:
     #: Whether every process takes part in saving (a sharded net is gathered by all of them):
     #: callbacks that save (``Callback.saves_checkpoints``) then run on every rank.
     saves_collectively = False
+    #: Whether a gradient-accumulation window's gradients live in the parameters' ``.grad`` between
+    #: batches, so that a mid-epoch checkpoint inside a window can keep them (``resuming``).
+    grads_in_params = True
 
     # ---------------------------------------------------------------- calls
     def fit_loaders(self, dl_train: Iterable, dl_val: Optional[Iterable]) -> Tuple[Any, Any]:

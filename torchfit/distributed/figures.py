@@ -1,7 +1,7 @@
 """Exact epoch figures over a sharded loader: padding trimmed, states merged across ranks."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
@@ -9,6 +9,7 @@ from ..batch import take_rows
 from ..errors import MetricError
 from ..loop import StepResult
 from ..metrics import BatchMetric, Mean, Tracker
+from .base import Recompute
 
 
 class ShardTracker(Tracker):
@@ -19,8 +20,8 @@ class ShardTracker(Tracker):
     * Samples past the rank's ``real`` count are the sampler's padding: they
       still go through the step (so every rank takes the same number of DDP
       steps) but are trimmed from the figures. The last batch's preds and
-      targets are cut to the real rows; its loss is recomputed on them with
-      ``model.compute_loss`` when the default step made it (a custom step's
+      targets are cut to the real rows; its loss is recomputed on them (with
+      their sample weights, an ``(x, y, w)`` batch's) when the default step made it (a custom step's
       loss and ``logs`` are weighted by the real rows instead). A rank whose
       shard is all padding (a dataset smaller than the world) updates its
       metrics with empty tensors so that their states still have a shape to
@@ -34,19 +35,19 @@ class ShardTracker(Tracker):
 
     _reducer: Any
     _real: Optional[int]
-    _recompute: Optional[Callable[[Any, Any], torch.Tensor]]
+    _recompute: Recompute
     _seen: int
     _synced: bool
 
     @classmethod
     def from_tracker(cls, tracker: Tracker, reducer: Any, real: Optional[int],
-                     recompute: Optional[Callable[[Any, Any], torch.Tensor]] = None) -> "ShardTracker":
+                     recompute: Recompute = None) -> "ShardTracker":
         new = cls.__new__(cls)
         new.__dict__.update(tracker.__dict__)  # whatever the Tracker holds, kept as is
         new._attach(reducer, real, recompute)
         return new
 
-    def _attach(self, reducer: Any, real: Optional[int], recompute: Optional[Callable[[Any, Any], torch.Tensor]]) -> None:
+    def _attach(self, reducer: Any, real: Optional[int], recompute: Recompute) -> None:
         self._reducer, self._real, self._recompute = reducer, real, recompute
         self._seen = 0
         self._synced = False
@@ -79,12 +80,14 @@ class ShardTracker(Tracker):
             super().update(out)
         elif keep > 0:
             preds, targets = take_rows(out.preds, keep, n), take_rows(out.targets, keep, n)
+            weights = take_rows(out.weights, keep, n)  # an (x, y, w) batch's weights of the real rows
             loss = out.loss
             logs = out.logs
             if loss is not None and self._recompute is not None and out.preds is not None:
-                loss, recomputed = self._recompute(preds, targets)
+                loss, recomputed = self._recompute(preds, targets, weights)
                 logs = recomputed if recomputed is not None else logs
-            super().update(out._replace(loss=loss, preds=preds, targets=targets, batch_size=keep, logs=logs))
+            super().update(out._replace(loss=loss, preds=preds, targets=targets, batch_size=keep, logs=logs,
+                                        weights=weights))
         else:
             self._update_nothing(out, n)
 

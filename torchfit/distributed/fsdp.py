@@ -110,6 +110,7 @@ class FullySharded(MultiProcess):
     name = "fsdp"
     options_type = FSDP
     saves_collectively = True  # a sharded net is gathered (or written in parts) by every rank together
+    grads_in_params = False  # inside a window FSDP keeps unsharded gradients of its own: resume at windows' ends
 
     def __init__(self, ctx: DistributedContext, options: FSDP):
         super().__init__(ctx)

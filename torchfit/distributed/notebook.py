@@ -22,6 +22,7 @@ attributes a checkpoint reads.
 from __future__ import annotations
 
 import multiprocessing.connection
+import numbers
 import os
 import signal
 import socket
@@ -63,7 +64,8 @@ def start_method() -> str:
 
 def check_can_launch(num_processes: Any, device: Optional[torch.device]) -> int:
     """The checks made before any worker starts; returns ``num_processes`` as an int."""
-    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+    # numbers.Integral: numpy's integers too (np.int64 from a config or an array), as fit's other counts
+    if isinstance(num_processes, bool) or not isinstance(num_processes, numbers.Integral) or num_processes < 1:
         raise ValueError(f"num_processes must be a whole number >= 1 (the worker processes to train on); "
                          f"got {num_processes!r}")
     if launch_info() is not None or _initialized():
@@ -80,7 +82,7 @@ def check_can_launch(num_processes: Any, device: Optional[torch.device]) -> int:
             "anything touches CUDA, compile with device='cpu' (no .cuda(), no torch.cuda calls): with CUDA "
             "available, worker r trains on cuda:r; nothing of the model is on the GPU in this process"
         )
-    return num_processes
+    return int(num_processes)
 
 
 def launch_fit(model: Any, num_processes: int, fit_args: Any, *,
@@ -105,6 +107,9 @@ def launch_fit(model: Any, num_processes: int, fit_args: Any, *,
     fit_kwargs = dict(fit_args) if isinstance(fit_args, Mapping) else fit_args.kwargs()
     if n == 1:
         return model.fit(**fit_kwargs)  # one process is a plain fit, as under torchrun --nproc_per_node=1
+    # Every argument is checked here, as a one-process fit checks it, before any worker starts: a bad one
+    # is its own error, not a worker's traceback (the workers check them again, as every fit does).
+    model._check_launch(fit_args)
     worker_device = _worker_device(model, device, n)
     import torch.multiprocessing as mp
 

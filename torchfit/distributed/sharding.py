@@ -27,11 +27,21 @@ def shard(ctx: Any, loader: Iterable, name: str, purpose: str = "train") -> Any:
     if isinstance(loader, DataLoader) and isinstance(loader.dataset, IterableDataset):
         return _shard_stream(ctx, loader, name)
     if _has_own_sampler(ctx, loader, name, purpose):
+        check_equal_steps(ctx, loader, len(loader.dataset), name, purpose)  # type: ignore[arg-type]
         return loader
+    mine = _resampled(ctx, loader, name, purpose)
+    check_equal_steps(ctx, mine, len(loader.dataset), name, purpose)  # type: ignore[arg-type]
+    if mine.sampler.shuffle:  # drawn once the check passed: a refused call leaves torch's RNG as it was
+        mine.sampler.seed = _shuffle_seed(ctx, loader)
+    return mine
+
+
+def _resampled(ctx: Any, loader: DataLoader, name: str, purpose: str) -> DataLoader:
+    """``loader`` re-created around this rank's ``DistributedSampler`` (its shuffle seed set by ``shard``),
+    every other setting kept."""
     shuffle, drop_last = _sampling(ctx, loader, name, purpose)
-    seed = _shuffle_seed(ctx, loader) if shuffle else 0
     sampler = DistributedSampler(loader.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
-                                 shuffle=shuffle, seed=seed, drop_last=drop_last)
+                                 shuffle=shuffle, seed=0, drop_last=drop_last)
     kwargs: Dict[str, Any] = dict(
         batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
         collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
@@ -45,6 +55,34 @@ def shard(ctx: Any, loader: Iterable, name: str, purpose: str = "train") -> Any:
     if hasattr(loader, "in_order"):
         kwargs["in_order"] = loader.in_order
     return DataLoader(loader.dataset, **kwargs)
+
+
+def check_equal_steps(ctx: Any, loader: DataLoader, dataset_size: int, name: str, purpose: str = "train") -> None:
+    """Every rank's ``loader`` gives the same number of batches, or an error naming each rank's counts.
+
+    One small all-gather, before the first step: DDP averages every step's gradients across the
+    ranks, so a rank that runs out of batches first leaves the others waiting in a collective of
+    another size (gloo: "Received data size doesn't match expected size"; NCCL: a hang). Ranks
+    differ when each one was given a dataset of its own size (a dataset sharded by the user);
+    ``dataset_size``, the size of the dataset this rank was given, is shown in the error. For
+    ``predict``, which puts the ranks' rows back in dataset order, the samples must agree too.
+    """
+    mine = torch.tensor([len(loader), len(loader.sampler), dataset_size], dtype=torch.int64)  # type: ignore[arg-type]
+    every = [tuple(row) for row in ctx.gather(mine).reshape(ctx.world_size, 3).tolist()]
+    if len({row if purpose == "predict" else row[0] for row in every}) == 1:
+        return
+    counts = ", ".join(f"rank {r}: {b} batches of {n} samples from a dataset of {d}"
+                       for r, (b, n, d) in enumerate(every))
+    why = ("every rank must take the same number of steps, or the rank that runs out first leaves the others waiting "
+           "in a collective (under DDP, gloo fails with 'Received data size doesn't match expected size')"
+           if purpose != "predict" else "predict puts the ranks' rows back in dataset order, which needs the same "
+           "dataset on every rank")
+    raise ValueError(
+        f"{name} differs between the ranks under torchrun ({counts}): {why}. Pass the same, whole dataset on every "
+        "rank: torchfit splits it into equal shards itself (a loader over a shard of this rank's own would be "
+        "split again), or build the loader over that whole dataset with sampler=DistributedSampler(dataset, "
+        "drop_last=True) (drop_last=False pads the last shard instead)"
+    )
 
 
 _FIX = ("shard it yourself: build the DataLoader with sampler=DistributedSampler(dataset) and "

@@ -101,8 +101,15 @@ def class_weight_to_sample_weight(class_weight: Mapping[Any, float], targets: to
         ok_weight = isinstance(weight, numbers.Real) and not isinstance(weight, bool) and math.isfinite(weight)
         if not (ok_key and ok_weight):
             raise ValueError(
-                f"class_weight maps class ids 0, 1, 2... to finite numbers, e.g. {{0: 1.0, 1: 5.0}}; "
+                f"class_weight maps class ids 0, 1, 2... to finite numbers >= 0, e.g. {{0: 1.0, 1: 5.0}}; "
                 f"the entry {key!r}: {weight!r} is not one"
+            )
+        if weight < 0:  # a negative weight turns that class's loss into a reward: training would push it up
+            cls = int(key)
+            raise ValueError(
+                f"class_weight[{cls}] is {float(weight)!r}, a negative weight: it would reward the loss of class {cls} "
+                "instead of penalising it (sample_weight refuses negative weights too). Class weights must be "
+                f">= 0: use 0 to leave class {cls} out of the loss, or a weight between 0 and 1 to weigh it less"
             )
         table[int(key)] = float(weight)
     if targets.dim() > 1 and targets.shape[-1] != 1:
