@@ -20,7 +20,7 @@ def test_the_examples_in_docs_workflow_run(tmp_path, monkeypatch, capsys):
     text = text[:text.index("\n## Training tools")]  # the sections after it: test_docs_workflow_training.py
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert len(blocks) == 7
-    monkeypatch.chdir(tmp_path)  # the examples write confusion.png, mlruns/ and wandb-runs/
+    monkeypatch.chdir(tmp_path)  # the examples write confusion.png, mlflow.db, mlruns/ and wandb-runs/
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("PYTHONHASHSEED", raising=False)  # seed_everything sets it; put back afterwards
     monkeypatch.setenv("WANDB_SILENT", "true")  # restored afterwards; the example sets it too
@@ -37,4 +37,4 @@ def test_the_examples_in_docs_workflow_run(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "True\nFalse\n" in out  # same seed, same weights; another seed, other weights
     assert "[1. 1.]" in out and "Adam\nTrue\n['checkpoint.pt']" in out and "['offline-run-" in out
-    assert {"confusion.png", "mlruns", "wandb-runs"} <= set(os.listdir(tmp_path))
+    assert {"confusion.png", "mlflow.db", "mlruns", "wandb-runs"} <= set(os.listdir(tmp_path))  # MLflow's default store

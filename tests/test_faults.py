@@ -191,7 +191,6 @@ MALFORMED = {
     "rng python state short": (_set(["rng", "python", "state"], lambda s: s[:10]), r"'rng'\['python'\]"),
     "rng numpy pos out of range": (_set(["rng", "numpy", "pos"], 10_000), r"'rng'\['numpy'\]"),
     "mid_epoch a str": (_set(["mid_epoch"], "yes"), r"'mid_epoch' should be None or"),
-    "an unknown entry": (_set(["extra"], 1), r"'extra' is not part of a torchfit checkpoint"),
     "digest of a changed weight": (_set(["net", FIRST], lambda t: t + 1),
                                    r"'net'\['0.weight'\] does not match the digest"),
     "digest entry altered": (_set(["digest", "rng['torch']"], "0" * 64), r"'rng'\['torch'\] does not match the digest"),

@@ -46,12 +46,15 @@ def store(tmp_path_factory):
     return str(tmp_path_factory.mktemp("mlruns"))
 
 
-def test_mlflow_default_store_is_under_cwd(tmp_path, monkeypatch):
+def test_mlflow_default_store_is_mlflows_own(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    uri, artifacts = MLflowLogger().resolved_tracking_uri()
-    assert uri == "sqlite:///" + str(tmp_path / "mlruns" / "mlflow.db")
-    assert artifacts == str(tmp_path / "mlruns" / "artifacts")
+    # MLflow's own default here (what `mlflow ui` in this directory shows), its default artifact location
+    assert MLflowLogger().resolved_tracking_uri() == (mlflow.get_tracking_uri(), None)
+    assert mlflow.get_tracking_uri() == "sqlite:///" + str(tmp_path / "mlflow.db")
+    uri, artifacts = MLflowLogger(tracking_uri="store").resolved_tracking_uri()
+    assert uri == "sqlite:///" + str(tmp_path / "store" / "mlflow.db")
+    assert artifacts == str(tmp_path / "store" / "artifacts")
     assert MLflowLogger(tracking_uri="http://localhost:5000").resolved_tracking_uri() == ("http://localhost:5000", None)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
     assert MLflowLogger().resolved_tracking_uri() == ("sqlite:///elsewhere.db", None)

@@ -40,8 +40,11 @@ class CSVLogger(Callback):
     repeated fit calls and runs resumed from a checkpoint give one file with
     every epoch exactly once. ``append=True``: rows are added to whatever the
     file already holds (a header is written only into an empty file). Columns
-    are the history's; a column that appears later (e.g. validation from the
-    second fit on) rewrites the file with the wider header. Figures are written
+    are the history's, plus any the file held for those epochs that the history
+    lacks (a callback's figure added after a checkpoint it was resumed from was
+    written: a file row counts as this run's when it agrees with the history on
+    every figure both have); a column that appears later (e.g. validation from
+    the second fit on) rewrites the file with the wider header. Figures are written
     with full precision (``repr``); ``CSVLogger.read`` gives them back exactly.
     """
 
@@ -85,7 +88,7 @@ class CSVLogger(Callback):
             with open(self.path, newline="") as f:
                 self._columns = next(csv.reader(f, delimiter=self.separator), None)
             return
-        rows = [] if self.append else list(self.model.training_state.history)
+        rows = [] if self.append else self._kept_rows(self.model.training_state.history)
         self._columns = _columns(rows) if rows else None
         self._rewrite(rows)
 
@@ -97,6 +100,30 @@ class CSVLogger(Callback):
             return
         with open(self.path, "a", newline="") as f:
             csv.writer(f, delimiter=self.separator).writerow([_cell(row.get(c)) for c in self._columns])
+
+    def _kept_rows(self, history: List[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+        """The history's rows, each with the columns this file held for it that the history lacks.
+
+        A figure a callback added after the history was taken (a checkpoint written before the
+        callback ran, then loaded) is in the file only; rewriting from the history alone would erase
+        it. A file row is this run's when it agrees with the history row of the same epoch on every
+        column both have (figures are written exactly), so another run's file lends nothing.
+        """
+        try:
+            rows = self._read_rows()
+        except (OSError, UnicodeDecodeError, csv.Error):  # not a log this logger can read: rewritten, as always
+            rows = []
+        on_file: Dict[Any, Dict[str, str]] = {}
+        for row in rows:
+            on_file.setdefault(row.get("epoch"), row)
+        kept = []
+        for row in history:
+            found = on_file.get(_cell(row.get("epoch")))
+            if found is not None and all(_cell(v) == found[k] for k, v in row.items() if k in found):
+                extra = {k: _number(v) for k, v in found.items() if k not in row and k is not None and v != ""}
+                row = {**row, **extra}
+            kept.append(row)
+        return kept
 
     def _read_rows(self) -> List[Dict[str, str]]:
         if not os.path.exists(self.path) or os.path.getsize(self.path) == 0:

@@ -68,6 +68,16 @@ def _checkpoint_file(model: Any) -> Iterator[str]:
         yield path
 
 
+def _mlflow_default_uri() -> str:
+    """The tracking URI ``mlflow.start_run()`` would use here: ``mlflow.set_tracking_uri``'s, else
+    ``MLFLOW_TRACKING_URI``, else MLflow's default store in the working directory (MLflow 3:
+    ``sqlite:///mlflow.db``, or ``./mlruns`` where an older plain-file store already holds runs),
+    which is also what ``mlflow ui`` started in that directory reads."""
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
 def _require(package: str, user: str) -> None:
     # Checked when the callback is built, so a missing package fails before training, not after it.
     if importlib.util.find_spec(package) is None:
@@ -83,14 +93,15 @@ class MLflowLogger(StepLogger):
     """Log a fit to MLflow: parameters, per-epoch figures, and the final checkpoint as an artifact.
 
     >>> # model.fit(10, dl_train, dl_val, callbacks=[MLflowLogger(experiment_name="mnist")])
-    >>> # then: mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db
+    >>> # then, in the same directory: mlflow ui
 
-    ``tracking_uri``: None uses ``MLFLOW_TRACKING_URI`` when set, else a local
-    store in ``./mlruns`` (an SQLite database ``mlruns/mlflow.db`` and artifacts in
-    ``mlruns/artifacts``; MLflow 3 keeps its plain-file store only behind
-    ``MLFLOW_ALLOW_FILE_STORE=true``). A directory path gives the same layout
-    there; a URI (``sqlite:///...``, ``http://...``, ``file:...``) is used as it
-    is. The global tracking URI is never changed.
+    ``tracking_uri``: None uses what MLflow itself would here (``mlflow.get_tracking_uri()``):
+    ``MLFLOW_TRACKING_URI`` when set, else MLflow's default local store, ``./mlflow.db``
+    (SQLite) with the artifacts in ``./mlruns``, which ``mlflow ui`` started in the same
+    directory shows. A directory path gives a store there (an SQLite database
+    ``<dir>/mlflow.db`` and artifacts in ``<dir>/artifacts``: browse it with ``mlflow ui
+    --backend-store-uri sqlite:///<dir>/mlflow.db``); a URI (``sqlite:///...``,
+    ``http://...``, ``file:...``) is used as it is. The global tracking URI is never changed.
 
     When training begins, a run named ``run_name`` is started in experiment
     ``experiment_name`` (created if missing) and these params are logged: epochs,
@@ -137,19 +148,31 @@ class MLflowLogger(StepLogger):
 
 
     def set_params(self, params: dict) -> None:
-        """Check, before the first step, that a local tracking directory can be written."""
+        """Check, before the first step, that a local tracking store can be written."""
         super().set_params(params)
-        uri = self.tracking_uri if self.tracking_uri is not None else os.environ.get("MLFLOW_TRACKING_URI")
-        if uri is None or not ("://" in uri or uri.startswith("file:")):
-            check_writable(f"MLflowLogger(tracking_uri={uri!r})", uri if uri is not None else "mlruns",
+        uri = self.tracking_uri if self.tracking_uri is not None else _mlflow_default_uri()
+        owner = f"MLflowLogger(tracking_uri={self.tracking_uri!r})"
+        if uri.startswith("sqlite:///"):
+            check_writable(owner, uri[len("sqlite:///"):])
+        elif uri.startswith("file:"):
+            check_writable(owner, uri[len("file://"):] if uri.startswith("file://") else uri[len("file:"):],
                            directory=True)
+        elif "://" not in uri:
+            check_writable(owner, uri, directory=True)
 
     def resolved_tracking_uri(self) -> Tuple[str, Optional[str]]:
-        """``(tracking URI, artifact location for a new experiment or None)`` this logger writes to."""
-        uri = self.tracking_uri if self.tracking_uri is not None else os.environ.get("MLFLOW_TRACKING_URI")
-        if uri is not None and ("://" in uri or uri.startswith("file:")):
+        """``(tracking URI, artifact location for a new experiment or None)`` this logger writes to.
+
+        ``tracking_uri=None``: MLflow's own choice, as ``mlflow.get_tracking_uri()`` makes it here
+        (``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory, the store
+        ``mlflow ui`` run in the same directory shows), with MLflow's default artifact location.
+        """
+        if self.tracking_uri is None:
+            return _mlflow_default_uri(), None
+        uri = self.tracking_uri
+        if "://" in uri or uri.startswith("file:"):
             return uri, None
-        root = os.path.abspath(uri if uri is not None else "mlruns")
+        root = os.path.abspath(uri)
         os.makedirs(root, exist_ok=True)
         return "sqlite:///" + os.path.join(root, "mlflow.db"), os.path.join(root, "artifacts")
 

@@ -2,13 +2,14 @@
 ``Resume`` splits that in two for ``fit(resume_from=...)``."""
 from __future__ import annotations
 
+import copy
 import os
 import warnings
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import DISTRIBUTION, CheckpointError
 from .saving import _PLAIN_SCALARS, MARKER, VERSION, PathLike, _tensors, _top, tensor_sha256
 from .state import rng_state, set_rng_state
 
@@ -31,8 +32,13 @@ def read(path: PathLike) -> Dict[str, Any]:
         ) from exc
     if isinstance(ckpt, dict) and MARKER in ckpt:
         if ckpt[MARKER] != VERSION:
-            raise CheckpointError(f"{path!r} is a torchfit checkpoint of format version {ckpt[MARKER]!r}; "
-                                  f"this torchfit reads version {VERSION}")
+            # A writer raises the version only for a change an older reader would get wrong.
+            newer = type(ckpt[MARKER]) is int and ckpt[MARKER] > VERSION
+            why = (f"It was written by a newer torchfit, whose format this version would read wrongly: upgrade "
+                   f"torchfit (pip install -U {DISTRIBUTION}) to load it" if newer
+                   else "No torchfit writes that version: the file is damaged; use another copy")
+            raise CheckpointError(f"{path!r} is a torchfit checkpoint of format version {ckpt[MARKER]!r}; this "
+                                  f"torchfit reads version {VERSION}. {why}")
         return ckpt
     if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise CheckpointError(
@@ -103,8 +109,9 @@ class _Undo:
         self.model = model
         self.net = strategy.copy_aside(model.net)  # None where the strategy cannot (a sharded net)
         opt = model.optimizer
-        # load_state_dict builds new state and groups: the old objects, held here, stay as they were.
-        self.opt = (opt.state, opt.param_groups) if opt is not None else None
+        # load_state_dict builds new state and groups: the old objects, held here, stay as they were
+        # (the state dict copied: DCP's get_state_dict fills an empty one in place).
+        self.opt = (copy.copy(opt.state), opt.param_groups) if opt is not None else None
         scaler = model.precision.scaler if model.precision is not None else None
         self.scaler = scaler.state_dict() if scaler is not None else None
         self.stop_training = model.stop_training
@@ -129,7 +136,9 @@ _REQUIRED = ("epoch", "global_step", "stop_training", "net", "optimizer", "scale
              "callbacks", "loaders", "rng", "mid_epoch")
 _OPTIONAL = ("step_history", "optimizer_class", "digest",  # absent from files of earlier torchfit versions
              "trainable_only",  # save_checkpoint(trainable_only=True): the net's trainable part alone
-             "train_stream")  # steps_per_epoch's iterator carried across epochs
+             "train_stream",  # steps_per_epoch's iterator carried across epochs
+             "shards")  # a sharded directory's small file: each DCP file's size and sha256 (``sharded``)
+_TENSOR_ENTRIES = ("net", "optimizer")  # what a sharded directory keeps in DCP's files, not in its small file
 _CPU_STATE_BYTES = torch.get_rng_state().numel()
 
 
@@ -165,29 +174,29 @@ def _shown(value: Any) -> str:
     return f"a {type(value).__name__} ({text[:60] + '...' if len(text) > 60 else text})"
 
 
-def check(ckpt: Mapping[str, Any], model: Any, path: PathLike) -> None:
+def check(ckpt: Mapping[str, Any], model: Any, path: PathLike, tensors: bool = True) -> None:
     """Raise CheckpointError naming the first entry of ``ckpt`` that ``model`` cannot take; change nothing.
 
     Checked: every entry is present with the right type; the net's keys, shapes
     and kinds of dtype; the optimizer's class, parameter groups and state shapes;
     the grad scaler's state; RNG and loader generator states; history rows; the
     callbacks' state is a dict per callback; and every tensor matches the digest
-    written with it (flipped bytes name the tensor).
+    written with it (flipped bytes name the tensor). ``tensors=False``: a sharded
+    directory's small file, without the net and the optimizer (``sharded`` checks those).
     """
     c = _Checker(path)
-    missing = [k for k in _REQUIRED if k not in ckpt]
+    missing = [k for k in _REQUIRED if k not in ckpt and (tensors or k not in _TENSOR_ENTRIES)]
     if missing:
         c.fail(", ".join(repr(k) for k in missing), "is missing" if len(missing) == 1 else "are missing")
-    unknown = sorted(str(k) for k in ckpt if k not in _REQUIRED + _OPTIONAL + (MARKER,))
-    if unknown:
-        c.fail(", ".join(repr(k) for k in unknown), "is not part of a torchfit checkpoint")
+    _warn_unknown(c, "entries", [repr(k) for k in ckpt if k not in _REQUIRED + _OPTIONAL + (MARKER,)])
     c.count("'epoch'", ckpt["epoch"])
     c.count("'global_step'", ckpt["global_step"])
     c.kind("'stop_training'", ckpt["stop_training"], "True or False", type(ckpt["stop_training"]) is bool)
     partial = ckpt.get("trainable_only", False)
     c.kind("'trainable_only'", partial, "True or False", type(partial) is bool)
-    _check_net(c, model.net, ckpt["net"], partial)
-    _check_optimizer(c, model.optimizer, ckpt)
+    if tensors:
+        _check_net(c, model.net, ckpt["net"], partial)
+        _check_optimizer(c, model.optimizer, ckpt)
     scaler = ckpt["scaler"]
     c.kind("'scaler'", scaler, "None or a GradScaler state dict", scaler is None or isinstance(scaler, Mapping))
     for k, v in (scaler or {}).items():
@@ -312,11 +321,31 @@ def _check_optimizer(c: _Checker, opt: Optional[torch.optim.Optimizer], ckpt: Ma
                        "Compile with the same net and optimizer setup as the saved run before loading")
 
 
+def _warn_unknown(c: _Checker, what: str, names: List[str], stacklevel: int = 6) -> None:
+    """Entries a newer torchfit wrote that this one does not know: ignored, with a warning naming them.
+
+    Ignoring them is safe by the format's rule: a writer whose new entries would change what an
+    older reader does raises the format version instead (refused in ``read``).
+    """
+    if names:
+        warnings.warn(
+            f"{c.path!r} holds {what} this torchfit does not know: {', '.join(sorted(names))} (written by a newer "
+            "torchfit?); they were ignored and the rest was loaded. Upgrade torchfit to use them",
+            RuntimeWarning, stacklevel=stacklevel)  # the caller of load_checkpoint
+
+
+_RNG_KEYS = ("torch", "numpy", "python", "cuda")
+_MID_EPOCH_KEYS = ("epoch", "positions")
+
+
 def _check_mid_epoch(c: _Checker, mid: Any) -> None:
     """None at an epoch's end; else the epoch in progress and, for an exact resume, each rank's position
     (``torchfit.resuming``: batches done, RNG and loader origin, running figures, accumulation window)."""
     c.kind("'mid_epoch'", mid, "None or {'epoch': int, 'positions': [...]}", mid is None or (
-        isinstance(mid, Mapping) and {"epoch"} <= set(mid) <= {"epoch", "positions"} and type(mid["epoch"]) is int))
+        isinstance(mid, Mapping) and "epoch" in mid and type(mid["epoch"]) is int))
+    if mid is not None:  # more: a newer torchfit's record of the position
+        _warn_unknown(c, "parts of the mid-epoch position", [f"'mid_epoch'[{k!r}]" for k in mid
+                                                            if k not in _MID_EPOCH_KEYS], 7)
     if mid is None or "positions" not in mid:
         return
     positions = mid["positions"]
@@ -349,6 +378,7 @@ def _check_origin(c: _Checker, origin: Any, at: str) -> None:
 def _check_rng(c: _Checker, rng: Any, where: str = "'rng'") -> None:
     c.kind(where, rng, "a dict of random states ('torch', 'numpy', 'python')",
            isinstance(rng, Mapping) and {"torch", "numpy", "python"} <= set(rng))
+    _warn_unknown(c, "random states", [f"{where}[{k!r}]" for k in rng if k not in _RNG_KEYS], 7)
     c.kind(f"{where}['torch']", rng["torch"], f"a uint8 tensor of {_CPU_STATE_BYTES} bytes",
            isinstance(rng["torch"], torch.Tensor) and rng["torch"].dtype == torch.uint8
            and rng["torch"].shape == (_CPU_STATE_BYTES,))
