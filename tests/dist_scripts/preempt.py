@@ -6,7 +6,7 @@ SIGTERM), run it again, and it must end as the run that was never stopped.
 
 The setup draws on every random source a resume must restore: a shuffled loader with its own
 generator, dropout, augmentation noise from torch, numpy and Python's random at each access, a
-per-step LR schedule and gradient accumulation. Each rank prints "batch E B" after every training
+per-step LR schedule and gradient accumulation. Rank 0 prints "batch E B" after every training
 batch (so a test knows where the run is) and, when fit returns, writes OUT_DIR/result-RANK.pt with
 the weights, history, step history and global step. The backup lives in OUT_DIR/backup/.
 """
@@ -50,7 +50,8 @@ class Progress(Callback):
         self.slow = slow
 
     def on_train_batch_end(self, batch, logs):
-        print(f"batch {self.model.run.epoch} {batch + 1}", flush=True)
+        if os.environ.get("RANK", "0") == "0":  # one writer: two ranks' lines would interleave on one pipe
+            print(f"batch {self.model.run.epoch} {batch + 1}", flush=True)
         if self.slow:
             time.sleep(self.slow)
 

@@ -18,7 +18,9 @@ objects)::
      "callbacks": {"EarlyStopping": {...}, "LearningRateScheduler": {...}},
      "loaders": {"dl_train": [generator states], "dl_val": [...]},
      "rng": {"torch": ..., "cuda": [...], "numpy": {...}, "python": {...}},
-     "mid_epoch": None or {"epoch": 3},
+     "mid_epoch": None or {"epoch": 3, "positions": [per rank: batches done, RNG and loader origin,
+                                                     running figures, accumulation window]},
+     "train_stream": None or {"origin": ..., "drawn": 7},  # steps_per_epoch's carried iterator
      "optimizer_class": "Adam", "digest": {"net['0.weight']": "<sha256 hex>", ...}}
 
 Check, then apply: ``load`` reads the file (``weights_only``, on the CPU),

@@ -44,8 +44,8 @@ class Resume:
         """``epochs`` is the run's total; a missing file means a fresh start of all of them."""
         if not os.path.exists(path):
             return cls(path, None, epochs, None)
-        if os.path.isdir(path):  # a sharded directory: its small file of counters and state is read now
-            ckpt = sharded.read_extra(path)
+        if os.path.isdir(path):  # a sharded directory: every file and tensor checked against the model now
+            ckpt = sharded.read_checked(model, path)
         else:
             ckpt = read_checked(model, path)
         done = int(ckpt["epoch"])
@@ -63,7 +63,7 @@ class Resume:
         if self.ckpt is not None:
             check_callbacks_state(self.ckpt, callbacks)
             if os.path.isdir(self.path):
-                load(model, self.path, strategy)  # torch.distributed.checkpoint checks the tensors as it loads
+                sharded.load(model, self.path, strategy, extra=self.ckpt)  # checked in plan
             else:
                 apply(model, self.ckpt, self.path, strategy, stacklevel=5)
 
