@@ -185,7 +185,12 @@ def _check_index_targets(loss_fn: Any, name: str, preds: torch.Tensor, targets: 
             f"class-index targets have shape {tuple(expected)} (one id per sample), one-hot targets "
             f"{tuple(preds.shape)}. Fix the labels' shape, or the net's output layer"
         )
-    values = targets.detach().double()
+    values = targets.detach()
+    if values.numel() and not (values.is_floating_point() or values.is_complex() or values.dtype == torch.bool):
+        low, high = torch.stack(torch.aminmax(values)).tolist()  # one read: most first batches are fine
+        if low >= 0 and high < classes:
+            return
+    values = values.double()
     ignore = getattr(loss_fn, "ignore_index", -100)
     values = values[values != ignore]
     problems = []
@@ -231,6 +236,10 @@ def _looks_like_probabilities(preds: torch.Tensor) -> bool:
     p = preds.detach().double()
     if p.shape[1] < 2:
         return False
+    if p.numel():  # one read settles the usual case, logits with a value outside [0, 1]
+        low, high = torch.stack(torch.aminmax(p)).tolist()
+        if not (low >= 0 and high <= 1):  # NaN too
+            return False
     return bool(((p >= 0) & (p <= 1)).all() and ((p.sum(dim=1) - 1).abs() < 1e-3).all())
 
 
