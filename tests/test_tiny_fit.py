@@ -74,3 +74,9 @@ def test_probability_outputs_still_warn_and_logits_or_nan_do_not():
         losses.check_targets(losses.get("sparse_categorical_crossentropy"), torch.full((4, 3), float("nan")),
                              torch.tensor([0, 1, 2, 2]))
     losses.check_targets(losses.get("sparse_categorical_crossentropy"), probs, torch.tensor([0, 1, 2, 2]))
+
+
+def test_history_frame_without_pandas_shortcut_is_the_same(monkeypatch):
+    rows = [{"epoch": 1, "loss": 0.5, "accuracy": 0.25}, {"epoch": 2, "loss": 0.4, "accuracy": 0.75}]
+    monkeypatch.delattr(pd.DataFrame, "_from_arrays")  # a pandas that lacks it takes the public constructor
+    pd.testing.assert_frame_equal(frame(rows, ["epoch"]), pandas_frame(rows, ["epoch"]), check_exact=True)
