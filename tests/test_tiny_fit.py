@@ -80,3 +80,15 @@ def test_history_frame_without_pandas_shortcut_is_the_same(monkeypatch):
     rows = [{"epoch": 1, "loss": 0.5, "accuracy": 0.25}, {"epoch": 2, "loss": 0.4, "accuracy": 0.75}]
     monkeypatch.delattr(pd.DataFrame, "_from_arrays")  # a pandas that lacks it takes the public constructor
     pd.testing.assert_frame_equal(frame(rows, ["epoch"]), pandas_frame(rows, ["epoch"]), check_exact=True)
+
+
+def test_checks_without_aminmax_take_the_full_path(monkeypatch):
+    def unsupported(*args, **kwargs):
+        raise NotImplementedError("aminmax is not implemented for this dtype on this device")
+
+    monkeypatch.setattr(torch, "aminmax", unsupported)  # as on a device without it
+    losses.check_targets(nn.CrossEntropyLoss(), LOGITS, torch.tensor([0, 1, 2, 2]))
+    with pytest.raises(ValueError, match=r"include 3 \(outside 0\.\.2\)"):
+        losses.check_targets(nn.CrossEntropyLoss(), LOGITS, torch.tensor([0, 1, 3, 2]))
+    with pytest.warns(UserWarning, match="look like probabilities"):
+        losses.check_targets(nn.CrossEntropyLoss(), LOGITS.softmax(1), torch.tensor([0, 1, 2, 2]))
