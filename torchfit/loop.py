@@ -218,9 +218,9 @@ def run_batches(model: Any, loader: Iterable, run: Run, phase: _Phase, consume: 
             elif log_every is not None and step % log_every == 0:
                 logs = {"step": step, **tracker.compute()}
                 end(step - 1, RunningLogs(tracker, step, values=logs))
-                reason = nonfinite_loss(logs.get("loss"), f"at epoch {run.epoch}, step {step}")
-                if reason:
-                    run.stop(reason, model)
+                loss = logs.get("loss")
+                if loss is not None and not math.isfinite(loss):  # the message only when it is needed
+                    run.stop(nonfinite_loss(loss, f"at epoch {run.epoch}, step {step}"), model)
             else:  # a phase whose batch logs nobody reads gets no logs object per step
                 end(step - 1, RunningLogs(tracker, step, strip) if wants_logs else EMPTY)
             if training and model.stop_training:

@@ -11,7 +11,7 @@ sync per step.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, ItemsView, Iterable, Iterator, KeysView, List, Mapping, Optional, ValuesView
 
 HOOKS = (
     "on_train_begin", "on_train_end",
@@ -139,6 +139,23 @@ class RunningLogs(Mapping[str, float]):
 
     def __len__(self) -> int:
         return len(self._figures())
+
+    # the dict's own views and lookups, not Mapping's generic ones: the printer and the step history
+    # read them at every logging point
+    def items(self) -> ItemsView[str, float]:
+        return self._figures().items()
+
+    def keys(self) -> KeysView[str]:
+        return self._figures().keys()
+
+    def values(self) -> ValuesView[float]:
+        return self._figures().values()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._figures().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._figures()
 
     def __repr__(self) -> str:
         return repr(self._figures())

@@ -9,7 +9,6 @@ digits for rates); this module lays the figures out.
 """
 from __future__ import annotations
 
-import datetime
 import html
 import math
 import shutil
@@ -207,7 +206,7 @@ def clock(seconds: float) -> str:
 
 def time_bar(width: int = 99) -> str:
     """torchkeras' rule and clock line, ``width`` characters long (99 as torchkeras prints it)."""
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")  # local time, as datetime.now() gives it, for less code per line
     return "\n" + "=" * max(width - len(stamp), 10) + stamp
 
 
@@ -229,8 +228,9 @@ class ProgressPrinter(Callback):
     learning rates), laid out by one ``formatting.Columns`` for the whole fit: each
     column keeps its width and its decimal point's place from the first epoch to the
     last. ``width`` is the most characters a line may have (default: with ``sink=print``
-    the terminal's width or ``COLUMNS``, 80 in a file or CI log; 80 for another sink): a
-    table wider than that is cut into stacked tables, each led by the ``epoch`` column.
+    the terminal's width or ``COLUMNS`` when the fit begins, 80 in a file or CI log; 80 for
+    another sink): a table wider than that is cut into stacked tables, each led by the
+    ``epoch`` column.
 
     >>> # model.fit(5, dl_train, callbacks=[ProgressPrinter(2, sink=my_log.write)], verbose=0)
     """
@@ -251,6 +251,7 @@ class ProgressPrinter(Callback):
         self._epoch = 0
         self._epoch_start = 0.0
         self._last_step: Optional[tuple] = None
+        self._width: Optional[int] = None  # the line width of this fit's tables, read once when it begins
 
     def on_train_begin(self, logs: dict) -> None:
         self._rows = []
@@ -259,10 +260,12 @@ class ProgressPrinter(Callback):
             self._layout.add(key)
         self._last_step = None
         self._display = choose_display(self.notebook, default_output=self.sink is print)
+        if self._display is None:  # once a fit, not once an epoch: asking the terminal costs more than a table
+            self._width = output_width(self.width, self.sink is print)
         if self.verbose == 1:
             self.sink("Start Training ...")
             if self._display is None:
-                self.sink(time_bar(min(99, output_width(self.width, self.sink is print))))
+                self.sink(time_bar(min(99, self._width)))
 
     def on_epoch_begin(self, epoch: int, logs: dict) -> None:
         self._epoch = epoch + 1  # the table's 1-based number
@@ -305,7 +308,7 @@ class ProgressPrinter(Callback):
             self._rows.append(dict(logs))
             self._display.show("epochs", epoch_table(self._rows), epoch_table_html(self._rows))
             return
-        width = output_width(self.width, self.sink is print)
+        width = self._width if self._width is not None else output_width(self.width, self.sink is print)
         self.sink("\n" + epoch_table([logs], self._layout, width))
         if self.verbose == 1:
             self.sink(time_bar(min(99, width)))

@@ -185,7 +185,11 @@ def _check_index_targets(loss_fn: Any, name: str, preds: torch.Tensor, targets: 
             f"class-index targets have shape {tuple(expected)} (one id per sample), one-hot targets "
             f"{tuple(preds.shape)}. Fix the labels' shape, or the net's output layer"
         )
-    values = targets.detach().double()
+    values = targets.detach()
+    if values.numel() and not (values.is_floating_point() or values.is_complex() or values.dtype == torch.bool):
+        if _within(values, 0, classes - 1):  # one read: most first batches are fine
+            return
+    values = values.double()
     ignore = getattr(loss_fn, "ignore_index", -100)
     values = values[values != ignore]
     problems = []
@@ -227,9 +231,21 @@ def _check_index_targets(loss_fn: Any, name: str, preds: torch.Tensor, targets: 
         )
 
 
+def _within(values: torch.Tensor, low: float, high: float) -> Optional[bool]:
+    """Whether every value lies in ``[low, high]`` (NaN does not), read back once; None when the
+    device cannot take ``aminmax`` of this dtype (the caller's full check decides then)."""
+    try:
+        least, most = torch.stack(torch.aminmax(values)).tolist()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+    return least >= low and most <= high
+
+
 def _looks_like_probabilities(preds: torch.Tensor) -> bool:
     p = preds.detach().double()
     if p.shape[1] < 2:
+        return False
+    if p.numel() and _within(p, 0, 1) is False:  # one read settles the usual case: logits outside [0, 1]
         return False
     return bool(((p >= 0) & (p <= 1)).all() and ((p.sum(dim=1) - 1).abs() < 1e-3).all())
 
