@@ -10,11 +10,12 @@ epoch, CPU) trained one epoch per call, runners taking turns after a warm-up, me
 
 Reported: s/epoch, the ratio to ``fit``, and milliseconds per checkpoint ((runner - fit) / files).
 
-    python benchmarks/checkpoint_cost.py [--repeats 5] [--every 100]
+    python benchmarks/checkpoint_cost.py [--repeats 5] [--every 100]   # results/checkpoint-cost-cpu.md
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import statistics
 import sys
@@ -56,6 +57,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--every", type=int, default=100)
+    p.add_argument("--out", default=os.path.join(HERE, "results", "checkpoint-cost-cpu.md"),
+                   help="where the table is written ('' for nowhere)")
     args = p.parse_args()
     torch.set_num_threads(1)
     ds = data()
@@ -92,12 +95,19 @@ def main() -> None:
             runners[name]()
             times[name].append(time.perf_counter() - t)
     base = statistics.median(times["fit"])
-    print(f"W1 MLP, one epoch of 782 steps, median of {args.repeats} (torch {torch.__version__}, 1 thread)")
-    print(f"{'runner':<20}{'s/epoch':>10}{'ratio':>8}{'ms/checkpoint':>16}")
+    lines = [f"W1 MLP, one epoch of 782 steps, median of {args.repeats} (torch {torch.__version__}, 1 thread, "
+             f"{datetime.date.today()})", "",
+             "| runner | s/epoch | ratio | ms/checkpoint |", "|---|---|---|---|"]
     for name in names:
         med = statistics.median(times[name])
         per = f"{(med - base) / n_files * 1e3:.2f}" if name.startswith(("save", "backup")) else ""
-        print(f"{name:<20}{med:>10.3f}{med / base:>8.3f}{per:>16}")
+        lines.append(f"| {name} | {med:.3f} | {med / base:.3f} | {per} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write("# What exact mid-epoch checkpoints cost (`python benchmarks/checkpoint_cost.py`)\n\n" + text)
 
 
 if __name__ == "__main__":
