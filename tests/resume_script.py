@@ -35,7 +35,8 @@ torch.set_num_threads(1)  # the same kernels' summation order in every process
 
 
 class Noisy(Dataset):
-    """Blobs plus augmentation noise drawn from numpy and Python's random at each access."""
+    """Blobs plus augmentation noise drawn from torch, numpy and Python's random at each access (shared with
+    test_resume_anywhere.py and dist_scripts/preempt.py)."""
 
     def __init__(self, n, seed):
         g = torch.Generator().manual_seed(seed)
@@ -46,7 +47,7 @@ class Noisy(Dataset):
         return len(self.y)
 
     def __getitem__(self, i):
-        jitter = float(np.random.normal(0, 0.05)) + random.uniform(-0.05, 0.05)
+        jitter = float(np.random.normal(0, 0.05)) + random.uniform(-0.05, 0.05) + float(torch.rand(()) * 0.05)
         return self.x[i] + jitter, self.y[i]
 
 

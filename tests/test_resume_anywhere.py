@@ -18,27 +18,13 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import torchfit
 from torchfit.callbacks import EMA, LearningRateScheduler, ModelCheckpoint
 from torchfit.errors import CheckpointError
 
-
-class Noisy(Dataset):
-    """Blobs plus augmentation noise drawn from torch, numpy and Python's random at each access."""
-
-    def __init__(self, n: int, seed: int):
-        g = torch.Generator().manual_seed(seed)
-        self.y = torch.randint(0, 3, (n,), generator=g)
-        self.x = torch.randn(n, 4, generator=g) + 2.0 * self.y.unsqueeze(1).float()
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        jitter = float(np.random.normal(0, 0.05)) + random.uniform(-0.05, 0.05) + float(torch.rand(()) * 0.05)
-        return self.x[i] + jitter, self.y[i]
+from resume_script import Noisy  # blobs with augmentation noise from torch, numpy and Python's random
 
 
 def tensors(n: int, seed: int) -> TensorDataset:

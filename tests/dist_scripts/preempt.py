@@ -21,26 +21,15 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 import torchfit
 from torchfit.callbacks import BackupAndRestore, Callback, LearningRateScheduler
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from resume_script import Noisy  # noqa: E402  (tests/: blobs with augmentation noise from torch, numpy, random)
+
 torch.set_num_threads(1)
-
-
-class Noisy(Dataset):
-    def __init__(self, n, seed):
-        g = torch.Generator().manual_seed(seed)
-        self.y = torch.randint(0, 3, (n,), generator=g)
-        self.x = torch.randn(n, 4, generator=g) + 2.0 * self.y.unsqueeze(1).float()
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        jitter = float(np.random.normal(0, 0.05)) + random.uniform(-0.05, 0.05) + float(torch.rand(()) * 0.05)
-        return self.x[i] + jitter, self.y[i]
 
 
 class Progress(Callback):
