@@ -27,11 +27,11 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 
-from .checkpoint.state import _generators, rng_state, set_rng_state
+from .batch import to_device
+from .checkpoint.state import loader_generators, rng_state, set_rng_state
 from .errors import CheckpointError
 from .loaders import loader_length
 from .metrics.state import load_metric_state, metric_state
-from .batch import to_device
 
 _CPU = torch.device("cpu")
 
@@ -40,7 +40,7 @@ Position = Dict[str, Any]
 
 def origin(loader: Iterable) -> Dict[str, Any]:
     """The RNG states and ``loader``'s generators as they are now: where its batches start."""
-    return {"rng": rng_state(), "loaders": [g.get_state() for g in _generators(_source(loader))]}
+    return {"rng": rng_state(), "loaders": [g.get_state() for g in loader_generators(_source(loader))]}
 
 
 def position_state(run: Any) -> Optional[Position]:
@@ -77,7 +77,7 @@ def position_for(mid: Optional[Mapping[str, Any]], run: Any, loader: Iterable, t
         raise CheckpointError(
             f"the checkpoint was written after batch {pos['batch']} of epoch {mid['epoch']}, but this fit's "
             f"training loader has {n} batches: resume with the same training data and batch size; nothing was changed")
-    gens, saved = _generators(_source(loader)), pos["origin"]["loaders"]
+    gens, saved = loader_generators(_source(loader)), pos["origin"]["loaders"]
     if len(gens) != len(saved):
         raise CheckpointError(
             f"the checkpoint holds {len(saved)} random generator state(s) for the training loader, and this one has "
@@ -174,7 +174,7 @@ def _source(loader: Iterable) -> Iterable:
 
 
 def _put_origin(saved: Mapping[str, Any], loader: Iterable) -> None:
-    gens = _generators(loader)
+    gens = loader_generators(loader)
     states: List[torch.Tensor] = saved["loaders"]
     if len(gens) != len(states):
         raise ValueError(

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..files import check_writable, replace_atomically
-from .state import _generators, callbacks_state, rng_state
+from .state import loader_generators, callbacks_state, rng_state
 
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -135,7 +135,7 @@ def run_state(model: Any, run: Any) -> Dict[str, Any]:
     """What a resumed fit needs besides the model's own state: callbacks, loaders, RNG."""
     return {
         "callbacks": callbacks_state(run.config.callbacks),
-        "loaders": {name: [g.get_state() for g in _generators(dl)] for name, dl in run.config.loaders.items()
+        "loaders": {name: [g.get_state() for g in loader_generators(dl)] for name, dl in run.config.loaders.items()
                     if dl is not None},
         "rng": rng_state(),
         # A fit working on an epoch it has not finished: the weights are mid-epoch.

@@ -39,7 +39,7 @@ def callbacks_state(callbacks: Iterable[Any]) -> Dict[str, dict]:
     return states
 
 
-def _generators(loader: Any) -> List[torch.Generator]:
+def loader_generators(loader: Any) -> List[torch.Generator]:
     """The distinct torch Generators a DataLoader draws from (its own, its sampler's, its batch sampler's)."""
     batch_sampler = getattr(loader, "batch_sampler", None)
     holders = (loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None))
@@ -90,7 +90,7 @@ def preserved_rng(loaders: Iterable[Any] = ()) -> Iterator[None]:
     Python's ``random``, and each loader's own generators (``DataLoader(generator=...)``
     and its sampler's).
     """
-    gens = [g for dl in loaders if dl is not None for g in _generators(dl)]
+    gens = [g for dl in loaders if dl is not None for g in loader_generators(dl)]
     saved_gens = [g.get_state() for g in gens]
     rng = _rng_snapshot()
     try:
@@ -125,7 +125,7 @@ def restore_loaders(state: Mapping[str, Any], loaders: Mapping[str, Any]) -> Non
         loader = loaders.get(name)
         if loader is None:
             continue
-        gens = _generators(loader)
+        gens = loader_generators(loader)
         if len(gens) != len(saved):
             warnings.warn(
                 f"the checkpoint holds {len(saved)} random generator state(s) for {name} but this {name} has "
