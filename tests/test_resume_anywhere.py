@@ -203,3 +203,45 @@ def test_steps_per_epoch_resumes_exactly_from_an_epoch_end_too(tmp_path):
     again, dl_train, dl_val, _, kwargs = setup("steps_per_epoch", seed=5)
     again.fit(3, dl_train, dl_val, verbose=0, log_step_freq=3, resume_from=str(tmp_path / "e1.pt"), **kwargs)
     assert_same_run(model, again)
+
+
+class LargestSeen(torchfit.metrics.Metric):
+    """A metric of the user's whose running state is a numpy array: no checkpoint can hold it."""
+
+    def reset(self):
+        self.top = np.zeros(1)
+
+    def update(self, preds, targets):
+        self.top = np.maximum(self.top, preds.max().detach().numpy())
+
+    def compute(self):
+        return float(self.top[0])
+
+
+class LargestSeenWithState(LargestSeen):
+    def state_dict(self):
+        return {"top": float(self.top[0])}
+
+    def load_state_dict(self, state):
+        self.top = np.array([state["top"]])
+
+
+def test_a_metric_state_no_checkpoint_can_hold_is_named_and_its_own_state_dict_is_used(tmp_path):
+    def build(metric, seed):
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Linear(4, 3))
+        return torchfit.Model(net).compile(nn.CrossEntropyLoss(), "adam", {"largest": metric}, device="cpu")
+
+    dl = lambda: DataLoader(tensors(48, 0), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(2))
+    saver = ModelCheckpoint(str(tmp_path / "m{batch}.pt"), save_freq=4)
+    model = build(LargestSeen(), 0)
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"metric 'largest' keeps top = a numpy.ndarray.*state_dict\(\)"):
+        model.fit(1, dl(), verbose=0, callbacks=[saver])
+    assert all(torch.equal(v, before[k]) for k, v in model.net.state_dict().items()) and model.global_step == 0
+    straight = build(LargestSeenWithState(), 0)
+    straight.fit(2, dl(), verbose=0, callbacks=[ModelCheckpoint(str(tmp_path / "s{batch}.pt"), save_freq=4)])
+    again = build(LargestSeenWithState(), 3)
+    again.fit(2, dl(), verbose=0, resume_from=str(tmp_path / "s4.pt"),
+              callbacks=[ModelCheckpoint(str(tmp_path / "r{batch}.pt"), save_freq=4)])
+    assert again.history.equals(straight.history)

@@ -117,6 +117,8 @@ def start_stream(run: Any, loader: Iterable, tracker: Any) -> Tuple[Iterator, in
     resume, run.resume_at = run.resume_at, None
     if resume is None:
         if run.keeps_position:
+            if run.origin is None:  # the fit's first pass: running figures no checkpoint can hold fail now
+                tracker.state_dict()
             run.origin = origin(loader)
         return iterate(loader), 0
     at = resume["batch"]

@@ -31,7 +31,7 @@ def metric_state(metric: Any, name: str) -> Dict[str, Any]:
     2.0
     """
     own = getattr(type(metric), "state_dict", None)
-    if own is not None and not isinstance(metric, nn.Module) and not _default(own):
+    if own is not None and not isinstance(metric, nn.Module):
         return {"state_dict": _plain(metric.state_dict(), name, "state_dict()")}
     tm_state = getattr(metric, "metric_state", None)  # torchmetrics
     if isinstance(metric, nn.Module) and isinstance(tm_state, Mapping):
@@ -63,12 +63,6 @@ def load_metric_state(metric: Any, state: Mapping[str, Any], name: str,
             load_metric_state(getattr(metric, key), entry["metric"], f"{name}.{key}", device)
         else:
             setattr(metric, key, to_device(entry["value"], device))
-
-
-def _default(method: Any) -> bool:
-    from .base import Metric
-
-    return method is getattr(Metric, "state_dict", None)
 
 
 def _is_metric(value: Any) -> bool:
