@@ -89,7 +89,7 @@ def straight(case: str, tmp_path, epochs: int = 3, every: int = 4):
     saver = ModelCheckpoint(str(tmp_path / "ckpt" / "e{epoch}-b{batch:02d}.pt"), save_freq=every)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        model.fit(epochs, dl_train, dl_val, callbacks=callbacks + [saver], verbose=2, log_step_freq=3, **kwargs)
+        model.fit(epochs, dl_train, dl_val, callbacks=callbacks + [saver], verbose=1, progress_bar=False, log_step_freq=3, **kwargs)
     files = sorted(glob.glob(str(tmp_path / "ckpt" / "*.pt")), key=os.path.getmtime)
     return model, out.getvalue(), files
 
@@ -99,7 +99,7 @@ def resumed(case: str, path: str, tmp_path, epochs: int = 3, every: int = 4):
     saver = ModelCheckpoint(str(tmp_path / "again" / "e{epoch}-b{batch:02d}.pt"), save_freq=every)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        model.fit(epochs, dl_train, dl_val, callbacks=callbacks + [saver], verbose=2, log_step_freq=3,
+        model.fit(epochs, dl_train, dl_val, callbacks=callbacks + [saver], verbose=1, progress_bar=False, log_step_freq=3,
                   resume_from=path, **kwargs)
     return model, out.getvalue()
 
@@ -114,6 +114,12 @@ def assert_same_run(a: torchfit.Model, b: torchfit.Model) -> None:
     assert a.history.equals(b.history), f"{a.history}\n{b.history}"
     assert a.step_history.equals(b.step_history)
     assert a.global_step == b.global_step
+
+
+def figure_lines(text: str) -> list:
+    """The printed lines that carry figures (step dicts, epoch tables): not the time bars or notices."""
+    return [line for line in text.splitlines()
+            if line.strip() and not line.startswith(("=", "Resuming", "Start Training"))]
 
 
 def last_table(text: str) -> str:
@@ -138,6 +144,9 @@ def test_a_run_resumed_after_any_batch_ends_as_the_uninterrupted_one(case, tmp_p
         again, text = resumed(case, path, tmp_path)
         assert_same_run(model, again)
         assert last_table(text) == last_table(printed)
+        # every figure the resumed run prints is the one the straight run printed at that point
+        resumed_lines = figure_lines(text)
+        assert resumed_lines == figure_lines(printed)[-len(resumed_lines):]
         assert "continues after batch" in text or path.endswith(f"b{batches}.pt")
 
 
