@@ -219,3 +219,14 @@ def test_sigterm_on_two_ranks_under_torchrun(tmp_path):
     finish(stopped_dir, torchrun=True)
     for rank in (0, 1):
         assert_same_result(result(straight_dir, rank), result(stopped_dir, rank))
+
+
+def test_numpy_integers_are_batch_counts(tmp_path):
+    """save_freq=np.int64(3) (a count from numpy arithmetic) is a number of batches, as int 3 is."""
+    import numpy as np
+
+    assert ModelCheckpoint(str(tmp_path / "x{batch}.pt"), save_freq=np.int64(3)).save_freq == 3
+    assert BackupAndRestore(tmp_path, save_freq=np.int32(2)).save_freq == 2
+    for bad in (True, 0, 2.5):
+        with pytest.raises(ValueError, match="save_freq must be"):
+            BackupAndRestore(tmp_path, save_freq=bad)

@@ -92,3 +92,16 @@ def test_checks_without_aminmax_take_the_full_path(monkeypatch):
         losses.check_targets(nn.CrossEntropyLoss(), LOGITS, torch.tensor([0, 1, 3, 2]))
     with pytest.warns(UserWarning, match="look like probabilities"):
         losses.check_targets(nn.CrossEntropyLoss(), LOGITS.softmax(1), torch.tensor([0, 1, 2, 2]))
+
+
+def test_an_empty_batch_of_logits_is_not_taken_for_probabilities():
+    """all() of an empty tensor is True: an empty batch used to warn that the logits look like probabilities."""
+    import warnings
+
+    from torch import nn
+
+    from torchfit.losses import check_targets
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_targets(nn.CrossEntropyLoss(), torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))

@@ -10,6 +10,7 @@ What goes into the file, and resuming from the exact batch, are ``torchfit.check
 """
 from __future__ import annotations
 
+import numbers
 import os
 import signal
 import threading
@@ -63,7 +64,8 @@ class BackupAndRestore(Callback):
 
     def __init__(self, backup_dir: PathLike, save_freq: Union[str, int] = "epoch", delete_checkpoint: bool = True,
                  signals: Optional[Sequence[int]] = None, exit_code: Any = "signal", verbose: int = 1):
-        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1):
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, numbers.Integral)
+                                     or save_freq < 1):
             raise ValueError(f"save_freq must be 'epoch' or a number of batches >= 1 (Keras); got {save_freq!r}")
         signals = (signal.SIGTERM,) if signals is None else tuple(signals)
         for s in signals:
@@ -73,7 +75,7 @@ class BackupAndRestore(Callback):
             raise TypeError(f"exit_code must be an int, 'signal' (128 + the signal) or None; got {exit_code!r}")
         self.backup_dir = os.fspath(backup_dir)
         self.path = os.path.join(self.backup_dir, BACKUP_NAME)
-        self.save_freq = save_freq
+        self.save_freq = save_freq if save_freq == "epoch" else int(save_freq)  # numpy ints too
         self.delete_checkpoint = bool(delete_checkpoint)
         self.signals = signals
         self.exit_code = exit_code

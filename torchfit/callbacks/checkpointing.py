@@ -6,6 +6,7 @@ copy) and their names. What goes into a file, and the atomic write, belong to
 """
 from __future__ import annotations
 
+import numbers
 import os
 import string
 from typing import Callable, List, Optional, Union
@@ -70,11 +71,12 @@ class ModelCheckpoint(Callback):
         if (filepath is None) == (path is None):
             raise TypeError("ModelCheckpoint needs the file to write: ModelCheckpoint('ckpt/best.pt') "
                             "(Keras' filepath=, or path=; not both)")
-        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1):
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, numbers.Integral)
+                                     or save_freq < 1):
             raise ValueError(f"save_freq must be 'epoch' or a number of batches >= 1 (Keras); got {save_freq!r}")
         if save_weights_only is not None:  # Keras' name
             weights_only = save_weights_only
-        self.save_freq = save_freq
+        self.save_freq = save_freq if save_freq == "epoch" else int(save_freq)  # numpy ints too
         self._batches_since_save = 0
         self.path = os.fspath(filepath if filepath is not None else path)
         self.fields = _format_fields(self.path)

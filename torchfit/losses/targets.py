@@ -251,6 +251,8 @@ def _looks_like_probabilities(preds: torch.Tensor) -> bool:
 
 
 def _check_class_outputs(loss_fn: Any, name: str, preds: torch.Tensor) -> None:
+    if preds.numel() == 0:  # an empty batch says nothing about what the net outputs
+        return
     if isinstance(loss_fn, CrossEntropyFromProbabilities):
         if not _looks_like_probabilities(preds):
             raise TargetError(
