@@ -1,6 +1,11 @@
 """Seeded toy data and models shared by the tests (all small enough for 2 CPU cores)."""
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +14,36 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchfit.callbacks import Callback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------ launched processes
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env() -> dict:
+    """The environment of a launched test process: torchrun's variables removed, one thread, this checkout
+    importable, output unbuffered."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                              "MASTER_PORT")}
+    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def torchrun_cmd(script: str, *args: str, nproc: int = 2) -> list:
+    """``python -m torch.distributed.run`` of ``script`` on ``nproc`` local processes, on a free port."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}", script, *map(str, args)]
+
+
+def torchrun(script: str, *args: str, nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``script`` under torchrun to its end; stdout and stderr captured."""
+    return subprocess.run(torchrun_cmd(script, *args, nproc=nproc), env=child_env(), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def blobs(n: int = 200, centers: int = 3, seed: int = 0) -> TensorDataset:

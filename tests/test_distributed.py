@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -24,21 +23,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "dist_scripts", "scenarios.py")
 sys.path.insert(0, os.path.dirname(SCRIPT))
 import scenarios as sc  # noqa: E402  (the builders the launched script uses)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+import conftest  # noqa: E402
 
 
 def torchrun(mode: str, out_dir, nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                              "MASTER_PORT")}
-    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", SCRIPT, mode, str(out_dir)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return conftest.torchrun(SCRIPT, mode, out_dir, nproc=nproc, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

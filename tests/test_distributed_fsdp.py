@@ -4,7 +4,6 @@ sharded DCP directory) that resume exactly in a fresh launch and load in a singl
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import types
 
@@ -24,18 +23,14 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "dist_scripts"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import fsdp_scenarios as fs  # noqa: E402
 import scenarios as sc  # noqa: E402
-from test_distributed import assert_same_state as assert_close_state, free_port  # noqa: E402
+from conftest import torchrun  # noqa: E402
+from test_distributed import assert_same_state as assert_close_state  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "tests", "dist_scripts", "fsdp_scenarios.py")
 
 
 def launch(mode, out, timeout=240):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                              "MASTER_PORT")}
-    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", SCRIPT, mode, str(out)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return torchrun(SCRIPT, mode, out, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

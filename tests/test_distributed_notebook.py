@@ -322,7 +322,7 @@ def sbatch_script() -> str:
 
 @pytest.mark.slow
 def test_the_documented_slurm_recipe_trains_on_two_nodes(tmp_path):
-    from test_distributed import free_port
+    from conftest import free_port
 
     scripts = os.path.join(ROOT, "tests", "dist_scripts")
     fake_bin = tmp_path / "bin"

@@ -15,7 +15,6 @@ import hashlib
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -31,6 +30,7 @@ from torchfit.losses import TargetError
 from torchfit.callbacks import Callback, CSVLogger, EarlyStopping, LambdaCallback, ModelCheckpoint, TensorBoard
 from torchfit.errors import CheckpointError, MetricError, StepError
 from torchfit.metrics.base import Metric
+import conftest
 from conftest import blobs, loader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -905,15 +905,7 @@ def test_a_metric_whose_reset_or_copy_fails_is_named(metric):
 
 # ---------------------------------------------------------------------- torchrun
 def torchrun(mode: str, out_dir, timeout: float = 180) -> subprocess.CompletedProcess:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", os.path.join(ROOT, "tests", "dist_scripts", "faults.py"), mode, str(out_dir)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return conftest.torchrun(os.path.join(ROOT, "tests", "dist_scripts", "faults.py"), mode, out_dir, timeout=timeout)
 
 
 @pytest.mark.slow

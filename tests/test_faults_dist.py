@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import re
 import os
-import socket
 import subprocess
 import sys
 
@@ -29,18 +28,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "dist_scripts", "faults_dist.py")
 sys.path.insert(0, os.path.dirname(SCRIPT))
 import faults_dist as fd  # noqa: E402  (the builders the launched script uses)
+import conftest  # noqa: E402
 
 
 def torchrun(mode: str, out_dir, timeout: float = 180) -> subprocess.CompletedProcess:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", SCRIPT, mode, str(out_dir)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return conftest.torchrun(SCRIPT, mode, out_dir, timeout=timeout)
 
 
 def launched(mode: str, out_dir) -> list:

@@ -11,7 +11,6 @@ import copy
 import os
 import re
 import shutil
-import subprocess
 import sys
 import warnings
 
@@ -375,15 +374,9 @@ def test_resume_from_a_damaged_sharded_directory_changes_nothing(sharded, tmp_pa
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torchrun with gloo on CPU: tested on Linux")
 def test_under_torchrun_every_rank_refuses_a_damaged_sharded_directory_and_none_hangs(tmp_path):
-    from test_distributed import free_port
+    from conftest import torchrun
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                              "MASTER_PORT")}
-    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", os.path.join(ROOT, "tests", "dist_scripts", "sharded_faults.py"),
-           str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    proc = torchrun(os.path.join(ROOT, "tests", "dist_scripts", "sharded_faults.py"), tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     expected = {"missing": r"'__1_0\.distcp', which DCP's \.metadata lists, is missing",

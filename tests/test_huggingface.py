@@ -4,7 +4,6 @@ The builders live in tests/dist_scripts/hf_models.py, which torchrun also runs."
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import pytest
@@ -175,17 +174,9 @@ def test_timm_backbone_with_a_new_head():
 
 # ------------------------------------------------------------------ torchrun
 def test_two_ranks_train_tiny_models_and_a_stream_as_one_process(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                              "MASTER_PORT")}
-    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    import socket
+    from conftest import torchrun
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", SCRIPT, str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
+    proc = torchrun(SCRIPT, tmp_path, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     for name, build, data in (("bert", hf.bert, hf.classification_samples(16, 1)),

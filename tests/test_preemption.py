@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 
-import torchfit
 from torchfit.callbacks import BackupAndRestore, Callback, ModelCheckpoint
 
+from conftest import child_env, torchrun_cmd
 from test_resume_anywhere import assert_same_run, setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,16 +119,9 @@ def test_resume_from_and_a_backup_together_are_refused(tmp_path):
 
 # ------------------------------------------------------------------ real processes, real signals
 def launch(out_dir, *args, torchrun=False, slow=0.0):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                              "MASTER_PORT")}
-    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, SCRIPT, str(out_dir), "--slow", str(slow), *args]
-    if torchrun:
-        from test_distributed import free_port
-
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={free_port()}", *cmd[1:]]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    script_args = [str(out_dir), "--slow", str(slow), *args]
+    cmd = torchrun_cmd(SCRIPT, *script_args) if torchrun else [sys.executable, SCRIPT, *script_args]
+    return subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def stop_at(proc, epoch, batch, sig, timeout=120.0):

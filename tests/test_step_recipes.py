@@ -11,8 +11,6 @@ comparisons run in one launch (``test_recipes_under_torchrun``).
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 
 import pandas as pd
@@ -89,22 +87,13 @@ def test_a_closure_step_is_refused_with_the_reason():
         model.fit(1, *rc.loaders(), verbose=0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_recipes_under_torchrun(tmp_path):
     """On 2 ranks (gloo), DDP and FSDP: each recipe equals the default step, plain and accumulating;
     the direct-backward recipes are refused under accumulation on every rank."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                              "MASTER_PORT")}
-    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", SCRIPT, str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    from conftest import torchrun
+
+    proc = torchrun(SCRIPT, tmp_path, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for strategy in ("ddp", "fsdp"):
