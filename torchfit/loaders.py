@@ -113,15 +113,26 @@ class StepLimit:
         put_origin(state["origin"], self.loader)
         self.origin = state["origin"]
         self._source = iter(self.iterate(self.loader))
-        self.drawn = 0
-        for _ in range(state["drawn"]):
-            if next(self._source, _END) is _END:
-                raise ValueError(f"{self.name} gives fewer batches than the saved run had drawn "
-                                 f"({state['drawn']}): resume with the same training data")
-            self.drawn += 1
+        self.drawn = draw(self._source, state["drawn"])
+        if self.drawn < state["drawn"]:
+            raise ValueError(f"{self.name} gives fewer batches than the saved run had drawn "
+                             f"({state['drawn']}): resume with the same training data")
 
 
 _END = object()
+
+
+def draw(batches: Iterator[Any], n: int) -> int:
+    """Take up to ``n`` batches from ``batches`` and drop them (a resumed run's batches already done);
+    returns how many there were.
+
+    >>> it = iter([1, 2, 3]); draw(it, 2), next(it)
+    (2, 3)
+    """
+    for done in range(n):
+        if next(batches, _END) is _END:
+            return done
+    return n
 
 
 def limit_steps(loader: Iterable, steps: Optional[int], iterate: Callable[[Iterable], Iterator], name: str,

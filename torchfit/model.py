@@ -280,8 +280,8 @@ class Model(ModelTools, nn.Module):
             loop.check_first_batch(self, dl_val, run)  # a validation loader that cannot work fails now
         say = announcer(run.config.callbacks)
         if checked.resume is not None:  # the last thing checked; now things change
-            if checked.resume.ckpt is not None:  # a mid-epoch position must fit this fit's loader and net
-                resuming.position_for(checked.resume.ckpt["mid_epoch"], run, dl_train, trackers[0])
+            if checked.resume.ckpt is not None:  # its position must fit this fit's loader and net
+                resuming.check(checked.resume.ckpt, run, dl_train, trackers[0])
             checked.resume.apply(self, list(run.config.callbacks), run.config.strategy)
             if checked.resume.message:
                 say(checked.resume.message)

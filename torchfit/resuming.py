@@ -23,14 +23,14 @@ position (``MultiProcess`` gathers them into the checkpoint, each rank takes its
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 import torch
 
 from .batch import to_device
 from .checkpoint.state import loader_generators, rng_state, set_rng_state
 from .errors import CheckpointError
-from .loaders import loader_length
+from .loaders import draw, loader_length
 from .metrics.state import load_metric_state, metric_state
 
 _CPU = torch.device("cpu")
@@ -77,12 +77,7 @@ def position_for(mid: Optional[Mapping[str, Any]], run: Any, loader: Iterable, t
         raise CheckpointError(
             f"the checkpoint was written after batch {pos['batch']} of epoch {mid['epoch']}, but this fit's "
             f"training loader has {n} batches: resume with the same training data and batch size; nothing was changed")
-    gens, saved = loader_generators(_source(loader)), pos["origin"]["loaders"]
-    if len(gens) != len(saved):
-        raise CheckpointError(
-            f"the checkpoint holds {len(saved)} random generator state(s) for the training loader, and this one has "
-            f"{len(gens)}: build it as in the saved run (e.g. DataLoader(..., shuffle=True, "
-            "generator=torch.Generator().manual_seed(0))); nothing was changed")
+    _check_generators(pos["origin"], loader)
     if set(pos["tracker"]["metrics"]) != set(tracker.metrics):
         raise CheckpointError(
             f"the checkpoint's running figures are for metrics {sorted(pos['tracker']['metrics'])}, and this fit "
@@ -99,6 +94,26 @@ def position_for(mid: Optional[Mapping[str, Any]], run: Any, loader: Iterable, t
             f"the checkpoint was written inside an accumulation window with gradients of {len(window['grads'])} "
             f"parameters, and this net trains {len(optim.params)}: resume with the same net; nothing was changed")
     return pos
+
+
+def check(ckpt: Mapping[str, Any], run: Any, loader: Iterable, tracker: Any) -> Optional[Position]:
+    """Everything a checkpoint (or a loaded one's pending state) needs from this fit to continue exactly,
+    checked before anything changes: this rank's mid-epoch position (returned), or at an epoch's end the
+    ``steps_per_epoch`` iterator's generators."""
+    pos = position_for(ckpt["mid_epoch"], run, loader, tracker)
+    stream = ckpt.get("train_stream")
+    if pos is None and stream is not None and run.config.stream is not None:
+        _check_generators(stream["origin"], loader)
+    return pos
+
+
+def _check_generators(origin_: Mapping[str, Any], loader: Iterable) -> None:
+    gens, saved = loader_generators(_source(loader)), origin_["loaders"]
+    if len(gens) != len(saved):
+        raise CheckpointError(
+            f"the checkpoint holds {len(saved)} random generator state(s) for the training loader, and this one has "
+            f"{len(gens)}: build it as in the saved run (e.g. DataLoader(..., shuffle=True, "
+            "generator=torch.Generator().manual_seed(0))); nothing was changed")
 
 
 def resumable_here(run: Any) -> bool:
@@ -129,11 +144,11 @@ def start_stream(run: Any, loader: Iterable, tracker: Any) -> Tuple[Iterator, in
         _put_origin(resume["origin"], _source(loader))
         run.origin = resume["origin"]
         batches = iterate(loader)
-        for done in range(resume["drawn"]):  # fetched again, not trained on: the same draws as the saved run
-            if next(batches, _END) is _END:
-                raise ValueError(
-                    f"the checkpoint was written after batch {at} of epoch {run.epoch}, but the training loader "
-                    f"gives only {done} batch(es) now: resume with the same training data and batch size")
+        done = draw(batches, resume["drawn"])  # fetched again, not trained on: the same draws as the saved run
+        if done < resume["drawn"]:
+            raise ValueError(
+                f"the checkpoint was written after batch {at} of epoch {run.epoch}, but the training loader "
+                f"gives only {done} batch(es) now: resume with the same training data and batch size")
     set_rng_state(resume["rng"])
     tracker.load_state_dict(resume["tracker"], run.config.device)
     if run.config.optim is not None and resume["window"] is not None:
@@ -143,13 +158,10 @@ def start_stream(run: Any, loader: Iterable, tracker: Any) -> Tuple[Iterator, in
     return batches, at
 
 
-_END = object()
-
-
 def prepare(run: Any, pending: Mapping[str, Any], loader: Iterable, tracker: Any) -> None:
     """A fit resumed from a checkpoint: the mid-epoch position to continue from (checked first), or at
     an epoch's end the ``steps_per_epoch`` iterator carried on as in the saved run."""
-    run.resume_at = position_for(pending["mid_epoch"], run, loader, tracker)
+    run.resume_at = check(pending, run, loader, tracker)
     if run.resume_at is None:
         resume_train_stream(run, pending.get("train_stream"), pending["rng"])
 
@@ -176,13 +188,8 @@ def _source(loader: Iterable) -> Iterable:
 
 
 def _put_origin(saved: Mapping[str, Any], loader: Iterable) -> None:
-    gens = loader_generators(loader)
-    states: List[torch.Tensor] = saved["loaders"]
-    if len(gens) != len(states):
-        raise ValueError(
-            f"the checkpoint holds {len(states)} random generator state(s) for the training loader but this one "
-            f"has {len(gens)}: build it as in the saved run (e.g. DataLoader(..., shuffle=True, "
-            "generator=torch.Generator().manual_seed(0)))")
-    for g, s in zip(gens, states):
+    """The loader's generators and the RNG states as a saved origin holds them (``check`` compared the
+    generators first)."""
+    for g, s in zip(loader_generators(loader), saved["loaders"]):
         g.set_state(s)
     set_rng_state(saved["rng"])
